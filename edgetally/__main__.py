@@ -1,0 +1,3 @@
+from edgetally.cli import main
+
+main()

@@ -1,0 +1,205 @@
+"""Starting MQTT brokers for the demo, scenarios and tests.
+
+A ``mosquitto`` binary on PATH is run on a free 127.0.0.1 port with a config EdgeTally
+writes (persistence on, no queue limit, so nothing queued is dropped). Where there is no
+mosquitto, an embedded Python broker (amqtt) runs in a child process instead, and says so:
+it speaks MQTT 3.1.1 like everything in EdgeTally, but keeps no offline queue for persistent
+sessions, so on it the end-to-end receipts and device resends do the work the queue would.
+
+``BrokerProcess`` is reusable: ``start``, then ``stop`` (SIGTERM: Mosquitto saves its
+persistence file) or ``kill`` (SIGKILL: in-memory queues are lost), then ``start`` again on
+the same port.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class BrokerError(Exception):
+    """A broker could not be started or did not become ready."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def mosquitto_binary() -> str | None:
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    for candidate in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    persistence: bool = True
+    autosave_interval: int = 5
+    max_inflight_messages: int = 1000
+    max_packet_size: int = 1024 * 1024
+
+
+def mosquitto_config(port: int, workdir: Path, settings: BrokerSettings) -> str:
+    """The config EdgeTally runs Mosquitto with (shipped as docs in deploy/mosquitto/)."""
+    lines = [
+        f"listener {port} 127.0.0.1",
+        "allow_anonymous true",
+        f"persistence {'true' if settings.persistence else 'false'}",
+        f"persistence_location {workdir}/",
+        "persistence_file mosquitto.db",
+        f"autosave_interval {settings.autosave_interval}",
+        # No queue limit: past max_queued_messages (default 1000) Mosquitto drops QoS 1
+        # messages with one log line. Durable copies live in the gateway and the devices.
+        "max_queued_messages 0",
+        "max_queued_bytes 0",
+        f"max_inflight_messages {settings.max_inflight_messages}",
+        f"max_packet_size {settings.max_packet_size}",
+        f"log_dest file {workdir}/mosquitto.log",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+        "log_type information",
+        "connection_messages true",
+        "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BrokerError(f"broker exited with code {proc.returncode} before it listened")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise BrokerError(f"nothing listened on 127.0.0.1:{port} within {timeout:.0f}s")
+
+
+class BrokerProcess:
+    """One broker process on a fixed port, restartable. Constructing it does no I/O."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        name: str = "broker",
+        port: int | None = None,
+        settings: BrokerSettings | None = None,
+        embedded: bool | None = None,
+    ) -> None:
+        self.name = name
+        self.workdir = workdir
+        self._port = port
+        self.settings = settings or BrokerSettings()
+        self._embedded = embedded
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            self._port = free_port()
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def embedded(self) -> bool:
+        if self._embedded is None:
+            self._embedded = mosquitto_binary() is None
+        return self._embedded
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / ("mosquitto.log" if not self.embedded else "amqtt.log")
+
+    def _command(self) -> list[str]:
+        if self.embedded:
+            return [sys.executable, "-m", "edgetally.embedded_broker", "--port", str(self.port)]
+        binary = mosquitto_binary()
+        if binary is None:
+            raise BrokerError("mosquitto is not installed (apt-get install mosquitto)")
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(mosquitto_config(self.port, self.workdir, self.settings))
+        return [binary, "-c", str(conf)]
+
+    def start(self, timeout: float = 15.0) -> None:
+        if self.running:
+            raise BrokerError(f"{self.name} broker is already running (pid {self.pid})")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        command = self._command()
+        if self.embedded:
+            log.warning(
+                "no mosquitto binary on PATH: %s broker is the embedded amqtt broker on port %d",
+                self.name,
+                self.port,
+            )
+        out = open(self.workdir / f"{self.name}.stdout", "ab")  # noqa: SIM115 - owned by the child
+        try:
+            self._proc = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        finally:
+            out.close()
+        wait_for_port(self.port, timeout, self._proc)
+        log.info("%s broker listening on %s (pid %d)", self.name, self.url, self._proc.pid)
+
+    def _signal(self, sig: signal.Signals, timeout: float) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self._proc = None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Clean stop: Mosquitto writes its persistence file."""
+        self._signal(signal.SIGTERM, timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: whatever the broker held only in memory is gone."""
+        self._signal(signal.SIGKILL, 5.0)
+
+    def restart(self, timeout: float = 15.0) -> None:
+        self.stop()
+        self.start(timeout)
+
+    def __enter__(self) -> BrokerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

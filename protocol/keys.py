@@ -1,0 +1,127 @@
+"""Ed25519 device keys: generation, files, key ids, signing and verification."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from protocol._errors import BadBase64, KeyFileError
+
+SIGNATURE_BYTES = 64
+
+
+def key_id(public_raw: bytes) -> str:
+    """The key id (``kid``): first 16 hex digits of SHA-256 over the raw 32-byte public key."""
+    return hashlib.sha256(public_raw).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class PublicKey:
+    raw: bytes
+
+    @classmethod
+    def from_hex(cls, text: str) -> PublicKey:
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError as exc:
+            raise KeyFileError(f"public key {text!r} is not hex") from exc
+        if len(raw) != 32:
+            raise KeyFileError(f"public key must be 32 bytes, got {len(raw)}")
+        return cls(raw)
+
+    @property
+    def hex(self) -> str:
+        return self.raw.hex()
+
+    @property
+    def kid(self) -> str:
+        return key_id(self.raw)
+
+    def verify(self, signature: bytes, message: bytes) -> bool:
+        try:
+            Ed25519PublicKey.from_public_bytes(self.raw).verify(signature, message)
+        except InvalidSignature:
+            return False
+        return True
+
+
+class SigningKey:
+    """A device's private key. Construct with :meth:`generate`, :meth:`from_seed` or :meth:`load`."""
+
+    __slots__ = ("_key", "public")
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self._key = key
+        self.public = PublicKey(
+            key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        )
+
+    @classmethod
+    def generate(cls) -> SigningKey:
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> SigningKey:
+        if len(seed) != 32:
+            raise KeyFileError(f"an Ed25519 seed is 32 bytes, got {len(seed)}")
+        return cls(Ed25519PrivateKey.from_private_bytes(seed))
+
+    @classmethod
+    def load(cls, path: Path) -> SigningKey:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise KeyFileError(f"cannot read private key {path}: {exc.strerror}") from exc
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError) as exc:
+            raise KeyFileError(f"{path} is not an unencrypted PEM private key") from exc
+        if not isinstance(key, Ed25519PrivateKey):
+            raise KeyFileError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
+        return cls(key)
+
+    def save(self, path: Path) -> None:
+        """Write PKCS#8 PEM, readable by the owner only."""
+        pem = self._key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+
+    @property
+    def kid(self) -> str:
+        return self.public.kid
+
+    def sign(self, message: bytes) -> bytes:
+        return self._key.sign(message)
+
+
+def b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64decode_strict(text: str, *, what: str = "sig") -> bytes:
+    """Decode standard padded base64 and insist on its one canonical spelling.
+
+    Python's decoder ignores the unused low bits of the last character, so two spellings
+    can decode to the same bytes; re-encoding and comparing closes that gap (a flipped bit
+    there must not pass as the same signature).
+    """
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadBase64(f"{what} is not valid base64: {exc}") from exc
+    if b64encode(raw) != text:
+        raise BadBase64(f"{what} is not in canonical base64 form")
+    return raw

@@ -1,0 +1,87 @@
+"""Fixtures: real Mosquitto brokers on free ports, a provisioned sample election, unique topics."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from devices.election_file import load_election
+from edgetally.brokers import BrokerProcess, mosquitto_binary
+from protocol import Election, Registry, provision
+from tests.helpers import SAMPLE_ELECTION
+
+_counter = itertools.count()
+
+
+def unique_topic() -> str:
+    """A topic no other test uses, for tests that share a broker."""
+    return f"edgetally-test/{uuid.uuid4().hex}/{next(_counter)}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if mosquitto_binary() is not None:
+        return
+    skip = pytest.mark.skip(reason="integration tests need a mosquitto binary (apt-get install mosquitto)")
+    for item in items:
+        if "integration" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def broker_factory(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
+    """Make started Mosquitto brokers in this test's tmp dir; all are killed afterwards."""
+    made: list[BrokerProcess] = []
+
+    def make(name: str = "broker", **kwargs: object) -> BrokerProcess:
+        broker = BrokerProcess(tmp_path / f"broker-{name}", name=name, embedded=False, **kwargs)  # type: ignore[arg-type]
+        broker.start()
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        broker.kill()
+
+
+@pytest.fixture
+def broker(broker_factory: Callable[..., BrokerProcess]) -> BrokerProcess:
+    return broker_factory("edge")
+
+
+@pytest.fixture(scope="session")
+def sample_election() -> Election:
+    return load_election(SAMPLE_ELECTION)
+
+
+@pytest.fixture(scope="session")
+def keys_dir(tmp_path_factory: pytest.TempPathFactory, sample_election: Election) -> Path:
+    """The sample election provisioned once per session (keys are slow-ish to make)."""
+    directory = tmp_path_factory.mktemp("keys")
+    provision(sample_election, directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def registry(keys_dir: Path) -> Registry:
+    return Registry.load(keys_dir)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Child processes a test starts; anything still running at the end is SIGKILLed."""
+    children: list[subprocess.Popen[bytes]] = []
+    yield children
+    for child in children:
+        if child.poll() is None:
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            child.wait(10)
