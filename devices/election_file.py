@@ -27,7 +27,7 @@ def _read(path: Path) -> Any:
     except OSError as exc:
         raise ElectionFileError(f"{path}: cannot read election file: {exc.strerror}") from exc
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+        return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
