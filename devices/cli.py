@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import typer
@@ -110,6 +111,13 @@ def _summary_table(summary: FleetSummary) -> Table:
     return table
 
 
+def _write_summary(path: Path, summary: FleetSummary, *, running: bool) -> None:
+    """Atomically (re)write the JSON summary; ``running`` marks a progress snapshot."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**summary.to_mapping(), "running": running}, indent=2))
+    tmp.replace(path)
+
+
 @app.command("run")
 def run_cmd(
     broker: str = typer.Option(..., "--broker", help="Edge broker, mqtt://host:port"),
@@ -162,16 +170,19 @@ def run_cmd(
     acked_task = progress.add_task("acked by broker", total=total)
     receipt_task = progress.add_task("receipted by cloud", total=total, visible=confirm)
 
+    last_write = [0.0]
+
     def tick(f: Fleet) -> None:
         progress.update(acked_task, completed=f.acked)
         progress.update(receipt_task, completed=f.receipted)
+        if summary_file is not None and time.monotonic() - last_write[0] >= 0.5:
+            last_write[0] = time.monotonic()
+            _write_summary(summary_file, f.summary(), running=True)
 
     with progress:
         summary = asyncio.run(fleet.run(on_tick=tick))
     if summary_file is not None:
-        tmp = summary_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(summary.to_mapping(), indent=2))
-        tmp.replace(summary_file)
+        _write_summary(summary_file, summary, running=False)
     if as_json:
         typer.echo(json.dumps(summary.to_mapping(), indent=2))
     else:

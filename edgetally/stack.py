@@ -1,0 +1,161 @@
+"""A whole EdgeTally deployment on one machine: two brokers, the cloud, a gateway, a fleet.
+
+Used by ``edgetally demo`` and by the integration tests. Every piece is a real process that
+can be stopped, SIGKILLed and restarted; constructing a :class:`Stack` does no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from devices.election_file import load_election
+from devices.generator import ExpectedTotals, expected_totals
+from edgetally.brokers import BrokerProcess
+from edgetally.processes import Component
+from protocol import Registry, provision
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    workdir: Path
+    election_file: Path
+    seed: int = 1
+    batches_per_device: int = 5
+    devices: int = 0  # 0 = every device of the election
+    rate: float = 0.0
+    resend_after: float = 3.0
+    fleet_timeout: float = 300.0
+    embedded_brokers: bool | None = None  # None: Mosquitto when installed, else amqtt
+    db_url: str | None = None  # default: SQLite file in workdir
+    gateway_id: str = "gw1"
+
+
+class Stack:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        work = config.workdir
+        self.keys = work / "keys"
+        self.buffer_path = work / "gateway-buffer.db"
+        self.db_url = config.db_url or f"sqlite:///{work / 'cloud.db'}"
+        self.summary_path = work / "fleet-summary.json"
+        self.edge = BrokerProcess(work / "edge-broker", name="edge-broker", embedded=config.embedded_brokers)
+        self.cloud_broker = BrokerProcess(
+            work / "cloud-broker", name="cloud-broker", embedded=config.embedded_brokers
+        )
+        self.cloud = Component(
+            "cloud",
+            ["cloud", "run", "--broker", self.cloud_broker.url, "--db", self.db_url, "--keys", str(self.keys)],
+            work,
+        )
+        self.gateway = Component(
+            "gateway",
+            [
+                "gateway", "run",
+                "--edge", self.edge.url,
+                "--cloud", self.cloud_broker.url,
+                "--buffer", str(self.buffer_path),
+                "--keys", str(self.keys),
+                "--id", config.gateway_id,
+            ],
+            work,
+        )
+        fleet_args = [
+            "devices", "run",
+            "--broker", self.edge.url,
+            "--keys", str(self.keys),
+            "--seed", str(config.seed),
+            "--batches-per-device", str(config.batches_per_device),
+            "--rate", str(config.rate),
+            "--resend-after", str(config.resend_after),
+            "--timeout", str(config.fleet_timeout),
+            "--summary", str(self.summary_path),
+        ]
+        if config.devices:
+            fleet_args += ["--devices", str(config.devices)]
+        self.fleet = Component("fleet", fleet_args, work, ready=False)
+        self._registry: Registry | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            self._registry = Registry.load(self.keys)
+        return self._registry
+
+    def provision(self) -> Registry:
+        election = load_election(self.config.election_file)
+        self._registry = provision(election, self.keys)
+        return self._registry
+
+    def start(self) -> None:
+        """Brokers, cloud and gateway, each ready before the next; the fleet is separate."""
+        self.config.workdir.mkdir(parents=True, exist_ok=True)
+        if not (self.keys / "registry.json").exists():
+            self.provision()
+        self.edge.start()
+        self.cloud_broker.start()
+        self.cloud.start()
+        self.gateway.start()
+        self.cloud.wait_ready()
+        self.gateway.wait_ready()
+
+    def start_fleet(self) -> None:
+        self.summary_path.unlink(missing_ok=True)
+        self.fleet.start()
+
+    def stop(self) -> None:
+        """Stop everything that runs, fleet first, brokers last. Safe to call twice."""
+        for component in (self.fleet, self.gateway, self.cloud):
+            component.stop()
+        for broker in (self.edge, self.cloud_broker):
+            broker.stop()
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- observation -----------------------------------------------------------------
+    @property
+    def device_ids(self) -> list[str]:
+        devices = list(self.registry.election.devices)
+        return devices[: self.config.devices] if self.config.devices else devices
+
+    def expected(self) -> ExpectedTotals:
+        return expected_totals(
+            self.registry.election, self.config.seed, self.config.batches_per_device, self.device_ids
+        )
+
+    def fleet_summary(self) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(self.summary_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return data
+
+    def _cli_json(self, *args: str) -> dict[str, Any]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "edgetally", "--log-level", "WARNING", *args, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"edgetally {' '.join(args)} failed: {proc.stderr.strip()}")
+        data: dict[str, Any] = json.loads(proc.stdout)
+        return data
+
+    def results(self) -> dict[str, Any]:
+        return self._cli_json("cloud", "results", "--db", self.db_url)
+
+    def buffer_stats(self) -> dict[str, Any]:
+        return self._cli_json("gateway", "buffer", "stats", "--buffer", str(self.buffer_path))
