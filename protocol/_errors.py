@@ -11,7 +11,7 @@ quarantined or rejected message) and a human sentence naming the problem.
     │   ├── ExtraField                extra_field
     │   ├── WrongType                 wrong_type
     │   ├── InvalidValue              invalid_value  negative count, bad id, bad timestamp, …
-    │   ├── NonCanonicalBody          non_canonical  body is not in canonical JSON form
+    │   ├── NonCanonicalBody          non_canonical  body, envelope or receipt not in canonical JSON form
     │   ├── UnknownElection           unknown_election
     │   ├── UnknownContest            unknown_contest
     │   └── UnknownChoice             unknown_choice
@@ -55,6 +55,12 @@ class RejectReason(StrEnum):
     CONFLICT = "conflict"  # another body already holds this (election, device, seq)
     BROKEN_CHAIN = "broken_chain"  # prev does not match the hash of seq - 1
     AFTER_FINAL = "after_final"  # seq above the device's final batch
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters: messages are stored, payloads can be 64 KiB."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 class ProtocolError(Exception):

@@ -34,6 +34,7 @@ from protocol._errors import (
     UnknownContest,
     UnknownElection,
     WrongType,
+    shown,
 )
 from protocol.election import ID_PATTERN, Election, parse_timestamp
 
@@ -43,7 +44,7 @@ BODY_FIELDS = frozenset(
     {"v", "election", "device", "precinct", "seq", "prev", "issued_at", "ballots", "counts", "final", "totals"}
 )
 TOTALS_FIELDS = frozenset({"ballots", "counts"})
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+HEX64 = re.compile(r"[0-9a-f]{64}\Z")  # use with .match; \Z so that a trailing newline fails
 
 Counts = Mapping[str, Mapping[str, int]]
 
@@ -102,7 +103,7 @@ class BatchBody:
 
 def _int(value: object, where: str, *, minimum: int = 0) -> int:
     if type(value) is not int:
-        raise WrongType(f"{where} must be an integer, got {type(value).__name__} {value!r}")
+        raise WrongType(f"{where} must be an integer, got {type(value).__name__} {shown(value)}")
     if value < minimum:
         raise InvalidValue(f"{where} must be >= {minimum}, got {value}")
     if value > MAX_COUNT:
@@ -114,7 +115,7 @@ def _ident(value: object, where: str) -> str:
     if not isinstance(value, str):
         raise WrongType(f"{where} must be a string, got {type(value).__name__}")
     if not ID_PATTERN.match(value):
-        raise InvalidValue(f"{where} {value!r} is not a valid id")
+        raise InvalidValue(f"{where} {shown(value)} is not a valid id")
     return value
 
 
@@ -154,8 +155,8 @@ def parse_body(raw: bytes) -> BatchBody:
     prev = data["prev"]
     if not isinstance(prev, str):
         raise WrongType(f"prev must be a string, got {type(prev).__name__}")
-    if not _HEX64.match(prev):
-        raise InvalidValue("prev must be 64 lower-case hex digits")
+    if not HEX64.match(prev):
+        raise InvalidValue(f"prev must be 64 lower-case hex digits, got {shown(prev)}")
     issued_at = data["issued_at"]
     if not isinstance(issued_at, str):
         raise WrongType(f"issued_at must be a string, got {type(issued_at).__name__}")
@@ -168,19 +169,25 @@ def parse_body(raw: bytes) -> BatchBody:
         raise WrongType(f"final must be true or false, got {type(final).__name__}")
     seq = _int(data["seq"], "seq", minimum=1)
     if seq == 1 and prev != canonical.GENESIS_HASH:
-        raise InvalidValue("prev of seq 1 must be 64 zeros")
+        raise InvalidValue(f"prev of seq 1 must be 64 zeros, got {shown(prev)}")
     totals_raw = data["totals"]
     totals: Totals | None = None
     if final:
+        if totals_raw is None:
+            raise MissingField(f"the final batch (seq {seq}) must carry cumulative totals, got null")
         if not isinstance(totals_raw, dict):
-            raise WrongType("totals must be an object on the final batch")
+            raise WrongType(
+                f"totals must be an object on the final batch, got {type(totals_raw).__name__}"
+            )
         require_exact_fields(totals_raw, TOTALS_FIELDS, "totals")
         totals = Totals(
             ballots=_int(totals_raw["ballots"], "totals.ballots"),
             counts=_counts(totals_raw["counts"], "totals.counts"),
         )
     elif totals_raw is not None:
-        raise InvalidValue("totals must be null unless final is true")
+        raise InvalidValue(
+            f"totals must be null on a non-final batch (seq {seq}), got {type(totals_raw).__name__}"
+        )
     body = BatchBody(
         v=v,
         election=_ident(data["election"], "election"),
@@ -202,7 +209,9 @@ def parse_body(raw: bytes) -> BatchBody:
 def check_against_election(body: BatchBody, election: Election) -> None:
     """Every contest and choice named by the body exists in ``election``."""
     if body.election != election.id:
-        raise UnknownElection(f"election {body.election!r} is not {election.id!r}")
+        raise UnknownElection(
+            f"body names election {body.election!r}, the registry holds election {election.id!r}"
+        )
     sections: list[tuple[str, Counts]] = [("counts", body.counts)]
     if body.totals is not None:
         sections.append(("totals.counts", body.totals.counts))

@@ -23,9 +23,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from protocol._errors import ElectionModelError
+from protocol._errors import ElectionModelError, shown
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# ``\Z``, not ``$``: ``$`` also matches before a trailing newline, which would let "p-001\n" pass.
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+# ASCII digits only: ``\d`` would also accept digits of other scripts (U+FF12 and the like).
+_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 CONTEST_KINDS = ("candidate", "measure")
 
 
@@ -33,7 +36,7 @@ def check_id(value: object, where: str) -> str:
     """Return ``value`` if it is a valid identifier, else raise naming ``where``."""
     if not isinstance(value, str) or not ID_PATTERN.match(value):
         raise ElectionModelError(
-            f"{where}: {value!r} is not a valid id (1-64 characters of A-Z a-z 0-9 _ . -,"
+            f"{where}: {shown(value)} is not a valid id (1-64 characters of A-Z a-z 0-9 _ . -,"
             " starting with a letter or digit)"
         )
     return value
@@ -41,10 +44,10 @@ def check_id(value: object, where: str) -> str:
 
 def parse_timestamp(value: object, where: str) -> datetime:
     """Parse an RFC 3339 UTC timestamp of the form ``2026-11-03T20:00:00Z``."""
-    if not isinstance(value, str) or not re.fullmatch(
-        r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z", value
-    ):
-        raise ElectionModelError(f"{where}: {value!r} is not a timestamp like 2026-11-03T20:00:00Z")
+    if not isinstance(value, str) or not _TIMESTAMP.fullmatch(value):
+        raise ElectionModelError(
+            f"{where}: {shown(value)} is not a timestamp like 2026-11-03T20:00:00Z"
+        )
     try:
         return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     except ValueError as exc:
@@ -149,8 +152,8 @@ class Election:
             raise ElectionModelError("an election must be a mapping with id, contests and units")
         _require_keys(data, {"id", "name", "polls_close", "contests", "units"}, "election")
         election_id = check_id(data["id"], "election id")
-        name = _string(data["name"], "election name")
-        parse_timestamp(data["polls_close"], "election polls_close")
+        name = _string(data["name"], f"election {election_id!r} name")
+        parse_timestamp(data["polls_close"], f"election {election_id!r} polls_close")
         contests = _parse_contests(data["contests"])
         units: dict[str, Unit] = {}
         device_precinct: dict[str, str] = {}

@@ -17,13 +17,15 @@ from protocol._errors import (
     BadSignature,
     InvalidValue,
     MalformedJSON,
+    NonCanonicalBody,
     PayloadTooLarge,
     TopicMismatch,
     WrongKey,
     WrongPrecinct,
     WrongType,
+    shown,
 )
-from protocol.batch import BatchBody, require_exact_fields, check_against_election, parse_body
+from protocol.batch import BatchBody, check_against_election, parse_body, require_exact_fields
 from protocol.keys import SIGNATURE_BYTES, SigningKey, b64decode_strict, b64encode
 from protocol.registry import Registry
 
@@ -74,7 +76,7 @@ def parse_envelope(payload: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Env
         if not isinstance(data[name], str):
             raise WrongType(f"envelope {name} must be a string, got {type(data[name]).__name__}")
     if canonical.dumps(data) != payload:
-        raise MalformedJSON("envelope is not canonical JSON (sorted keys, no whitespace)")
+        raise NonCanonicalBody("envelope is not canonical JSON (sorted keys, no whitespace)")
     sig = b64decode_strict(data["sig"], what="envelope sig")
     if len(sig) != SIGNATURE_BYTES:
         raise InvalidValue(f"envelope sig must be {SIGNATURE_BYTES} bytes, got {len(sig)}")
@@ -87,22 +89,30 @@ def verify(
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     topic_device: str | None = None,
+    topic_election: str | None = None,
 ) -> VerifiedBatch:
     """Decode and verify ``payload``; raise a :class:`ProtocolError` subclass naming the problem.
 
     Order: size, envelope structure, body structure, device and key, signature, then the
-    body against the election. ``topic_device``, when given, must match the body's device.
+    body against the election. ``topic_device`` and ``topic_election``, when given, must match
+    the body's device and election (a batch published on another device's topic is refused).
     """
     envelope = parse_envelope(payload, max_bytes=max_bytes)
     body = parse_body(envelope.body)
     entry = registry.lookup(body.device)
     if envelope.kid != entry.kid:
-        raise WrongKey(f"device {body.device!r} signs with kid {entry.kid}, envelope says {envelope.kid!r}")
+        raise WrongKey(
+            f"device {body.device!r} signs with kid {entry.kid}, envelope says {shown(envelope.kid)}"
+        )
     if not entry.public_key.verify(envelope.sig, envelope.body):
         raise BadSignature(f"signature of device {body.device!r} seq {body.seq} does not verify")
     if topic_device is not None and topic_device != body.device:
         raise TopicMismatch(
             f"batch of device {body.device!r} arrived on the topic of device {topic_device!r}"
+        )
+    if topic_election is not None and topic_election != body.election:
+        raise TopicMismatch(
+            f"batch of election {body.election!r} arrived on a topic of election {shown(topic_election)}"
         )
     if body.precinct != entry.precinct:
         raise WrongPrecinct(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -82,22 +83,36 @@ class SigningKey:
             raise KeyFileError(f"cannot read private key {path}: {exc.strerror}") from exc
         try:
             key = serialization.load_pem_private_key(data, password=None)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
             raise KeyFileError(f"{path} is not an unencrypted PEM private key") from exc
         if not isinstance(key, Ed25519PrivateKey):
             raise KeyFileError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
         return cls(key)
 
     def save(self, path: Path) -> None:
-        """Write PKCS#8 PEM, readable by the owner only."""
+        """Write PKCS#8 PEM, readable by the owner only (mode 0600).
+
+        Written to a temporary file, synced, then renamed over ``path``: a crash leaves the
+        old key or the new one, never half a key, and a replaced file never keeps a wider mode.
+        """
         pem = self._key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(pem)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                os.fchmod(handle.fileno(), 0o600)  # a leftover tmp file keeps its old mode
+                handle.write(pem)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise KeyFileError(f"cannot write private key {path}: {exc.strerror}") from exc
 
     @property
     def kid(self) -> str:

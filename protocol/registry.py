@@ -78,7 +78,13 @@ class Registry:
                     f"{source}: device {device!r} is registered to precinct"
                     f" {entry.get('precinct')!r}, the election says {precinct!r}"
                 )
-            public = PublicKey.from_hex(str(entry.get("public_key", "")))
+            public_hex = entry.get("public_key")
+            if not isinstance(public_hex, str):
+                raise KeyFileError(f"{source}: device {device!r} has no public_key string")
+            try:
+                public = PublicKey.from_hex(public_hex)
+            except KeyFileError as exc:
+                raise KeyFileError(f"{source}: device {device!r}: {exc}") from exc
             if "kid" in entry and entry["kid"] != public.kid:
                 raise KeyFileError(f"{source}: device {device!r} kid does not match its public key")
             devices[device] = DeviceEntry(device, precinct, public)
@@ -92,6 +98,8 @@ class Registry:
             text = file.read_text(encoding="utf-8")
         except OSError as exc:
             raise KeyFileError(f"cannot read registry {file}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise KeyFileError(f"registry {file} is not UTF-8 text: {exc.reason}") from exc
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -99,11 +107,16 @@ class Registry:
         return cls.from_mapping(data, source=str(file))
 
     def save(self, directory: Path) -> Path:
-        directory.mkdir(parents=True, exist_ok=True)
+        """Write ``registry.json`` into ``directory`` atomically (temporary file, then rename)."""
         file = directory / REGISTRY_FILE
         tmp = file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_mapping(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, file)
+        text = json.dumps(self.to_mapping(), indent=2, sort_keys=True) + "\n"
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, file)
+        except OSError as exc:
+            raise KeyFileError(f"cannot write registry {file}: {exc.strerror}") from exc
         return file
 
 
@@ -117,7 +130,10 @@ def provision(election: Election, directory: Path, *, overwrite: bool = False) -
     Existing private keys are kept (re-provisioning must not orphan signed batches) unless
     ``overwrite`` is set.
     """
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KeyFileError(f"cannot create keys directory {directory}: {exc.strerror}") from exc
     devices: dict[str, DeviceEntry] = {}
     for precinct in election.precincts:
         for device in precinct.devices:

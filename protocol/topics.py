@@ -13,8 +13,10 @@ from enum import StrEnum
 from urllib.parse import urlsplit
 
 from protocol._errors import InvalidValue
+from protocol.election import ID_PATTERN
 
 PREFIX = "edgetally/v1"
+DEFAULT_PORT = 1883
 
 
 class DeviceTopicKind(StrEnum):
@@ -56,7 +58,10 @@ class DeviceTopic:
 
 
 def parse_device_topic(topic: str) -> DeviceTopic | None:
-    """Split a device topic; ``None`` for anything that is not one."""
+    """Split a device topic; ``None`` for anything that is not one.
+
+    The election and device segments must be valid ids (``_gateway/...`` is not, by design).
+    """
     parts = topic.split("/")
     if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != PREFIX:
         return None
@@ -64,7 +69,7 @@ def parse_device_topic(topic: str) -> DeviceTopic | None:
         kind = DeviceTopicKind(parts[4])
     except ValueError:
         return None
-    if parts[2].startswith("_"):
+    if not (ID_PATTERN.match(parts[2]) and ID_PATTERN.match(parts[3])):
         return None
     return DeviceTopic(parts[2], parts[3], kind)
 
@@ -76,17 +81,28 @@ class BrokerAddress:
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6 literal
+        return f"mqtt://{host}:{self.port}"
 
 
 def parse_broker_url(url: str) -> BrokerAddress:
-    """``mqtt://host:port`` (port defaults to 1883) or ``host:port``."""
+    """``mqtt://host:port`` or ``tcp://host:port`` (port defaults to 1883), or ``host[:port]``.
+
+    IPv6 literals go in brackets (``mqtt://[::1]:1883``). Credentials, paths and queries are
+    refused rather than silently ignored: nothing here would use them.
+    """
     text = url if "://" in url else f"mqtt://{url}"
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:  # bad port, unbalanced IPv6 brackets
+        raise InvalidValue(f"broker URL {url!r} is not valid: {exc}") from exc
     if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
         raise InvalidValue(f"broker URL {url!r} must look like mqtt://host:port")
-    try:
-        port = parts.port or 1883
-    except ValueError as exc:
-        raise InvalidValue(f"broker URL {url!r} has a bad port") from exc
-    return BrokerAddress(parts.hostname, port)
+    if parts.username is not None or parts.password is not None:
+        raise InvalidValue(f"broker URL {url!r}: credentials in the URL are not supported")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise InvalidValue(f"broker URL {url!r}: a path, query or fragment is not supported")
+    if port == 0:
+        raise InvalidValue(f"broker URL {url!r}: port must be 1-65535, got 0")
+    return BrokerAddress(parts.hostname, DEFAULT_PORT if port is None else port)
