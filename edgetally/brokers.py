@@ -58,6 +58,9 @@ class BrokerSettings:
 def mosquitto_config(port: int, workdir: Path, settings: BrokerSettings) -> str:
     """The config EdgeTally runs Mosquitto with (shipped as docs in deploy/mosquitto/)."""
     lines = [
+        # Run as root, Mosquitto drops to the `mosquitto` user and then cannot write its log or
+        # persistence file in our (root-owned) directory: sessions would silently not survive.
+        *(["user root"] if os.geteuid() == 0 else []),
         f"listener {port} 127.0.0.1",
         "allow_anonymous true",
         f"persistence {'true' if settings.persistence else 'false'}",

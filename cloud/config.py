@@ -1,0 +1,54 @@
+"""The cloud worker's configuration: built once by the CLI, frozen, passed to everything."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cloud._exceptions import ConfigError
+from protocol import DEFAULT_MAX_BYTES, BrokerAddress
+from protocol.election import ID_PATTERN
+
+DEFAULT_DB_URL = "sqlite:///edgetally.db"
+DEFAULT_CLOUD_ID = "cloud1"
+
+
+@dataclass(frozen=True, slots=True)
+class CloudConfig:
+    """Everything ``edgetally cloud run`` needs. Validates values; does no I/O."""
+
+    broker: BrokerAddress
+    db_url: str
+    keys_dir: Path
+    cloud_id: str = DEFAULT_CLOUD_ID
+    max_payload_bytes: int = DEFAULT_MAX_BYTES
+    ready_file: Path | None = None
+    # Messages received and not yet committed. Mosquitto sends at most max_inflight_messages
+    # (1000) unacknowledged QoS 1 messages to one client, so this holds every one of them plus
+    # the redeliveries of a reconnect. When full, the MQTT thread blocks (backpressure to the
+    # broker, which keeps the messages); nothing is dropped while the worker runs.
+    queue_size: int = 4096
+    # Messages per database transaction (group commit).
+    group_max: int = 500
+    keepalive_s: int = 30
+    # Reconnect and database-retry backoff: capped exponential with full jitter.
+    backoff_initial_s: float = 0.2
+    backoff_max_s: float = 5.0
+    # How long a graceful stop waits for the broker to acknowledge receipts already sent.
+    drain_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not ID_PATTERN.match(self.cloud_id):
+            raise ConfigError(
+                f"--id {self.cloud_id!r} must be 1-64 characters of A-Z a-z 0-9 _ . -"
+            )
+        if self.max_payload_bytes < 1:
+            raise ConfigError(f"--max-payload-bytes must be positive, got {self.max_payload_bytes}")
+        if self.queue_size < 1 or self.group_max < 1:
+            raise ConfigError("queue size and group size must be positive")
+        if not 0 < self.backoff_initial_s <= self.backoff_max_s:
+            raise ConfigError("backoff must satisfy 0 < initial <= max")
+
+    @property
+    def client_id(self) -> str:
+        return f"edgetally-cloud-{self.cloud_id}"

@@ -1,0 +1,155 @@
+"""The cloud's tables (SQLAlchemy Core). The schema itself is made only by the Alembic
+migrations in cloud/migrations; these definitions are what the code reads and writes, and a
+test checks that they agree with what the migrations build.
+
+    elections         the election definition (registry.election.to_mapping()), so that
+                      `results` needs only the database
+    ledger            every accepted batch, once: key (election, device, seq)
+    tallies           votes per (election, contest, choice, precinct)
+    precinct_ballots  ballots and accepted batches per (election, precinct)
+    devices           per device: contiguous seq and hash (what receipts say), final seq
+    rejections        every refused message, with reason, detail, topic and exact payload
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+ID = String(64)  # protocol ids are 1-64 characters
+HASH = String(64)  # lower-case hex SHA-256
+
+# An autoincrement key that is BIGINT on PostgreSQL and the rowid alias on SQLite.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on every dialect.
+
+    Stored as a naive UTC timestamp (SQLite has no time zones; PostgreSQL's ``timestamp``).
+    """
+
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given where a UTC datetime is required")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC)
+
+
+elections = Table(
+    "elections",
+    metadata,
+    Column("election", ID, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("definition", Text, nullable=False),  # canonical JSON of Election.to_mapping()
+    Column("stored_at", UTCDateTime, nullable=False),
+)
+
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("election", ID, nullable=False),
+    Column("device", ID, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("precinct", ID, nullable=False),
+    Column("body", Text, nullable=False),  # the exact signed body string
+    Column("sig", String(128), nullable=False),  # base64, as in the envelope
+    Column("kid", String(64), nullable=False),
+    Column("body_hash", HASH, nullable=False),
+    Column("prev", HASH, nullable=False),
+    Column("ballots", Integer, nullable=False),
+    Column("final", Boolean, nullable=False),
+    Column("issued_at", UTCDateTime, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("duplicates", Integer, nullable=False, server_default="0"),
+    Column("last_duplicate_at", UTCDateTime, nullable=True),
+    UniqueConstraint("election", "device", "seq"),
+)
+
+tallies = Table(
+    "tallies",
+    metadata,
+    Column("election", ID, primary_key=True),
+    Column("contest", ID, primary_key=True),
+    Column("choice", ID, primary_key=True),
+    Column("precinct", ID, primary_key=True),
+    Column("votes", BigInteger, nullable=False),
+)
+
+precinct_ballots = Table(
+    "precinct_ballots",
+    metadata,
+    Column("election", ID, primary_key=True),
+    Column("precinct", ID, primary_key=True),
+    Column("ballots", BigInteger, nullable=False),
+    Column("batches", Integer, nullable=False),
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("election", ID, primary_key=True),
+    Column("device", ID, primary_key=True),
+    Column("precinct", ID, nullable=False),
+    Column("contiguous_seq", Integer, nullable=False, server_default="0"),
+    Column("contiguous_hash", HASH, nullable=False),
+    Column("final_seq", Integer, nullable=True),
+    Column("max_seq", Integer, nullable=False, server_default="0"),  # highest seq held
+    Column("batches", Integer, nullable=False, server_default="0"),  # accepted batches
+    Column("duplicates", Integer, nullable=False, server_default="0"),
+    Column("updated_at", UTCDateTime, nullable=True),
+)
+
+rejections = Table(
+    "rejections",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    # Filled when the body could be parsed far enough to name them.
+    Column("election", ID, nullable=True),
+    Column("device", ID, nullable=True),
+    Column("seq", Integer, nullable=True),
+    Column("topic", Text, nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("payload_hash", HASH, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Index(None, "reason"),
+    Index(None, "election", "device", "seq"),
+)
