@@ -30,15 +30,15 @@ from cloud.db import insert_missing, translate_errors
 from cloud.ledger_store import load_devices, load_held, write_group
 from protocol import (
     GENESIS_HASH,
-    DeviceTopicKind,
+    BadTopic,
     ProtocolError,
     Receipt,
     Registry,
     RejectReason,
     VerifiedBatch,
     canonical,
+    parse_batch_topic,
     parse_body,
-    parse_device_topic,
     parse_envelope,
     sha256_hex,
     verify,
@@ -181,29 +181,19 @@ class Ledger:
         raise DatabaseError(f"a group of {len(messages)} kept conflicting with concurrent writers")
 
     def _verify(self, message: Inbound) -> VerifiedBatch | _Rejection:
-        topic = parse_device_topic(message.topic)
-        if topic is None or topic.kind is not DeviceTopicKind.BATCH:
-            return _Rejection(
-                RejectReason.TOPIC_MISMATCH, f"{message.topic!r} is not a device batch topic"
-            )
         try:
+            topic = parse_batch_topic(message.topic)
             batch = verify(
                 message.payload,
                 self._registry,
                 max_bytes=self._max_bytes,
                 topic_device=topic.device,
+                topic_election=topic.election,
             )
+        except BadTopic as err:
+            return _Rejection(err.reason, str(err))
         except ProtocolError as err:
             return _Rejection(err.reason, str(err), *self._identify(message.payload))
-        body = batch.body
-        if topic.election != body.election:
-            return _Rejection(
-                RejectReason.TOPIC_MISMATCH,
-                f"batch of election {body.election!r} arrived on a topic of election {topic.election!r}",
-                body.election,
-                body.device,
-                body.seq,
-            )
         return batch
 
     def _identify(self, payload: bytes) -> tuple[str | None, str | None, int | None]:

@@ -17,6 +17,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from edgetally.stack import Stack, StackConfig
 from edgetally.verdict import Verdict, compare, render
@@ -106,7 +107,7 @@ class Demo:
         progress.update(bars["ledger"], completed=self.seen.ledger)
         progress.update(bars["receipted"], completed=self.seen.receipted)
         table = Table(show_header=True, title="Pipeline", title_justify="left")
-        for col in ("edge broker", "gateway buffer (pending / in flight)", "cloud link", "cloud", "fleet"):
+        for col in ("edge broker", "gateway pending / in flight", "cloud link", "cloud", "fleet"):
             table.add_column(col)
         fleet_state = "running" if self.stack.fleet.running else f"exited {self.stack.fleet.returncode}"
         table.add_row(
@@ -116,7 +117,7 @@ class Demo:
             "up" if self.stack.cloud.running else "down",
             fleet_state,
         )
-        return Group(progress, table, *self.events[-6:])
+        return Group(progress, table, Text("\n".join(self.events[-6:])))
 
     def run(self) -> Verdict:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -188,6 +189,7 @@ class Demo:
                 self._event(f"gave up after {cfg.timeout:.0f}s")
             self._observe()
             live.update(self._view(total, progress, bars))
+        self.console.print()
         results = self.stack.results()
         buffer = self.stack.buffer_stats()
         verdict = compare(registry.election, expected, results, self.stack.fleet_summary(), buffer)

@@ -18,6 +18,7 @@ quarantined or rejected message) and a human sentence naming the problem.
     ├── BadBase64                     bad_base64
     ├── UnknownDevice                 unknown_device  device not in the registry
     ├── WrongPrecinct                 wrong_precinct  body names another precinct than the registry
+    ├── BadTopic                      bad_topic   a message on a topic that is not a device batch topic
     ├── TopicMismatch                 topic_mismatch  a device's batch on another device's topic
     ├── WrongKey                      wrong_key   kid is not the device's registered key
     ├── BadSignature                  bad_signature
@@ -46,6 +47,7 @@ class RejectReason(StrEnum):
     BAD_BASE64 = "bad_base64"
     UNKNOWN_DEVICE = "unknown_device"
     WRONG_PRECINCT = "wrong_precinct"
+    BAD_TOPIC = "bad_topic"
     TOPIC_MISMATCH = "topic_mismatch"
     WRONG_KEY = "wrong_key"
     BAD_SIGNATURE = "bad_signature"
@@ -127,6 +129,10 @@ class UnknownDevice(ProtocolError):
 
 class WrongPrecinct(ProtocolError):
     reason = RejectReason.WRONG_PRECINCT
+
+
+class BadTopic(ProtocolError):
+    reason = RejectReason.BAD_TOPIC
 
 
 class TopicMismatch(ProtocolError):

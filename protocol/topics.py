@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import urlsplit
 
-from protocol._errors import InvalidValue
+from protocol._errors import BadTopic, InvalidValue, shown
 from protocol.election import ID_PATTERN
 
 PREFIX = "edgetally/v1"
@@ -72,6 +72,16 @@ def parse_device_topic(topic: str) -> DeviceTopic | None:
     if not (ID_PATTERN.match(parts[2]) and ID_PATTERN.match(parts[3])):
         return None
     return DeviceTopic(parts[2], parts[3], kind)
+
+
+def parse_batch_topic(topic: str) -> DeviceTopic:
+    """The election and device of a batch topic; :class:`BadTopic` for any other topic."""
+    parsed = parse_device_topic(topic)
+    if parsed is None or parsed.kind is not DeviceTopicKind.BATCH:
+        raise BadTopic(
+            f"topic {shown(topic)} is not a device batch topic ({PREFIX}/<election>/<device>/batch)"
+        )
+    return parsed
 
 
 @dataclass(frozen=True, slots=True)

@@ -396,7 +396,7 @@ def test_a_bad_message_in_a_group_does_not_lose_the_good_ones(
     assert [o.reason for o in result.outcomes if o.reason] == [
         RejectReason.MALFORMED_JSON,
         RejectReason.CONFLICT,
-        RejectReason.TOPIC_MISMATCH,
+        RejectReason.BAD_TOPIC,
     ]
     expected = expected_totals(envelopes.election, SEED, 4, [device]).to_mapping()
     got = _totals(engine)

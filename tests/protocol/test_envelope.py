@@ -280,5 +280,6 @@ def test_every_reject_reason_of_verify_is_covered() -> None:
         RejectReason.CONFLICT,
         RejectReason.BROKEN_CHAIN,
         RejectReason.AFTER_FINAL,
+        RejectReason.BAD_TOPIC,  # raised by parse_batch_topic (tests/protocol/test_topics.py)
     }
     assert {error.reason for _, _, _, error, _ in REJECTS} == stateless

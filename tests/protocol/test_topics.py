@@ -7,12 +7,15 @@ import pytest
 from protocol import (
     BATCH_FILTER,
     RECEIPT_FILTER,
+    BadTopic,
     BrokerAddress,
     DeviceTopic,
     DeviceTopicKind,
     InvalidValue,
+    RejectReason,
     batch_topic,
     gateway_status_topic,
+    parse_batch_topic,
     parse_broker_url,
     parse_device_topic,
     receipt_topic,
@@ -62,6 +65,19 @@ def test_parsed_batch_topic_names_election_and_device() -> None:
 )
 def test_anything_else_is_not_a_device_topic(topic: str) -> None:
     assert parse_device_topic(topic) is None
+    with pytest.raises(BadTopic, match="is not a device batch topic"):
+        parse_batch_topic(topic)
+
+
+@pytest.mark.parametrize("topic", ["edgetally/v1/e/d/status", "edgetally/v1/e/d/receipt"])
+def test_other_device_topics_are_not_batch_topics(topic: str) -> None:
+    with pytest.raises(BadTopic) as caught:
+        parse_batch_topic(topic)
+    assert caught.value.reason is RejectReason.BAD_TOPIC
+
+
+def test_batch_topic_parses_to_election_and_device() -> None:
+    assert parse_batch_topic("edgetally/v1/e-1/d-2/batch") == DeviceTopic("e-1", "d-2", DeviceTopicKind.BATCH)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,107 @@
+"""The gateway's configuration: one frozen value, built once by the CLI, read by everything."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from gateway._exceptions import ConfigError
+from protocol import DEFAULT_MAX_BYTES, BrokerAddress, ProtocolError, parse_broker_url
+from protocol.election import ID_PATTERN
+
+# Mosquitto (edgetally/brokers.py) sends at most this many unacknowledged QoS 1 messages
+# to one client; the ingress queue holds at least twice that (one connection's worth plus
+# what an earlier connection left queued), so in practice it never fills.
+BROKER_MAX_INFLIGHT = 1000
+MAX_WINDOW = 20_000  # well below paho's 65,535 message ids
+
+
+class SyncMode(StrEnum):
+    """SQLite ``PRAGMA synchronous`` for the buffer: FULL survives power loss, NORMAL a crash."""
+
+    FULL = "full"
+    NORMAL = "normal"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """Everything ``edgetally gateway run`` needs. Constructing it checks values, does no I/O."""
+
+    gateway_id: str
+    edge: BrokerAddress
+    cloud: BrokerAddress
+    buffer_path: Path
+    keys_dir: Path
+    window: int = 256
+    max_payload_bytes: int = DEFAULT_MAX_BYTES
+    sync: SyncMode = SyncMode.FULL
+    ready_file: Path | None = None
+    # Tuning without a command-line option (tests and issue 3 may set them).
+    ingress_queue_size: int = 2 * BROKER_MAX_INFLIGHT + 48
+    group_max: int = 500  # messages per buffer transaction (group commit)
+    keepalive_s: int = 15
+    backoff_initial_s: float = 0.2
+    backoff_max_s: float = 5.0
+    connect_timeout_s: float = 5.0
+    drain_grace_s: float = 2.0  # at stop: how long to wait for outstanding cloud PUBACKs
+
+    def __post_init__(self) -> None:
+        if not ID_PATTERN.match(self.gateway_id):
+            raise ConfigError(
+                f"gateway id {self.gateway_id!r} must be 1-64 characters of A-Z a-z 0-9 _ . -"
+            )
+        if not 1 <= self.window <= MAX_WINDOW:
+            raise ConfigError(f"--window must be between 1 and {MAX_WINDOW}, got {self.window}")
+        if self.max_payload_bytes < 1:
+            raise ConfigError(f"--max-payload-bytes must be positive, got {self.max_payload_bytes}")
+        if self.ingress_queue_size < 2 * BROKER_MAX_INFLIGHT:
+            raise ConfigError(
+                f"ingress queue size must be at least {2 * BROKER_MAX_INFLIGHT}, got {self.ingress_queue_size}"
+            )
+        if self.group_max < 1 or self.keepalive_s < 1:
+            raise ConfigError("group size and keepalive must be positive")
+        if not 0 < self.backoff_initial_s <= self.backoff_max_s:
+            raise ConfigError("backoff must satisfy 0 < initial <= max")
+
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        edge: str,
+        cloud: str,
+        buffer: Path,
+        keys: Path,
+        gateway_id: str = "gw1",
+        window: int = 256,
+        max_payload_bytes: int = DEFAULT_MAX_BYTES,
+        sync: SyncMode = SyncMode.FULL,
+        ready_file: Path | None = None,
+    ) -> GatewayConfig:
+        """Build from command-line strings; bad values raise :class:`ConfigError`."""
+        return cls(
+            gateway_id=gateway_id,
+            edge=_broker(edge, "--edge"),
+            cloud=_broker(cloud, "--cloud"),
+            buffer_path=buffer,
+            keys_dir=keys,
+            window=window,
+            max_payload_bytes=max_payload_bytes,
+            sync=sync,
+            ready_file=ready_file,
+        )
+
+    @property
+    def edge_client_id(self) -> str:
+        return f"edgetally-gw-{self.gateway_id}"
+
+    @property
+    def cloud_client_id(self) -> str:
+        return f"edgetally-gw-{self.gateway_id}-uplink"
+
+
+def _broker(url: str, option: str) -> BrokerAddress:
+    try:
+        return parse_broker_url(url)
+    except ProtocolError as exc:
+        raise ConfigError(f"{option}: {exc}") from exc

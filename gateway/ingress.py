@@ -1,0 +1,392 @@
+"""Ingress: batches from the edge broker, verified, committed to the buffer, then acknowledged.
+
+paho-mqtt directly (aiomqtt has no manual acknowledgement). The edge client has a persistent
+session (``clean_session=False``) and ``manual_ack=True``: nothing is acknowledged on receipt.
+``on_message`` only puts the message on a bounded queue; the writer thread takes up to
+``group_max`` queued messages, verifies each, stores the group in ONE buffer transaction
+(verified ones pending, rejected ones quarantined with their reason), and only after that
+commit acknowledges each message to the edge broker. A crash before the acknowledgement
+loses nothing: the broker redelivers what was not acknowledged.
+
+Queue policy when full: ``on_message`` blocks, which stalls the paho network thread and so
+pushes back on the edge broker over TCP; nothing is dropped. The broker sends at most its
+``max_inflight_messages`` (1000) unacknowledged messages to one session and the queue holds
+twice that, so it fills only if the writer stalls. A message that could not be queued
+because its client was replaced or intake closed is left unacknowledged for the broker to
+redeliver.
+
+Packet ids belong to one connection. Every connect, disconnect and client replacement bumps
+``generation`` (under a lock also held while acknowledging); a committed message from an
+older generation is not acknowledged (its id may name another message now), and the broker's
+redelivery of it is de-duplicated by the buffer.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from gateway.buffer import Buffer, NewMessage
+from gateway.config import GatewayConfig
+from gateway.links import OFFLINE, ONLINE, new_client, publish_status, set_offline_will
+from gateway.schema import State
+from protocol import (
+    BATCH_FILTER,
+    BadTopic,
+    ProtocolError,
+    Registry,
+    body_hash,
+    parse_batch_topic,
+    parse_body,
+    parse_envelope,
+    verify,
+)
+
+log = logging.getLogger(__name__)
+
+LINK = "edge"
+RECONNECT_MIN_S = 1  # paho's own reconnect loop (whole seconds), doubling to the max
+RECONNECT_MAX_S = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One message as ``on_message`` saw it, tagged with the connection generation."""
+
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    generation: int
+    received_at: float
+
+
+def classify(
+    topic: str, payload: bytes, received_at: float, registry: Registry, max_bytes: int
+) -> NewMessage:
+    """Verify one message: a pending row if it is a good batch, else a quarantined one."""
+    try:
+        where = parse_batch_topic(topic)
+    except BadTopic as err:
+        return NewMessage(
+            topic=topic,
+            payload=payload,
+            state=State.QUARANTINED,
+            received_at=received_at,
+            reason=err.reason.value,
+            detail=str(err),
+        )
+    try:
+        batch = verify(
+            payload,
+            registry,
+            max_bytes=max_bytes,
+            topic_device=where.device,
+            topic_election=where.election,
+        )
+    except ProtocolError as err:
+        seq, digest = _best_effort_identity(payload, max_bytes)
+        return NewMessage(
+            topic=topic,
+            payload=payload,
+            state=State.QUARANTINED,
+            received_at=received_at,
+            election=where.election,
+            device=where.device,
+            seq=seq,
+            body_hash=digest,
+            reason=err.reason.value,
+            detail=str(err),
+        )
+    return NewMessage(
+        topic=topic,
+        payload=payload,
+        state=State.PENDING,
+        received_at=received_at,
+        election=batch.body.election,
+        device=batch.body.device,
+        seq=batch.body.seq,
+        body_hash=batch.body_hash,
+    )
+
+
+def _best_effort_identity(payload: bytes, max_bytes: int) -> tuple[int | None, str | None]:
+    """The seq and body hash of a rejected message, where its structure allows, for inspection."""
+    try:
+        envelope = parse_envelope(payload, max_bytes=max_bytes)
+    except ProtocolError:
+        return None, None
+    digest = body_hash(envelope.body)
+    try:
+        return parse_body(envelope.body).seq, digest
+    except ProtocolError:
+        return None, digest
+
+
+class Ingress:
+    """The edge link and the writer. Construct, :meth:`start`, run :meth:`run_writer` in a thread."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        registry: Registry,
+        buffer: Buffer,
+        *,
+        on_stored: Callable[[], None] = lambda: None,
+        on_connected: Callable[[], None] = lambda: None,
+        on_ready: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._config = config
+        self._registry = registry
+        self._buffer = buffer
+        self._on_stored = on_stored
+        self._on_connected = on_connected
+        self._on_ready = on_ready
+        self._queue: queue.Queue[Received] = queue.Queue(maxsize=config.ingress_queue_size)
+        self._lock = threading.Lock()  # guards _client, _generation, _intake_open and every ack
+        self._client: mqtt.Client | None = None
+        self._generation = 0
+        self._intake_open = True
+        self.ready = threading.Event()  # set at the first successful subscription
+        self.stored = 0
+        self.quarantined = 0
+        self.duplicates = 0
+        self.acked = 0
+        self.stale = 0
+
+    @property
+    def queued(self) -> int:
+        """Messages received and not yet taken by the writer."""
+        return self._queue.qsize()
+
+    # -- the edge link ----------------------------------------------------------------
+    def start(self) -> None:
+        """Connect in the background; paho retries until the edge broker answers."""
+        client = self._make_client()
+        with self._lock:
+            self._client = client
+        self._launch(client)
+
+    def restart_link(self) -> None:
+        """Replace the edge client (after a writer failure): the broker redelivers the unacked."""
+        client = self._make_client()
+        with self._lock:
+            old, self._client = self._client, client
+            self._generation += 1
+        if old is not None:
+            old.disconnect()
+            old.loop_stop()
+        log.warning("edge link restarted; unacknowledged batches will be redelivered")
+        self._launch(client)
+
+    def stop_intake(self) -> None:
+        """Stop taking messages; what is not yet queued stays unacknowledged for redelivery."""
+        with self._lock:
+            self._intake_open = False
+
+    def stop(self) -> None:
+        """Announce offline, then disconnect cleanly (queued acknowledgements go out first)."""
+        with self._lock:
+            client, self._client = self._client, None
+            self._generation += 1
+        if client is None:
+            return
+        rc = publish_status(client, self._config.gateway_id, OFFLINE, LINK)
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            log.info("edge offline status not sent (rc=%s); the last will says it", rc)
+        client.disconnect()
+        client.loop_stop()
+        log.info(
+            "edge link closed: stored=%d quarantined=%d duplicates=%d acked=%d stale=%d",
+            self.stored,
+            self.quarantined,
+            self.duplicates,
+            self.acked,
+            self.stale,
+        )
+
+    def relay(self, topic: str, payload: bytes) -> None:
+        """Republish a cloud receipt on the edge broker: same topic and bytes, QoS 1, retained."""
+        with self._lock:
+            client = self._client
+        if client is None:
+            return
+        info = client.publish(topic, payload, qos=1, retain=True)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            log.warning(
+                "receipt on %s not relayed now (rc=%s); it is relayed again when the edge link returns",
+                topic,
+                info.rc,
+            )
+
+    def _make_client(self) -> mqtt.Client:
+        client = new_client(self._config.edge_client_id, clean_session=False, manual_ack=True)
+        client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        client.max_inflight_messages_set(100)  # receipts relayed to the edge broker
+        set_offline_will(client, self._config.gateway_id, LINK)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    def _launch(self, client: mqtt.Client) -> None:
+        edge = self._config.edge
+        client.connect_async(edge.host, edge.port, keepalive=self._config.keepalive_s)
+        client.loop_start()
+        log.info("edge link connecting to %s as %s", edge.url, self._config.edge_client_id)
+
+    def _on_connect(
+        self, client: mqtt.Client, _userdata: Any, flags: Any, reason: Any, _props: Any
+    ) -> None:
+        if reason.is_failure:
+            log.warning("edge broker refused the connection: %s", reason)
+            return
+        with self._lock:
+            if client is not self._client:
+                return
+            self._generation += 1
+        # Re-subscribe every time: a broker restarted without persistence forgot the session.
+        rc, _mid = client.subscribe(BATCH_FILTER, qos=1)
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            log.error("edge subscribe to %s failed (rc=%s)", BATCH_FILTER, rc)
+        rc = publish_status(client, self._config.gateway_id, ONLINE, LINK)
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            log.warning("edge online status not published (rc=%s)", rc)
+        log.info(
+            "edge link up (%s, session present=%s)",
+            self._config.edge.url,
+            bool(flags.session_present),
+        )
+        self._on_connected()
+
+    def _on_connect_fail(self, client: mqtt.Client, _userdata: Any) -> None:
+        if client is self._client:
+            log.warning("edge broker %s unreachable; retrying", self._config.edge.url)
+
+    def _on_disconnect(
+        self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
+    ) -> None:
+        with self._lock:
+            if client is not self._client:
+                return
+            self._generation += 1
+        log.warning("edge link lost (%s); paho reconnects", reason)
+
+    def _on_subscribe(
+        self, client: mqtt.Client, _userdata: Any, _mid: int, reasons: Any, _props: Any
+    ) -> None:
+        if any(r.is_failure for r in reasons):
+            log.error("edge broker refused the subscription to %s: %s", BATCH_FILTER, reasons)
+            return
+        if not self.ready.is_set():
+            self.ready.set()
+            self._on_ready()
+
+    def _on_message(self, client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            if client is not self._client or not self._intake_open:
+                return  # not acknowledged: the broker redelivers it to the next session
+            generation = self._generation
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = "<topic is not UTF-8>"
+        item = Received(
+            topic, bytes(message.payload), message.mid, message.qos, generation, time.time()
+        )
+        while True:
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                with self._lock:
+                    if client is not self._client or not self._intake_open:
+                        return
+                log.warning(
+                    "ingress queue full (%d); holding the edge broker back", self._queue.maxsize
+                )
+
+    # -- the writer -------------------------------------------------------------------
+    def run_writer(self, stop: threading.Event) -> None:
+        """Group-commit queued messages until ``stop`` is set and the queue is empty."""
+        while True:
+            try:
+                first = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                if stop.is_set():
+                    return
+                continue
+            group = [first]
+            while len(group) < self._config.group_max:
+                try:
+                    group.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self.write_group(group)
+
+    def write_group(self, group: list[Received]) -> None:
+        """Verify, commit in one transaction, then acknowledge what this connection delivered."""
+        rows = [
+            classify(
+                item.topic,
+                item.payload,
+                item.received_at,
+                self._registry,
+                self._config.max_payload_bytes,
+            )
+            for item in group
+        ]
+        result = self._buffer.put_many(rows)
+        acked, stale = self._ack(group)
+        pending = sum(1 for row in rows if row.state is State.PENDING)
+        self.stored += result.stored
+        self.duplicates += result.duplicates
+        self.acked += acked
+        self.stale += stale
+        for row in rows:
+            if row.state is State.QUARANTINED:
+                self.quarantined += 1
+                log.warning(
+                    "quarantined device=%s seq=%s reason=%s: %s",
+                    row.device,
+                    row.seq,
+                    row.reason,
+                    row.detail,
+                )
+            elif log.isEnabledFor(logging.DEBUG):
+                log.debug("buffered device=%s seq=%d", row.device, row.seq)
+        if result.duplicates:
+            log.info("%d redelivered batches were already buffered", result.duplicates)
+        if stale:
+            log.info(
+                "%d committed messages came from an earlier connection: not acked, redelivery expected",
+                stale,
+            )
+        if pending:
+            self._on_stored()
+
+    def _ack(self, group: list[Received]) -> tuple[int, int]:
+        acked = stale = 0
+        with self._lock:
+            client, generation = self._client, self._generation
+            for item in group:
+                if item.generation != generation or client is None:
+                    stale += 1
+                    continue
+                if item.qos == 0:
+                    continue
+                rc = client.ack(item.mid, item.qos)
+                if rc == mqtt.MQTT_ERR_SUCCESS:
+                    acked += 1
+                else:
+                    stale += 1  # the link went away; the broker redelivers it
+        return acked, stale

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from edgetally.brokers import BrokerProcess, BrokerSettings, mosquitto_config
+from tests.conftest import unique_topic
+from tests.helpers import wait_until
+
+
+def test_config_never_drops_queued_messages(tmp_path: Path) -> None:
+    text = mosquitto_config(1883, tmp_path, BrokerSettings())
+    assert "max_queued_messages 0" in text.splitlines()
+    assert "persistence true" in text.splitlines()
+    assert "listener 1883 127.0.0.1" in text.splitlines()
+
+
+def _session_client(port: int, client_id: str, received: list[bytes], topic: str, flags: list[bool]) -> mqtt.Client:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False, protocol=mqtt.MQTTv311)
+
+    def on_connect(c: mqtt.Client, _u: object, f: mqtt.ConnectFlags, _rc: object, _p: object) -> None:
+        flags.append(f.session_present)
+        c.subscribe(topic, 1)
+
+    client.on_connect = on_connect
+    client.on_message = lambda _c, _u, m: received.append(m.payload)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    return client
+
+
+@pytest.mark.integration
+def test_persistent_session_and_its_queue_survive_a_clean_broker_restart(
+    broker_factory: Callable[..., BrokerProcess],
+) -> None:
+    broker = broker_factory("edge")
+    topic = unique_topic()
+    received: list[bytes] = []
+    flags: list[bool] = []
+    subscribed = threading.Event()
+    sub = _session_client(broker.port, "persistent-sub", received, topic, flags)
+    sub.on_subscribe = lambda *_: subscribed.set()
+    assert subscribed.wait(10)
+    sub.disconnect()
+    sub.loop_stop()
+
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    infos = [pub.publish(topic, f"m{i}".encode(), qos=1) for i in range(1500)]
+    for info in infos:
+        info.wait_for_publish(10)
+    pub.disconnect()
+    pub.loop_stop()
+
+    broker.stop()  # SIGTERM: Mosquitto writes its persistence file
+    broker.start()
+    sub = _session_client(broker.port, "persistent-sub", received, topic, flags)
+    try:
+        # More than Mosquitto's default max_queued_messages (1000): none may be dropped.
+        wait_until(lambda: len(received) >= 1500, 20, "1500 queued messages after restart")
+        assert flags[-1] is True
+        assert len(set(received)) == 1500
+    finally:
+        sub.disconnect()
+        sub.loop_stop()

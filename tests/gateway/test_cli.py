@@ -1,0 +1,57 @@
+"""`gateway run` refuses bad input with one clear line and a non-zero exit, changing nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.helpers import run_cli
+
+BROKERS = ("--edge", "mqtt://127.0.0.1:1", "--cloud", "mqtt://127.0.0.1:1")
+
+
+def test_run_without_a_keys_directory_exits_with_one_clear_line(tmp_path: Path) -> None:
+    proc = run_cli(
+        "gateway", "run", *BROKERS, "--buffer", str(tmp_path / "b.db"), "--keys", str(tmp_path / "no-keys"),
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: --keys: {tmp_path / 'no-keys'} is not a directory"
+    ]
+    assert not (tmp_path / "b.db").exists()
+
+
+def test_run_with_a_keys_directory_without_registry_exits_clearly(tmp_path: Path) -> None:
+    (tmp_path / "keys").mkdir()
+    proc = run_cli(
+        "gateway", "run", *BROKERS, "--buffer", str(tmp_path / "b.db"), "--keys", str(tmp_path / "keys"),
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "registry" in proc.stderr
+
+
+def test_run_on_a_foreign_buffer_file_exits_and_leaves_it_unchanged(
+    tmp_path: Path, keys_dir: Path
+) -> None:
+    path = tmp_path / "precious.txt"
+    path.write_bytes(b"not a buffer\n" * 50)
+    proc = run_cli(
+        "gateway", "run", *BROKERS, "--buffer", str(path), "--keys", str(keys_dir), check=False
+    )
+    assert proc.returncode == 1
+    assert len(proc.stderr.strip().splitlines()) == 1 and "not an SQLite database" in proc.stderr
+    assert path.read_bytes() == b"not a buffer\n" * 50
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious.txt"]
+
+
+def test_run_with_a_bad_broker_url_exits_clearly(tmp_path: Path, keys_dir: Path) -> None:
+    proc = run_cli(
+        "gateway", "run", "--edge", "http://x", "--cloud", "mqtt://127.0.0.1:1",
+        "--buffer", str(tmp_path / "b.db"), "--keys", str(keys_dir), check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: --edge: broker URL 'http://x' must look like mqtt://host:port"
+    ]
