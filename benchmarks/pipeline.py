@@ -19,7 +19,6 @@ import multiprocessing as mp
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,14 +27,13 @@ import paho.mqtt.client as mqtt
 from rich.console import Console
 from rich.table import Table
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from devices.election_file import load_election
+from devices.tabulator import Tabulator
+from edgetally.brokers import BrokerProcess, mosquitto_binary
+from edgetally.stack import Stack, StackConfig
+from protocol import Registry, provision, verify
 
-from devices.election_file import load_election  # noqa: E402
-from devices.tabulator import Tabulator  # noqa: E402
-from edgetally.brokers import BrokerProcess, mosquitto_binary  # noqa: E402
-from edgetally.stack import Stack, StackConfig  # noqa: E402
-from protocol import Registry, provision, verify  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _sink(port: int, count: int, ready: mp.Event, result: mp.Queue) -> None:  # type: ignore[type-arg]
@@ -184,7 +182,7 @@ def main() -> None:
     table.add_column("ratio", justify="right")
     table.add_row("raw paho QoS 1 -> mosquitto -> paho (baseline)", f"{args.baseline_messages:,}", f"{base:,.0f}", "1.00")
     table.add_row(
-        "EdgeTally end to end, until every device confirmed", f"{total:,}", f"{rate:,.0f}", f"{rate / base:.2f} of baseline"
+        "EdgeTally end to end: fleet start until every device confirmed", f"{total:,}", f"{rate:,.0f}", f"{rate / base:.2f} of baseline"
     )
     table.add_row("bare Ed25519 verify (one core)", f"{len(payloads):,}", f"{raw:,.0f}", "1.00")
     table.add_row("protocol.verify (parse + checks + Ed25519)", f"{len(payloads):,}", f"{full:,.0f}", f"{full / raw:.2f} of bare")

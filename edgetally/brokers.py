@@ -56,7 +56,7 @@ class BrokerSettings:
 
 
 def mosquitto_config(port: int, workdir: Path, settings: BrokerSettings) -> str:
-    """The config EdgeTally runs Mosquitto with (shipped as docs in deploy/mosquitto/)."""
+    """The config EdgeTally runs Mosquitto with; deploy/mosquitto/mosquitto.conf is its container twin."""
     lines = [
         # Run as root, Mosquitto drops to the `mosquitto` user and then cannot write its log or
         # persistence file in our (root-owned) directory: sessions would silently not survive.

@@ -85,7 +85,8 @@ def buffer_stats(path: Path, *, now: float | None = None) -> BufferStats:
 
 def render_stats(stats: BufferStats, console: Console) -> None:
     """The human form: a table of states, then age and size."""
-    table = Table(title=f"gateway buffer {stats.path}")
+    console.print(f"[bold]gateway buffer[/] {stats.path}")
+    table = Table()
     table.add_column("state")
     table.add_column("messages", justify="right")
     for state in State:

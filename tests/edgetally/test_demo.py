@@ -1,0 +1,75 @@
+"""`edgetally demo` end to end, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import edgetally_cmd, run_cli, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def _verdict(stdout: str) -> dict[str, object]:
+    data: dict[str, object] = json.loads(stdout[stdout.index('{\n  "ok"') :])
+    return data
+
+
+def test_demo_with_a_cloud_outage_prints_a_matching_verdict(tmp_path: Path) -> None:
+    result = run_cli(
+        "demo", "--devices", "16", "--batches", "3", "--outage", "2", "--rate", "20",
+        "--workdir", str(tmp_path / "demo"), "--json",
+        timeout=200,
+    )
+    assert "VERDICT: MATCH" in result.stdout
+    assert "cloud broker SIGKILLed for 2s" in result.stdout
+    verdict = _verdict(result.stdout)
+    assert verdict["ok"] is True and verdict["mismatches"] == []
+
+
+def test_demo_runs_on_the_embedded_broker_when_asked(tmp_path: Path) -> None:
+    result = run_cli(
+        "demo", "--devices", "8", "--batches", "2", "--embedded-brokers", "--workdir", str(tmp_path / "demo"), "--json",
+        timeout=200,
+    )
+    assert "brokers: embedded amqtt" in result.stdout
+    assert _verdict(result.stdout)["ok"] is True
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(f"{entry.name}: {cmdline}")
+    return found
+
+
+def test_ctrl_c_stops_every_process_the_demo_started(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo-interrupted"
+    demo = subprocess.Popen(
+        edgetally_cmd("demo", "--devices", "20", "--batches", "50", "--rate", "5", "--workdir", str(workdir)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: (workdir / "fleet.log").exists(), 60, "the demo to start its fleet")
+        assert len(_processes_mentioning(str(workdir))) >= 5  # 2 brokers, gateway, cloud, fleet
+        demo.send_signal(signal.SIGINT)
+        demo.wait(60)
+        assert demo.returncode != 0
+        assert _processes_mentioning(str(workdir)) == []
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
