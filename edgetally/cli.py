@@ -26,11 +26,23 @@ app.add_typer(gateway_app, name="gateway")
 app.add_typer(cloud_app, name="cloud")
 
 
+# Commands whose screen is a live display: their default log level keeps log lines out of it.
+QUIET_BY_DEFAULT = {"demo"}
+
+
 @app.callback()
 def root(
-    log_level: str = typer.Option("INFO", "--log-level", envvar="EDGETALLY_LOG_LEVEL", help="DEBUG, INFO, WARNING, ERROR"),
+    ctx: typer.Context,
+    log_level: str | None = typer.Option(
+        None,
+        "--log-level",
+        envvar="EDGETALLY_LOG_LEVEL",
+        help="DEBUG, INFO, WARNING, ERROR (default INFO; WARNING for the demo)",
+    ),
 ) -> None:
     """Logging goes to stderr, one line per event; only this CLI installs handlers."""
+    if log_level is None:
+        log_level = "WARNING" if ctx.invoked_subcommand in QUIET_BY_DEFAULT else "INFO"
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="--log-level")
