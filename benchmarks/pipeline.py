@@ -1,6 +1,6 @@
 """Throughput of the EdgeTally pipeline against a raw paho-mqtt baseline, measured in one run.
 
-    .venv/bin/python benchmarks/pipeline.py [--batches-per-device 30] [--baseline-messages 20000]
+    .venv/bin/python -m benchmarks.pipeline [--batches-per-device 30] [--baseline-messages 20000]
 
 Prints, as a table, with the machine noted:
   * raw paho QoS 1 publisher -> Mosquitto -> paho subscriber (separate processes), envelope-sized

@@ -53,6 +53,7 @@ class BrokerSettings:
     autosave_interval: int = 5
     max_inflight_messages: int = 1000
     max_packet_size: int = 1024 * 1024
+    extra: str = ""  # appended verbatim (e.g. a bridge section for the bridge baseline)
 
 
 def mosquitto_config(port: int, workdir: Path, settings: BrokerSettings) -> str:
@@ -81,7 +82,7 @@ def mosquitto_config(port: int, workdir: Path, settings: BrokerSettings) -> str:
         "connection_messages true",
         "log_timestamp_format %Y-%m-%dT%H:%M:%S",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + settings.extra
 
 
 def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:

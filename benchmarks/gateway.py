@@ -1,0 +1,225 @@
+"""Gateway benchmark: forwarding throughput and backlog drain, against a Mosquitto bridge and
+the raw QoS 1 ceiling, all measured in one run on this machine.
+
+    .venv/bin/python benchmarks/gateway.py [--messages 20000] [--backlog 100000]
+
+  (a) gateway forwarding: a QoS 1 publisher sends signed envelopes to the edge broker; the gateway
+      verifies, commits, acks, forwards; a subscriber counts them on the cloud broker.
+  (b) gateway drain: with the cloud broker down, the backlog is published and committed (that
+      phase gives the sustained verified-ingest rate); then the cloud broker returns and we time
+      until the subscriber has every envelope.
+  (c) the same two workloads through a Mosquitto QoS 1 bridge between the same two brokers.
+  (d) the ceiling: one QoS 1 publisher through one Mosquitto to one subscriber.
+Every publisher and subscriber is its own process; the gateway's peak RSS is read from /proc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks._mqtt import (
+    Envelope,
+    Sink,
+    bridge_config,
+    peak_rss_kib,
+    publish_all,
+    register_session,
+    signed_envelopes,
+)
+from devices.election_file import load_election, sample_election_path
+from edgetally.brokers import BrokerProcess, BrokerSettings, mosquitto_binary
+from edgetally.processes import Component
+from gateway._exceptions import GatewayError
+from gateway.inspect import buffer_stats
+from protocol import provision
+
+console = Console(width=max(Console().width, 120))
+
+
+@dataclass
+class Figures:
+    forward_rate: float = 0.0
+    ingest_rate: float = 0.0
+    drain_s: float = 0.0
+    drain_from_restart_s: float = 0.0
+    peak_rss_mib: float = 0.0
+
+
+def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def ceiling(work: Path, envelopes: Sequence[Envelope]) -> float:
+    broker = BrokerProcess(work / "ceiling", name="ceiling")
+    broker.start()
+    try:
+        sink = Sink(broker.port, len(envelopes), client_id="ceiling-sink")
+        sink.start()
+        started = publish_all(broker.port, envelopes)
+        received, _first, last = sink.result(300)
+    finally:
+        broker.stop()
+    if received < len(envelopes):
+        raise RuntimeError(f"ceiling run lost messages: {received}/{len(envelopes)}")
+    return len(envelopes) / (last - started)
+
+
+class Pair:
+    """Edge and cloud brokers, with either a bridge (edge -> cloud) or our gateway between them."""
+
+    def __init__(self, work: Path, *, bridge: bool) -> None:
+        self.work = work
+        self.cloud = BrokerProcess(work / "cloud-broker", name="cloud-broker")
+        extra = bridge_config(self.cloud.port) if bridge else ""
+        self.edge = BrokerProcess(work / "edge-broker", name="edge-broker", settings=BrokerSettings(extra=extra))
+        self.gateway: Component | None = None
+        self.buffer = work / "buffer.db"
+
+    def start_gateway(self, keys: Path, extra_args: Sequence[str]) -> Component:
+        self.gateway = Component(
+            "gateway",
+            [
+                "--log-level", "WARNING",
+                "gateway", "run",
+                "--edge", self.edge.url, "--cloud", self.cloud.url,
+                "--buffer", str(self.buffer), "--keys", str(keys), *extra_args,
+            ],
+            self.work,
+        )
+        self.gateway.start()
+        self.gateway.wait_ready(60)
+        return self.gateway
+
+    def stop(self) -> None:
+        if self.gateway is not None:
+            self.gateway.stop()
+        self.edge.stop()
+        self.cloud.stop()
+
+
+def _stored(buffer: Path) -> int:
+    try:
+        return int(buffer_stats(buffer).total)
+    except GatewayError:  # the file may be mid-creation; keep polling
+        return -1
+
+
+def run_pair(
+    work: Path, keys: Path, forward: Sequence[Envelope], backlog: Sequence[Envelope], *, bridge: bool, gateway_args: Sequence[str]
+) -> Figures:
+    figures = Figures()
+    label = "bridge" if bridge else "gateway"
+    # (a) forwarding with the link up
+    pair = Pair(work / f"{label}-forward", bridge=bridge)
+    pair.cloud.start()
+    pair.edge.start()
+    try:
+        sink = Sink(pair.cloud.port, len(forward), client_id=f"{label}-fwd-sink")
+        sink.start()
+        if not bridge:
+            pair.start_gateway(keys, gateway_args)
+        with console.status(f"{label}: forwarding {len(forward):,} envelopes"):
+            started = publish_all(pair.edge.port, forward)
+            received, _first, last = sink.result(600)
+        if received < len(forward):
+            raise RuntimeError(f"{label} forwarding lost messages: {received}/{len(forward)}")
+        figures.forward_rate = len(forward) / (last - started)
+    finally:
+        pair.stop()
+
+    # (b) backlog built during an outage, then drained
+    pair = Pair(work / f"{label}-drain", bridge=bridge)
+    pair.cloud.start()
+    register_session(pair.cloud.port, f"{label}-drain-sink")
+    pair.cloud.stop()
+    pair.edge.start()
+    try:
+        if not bridge:
+            gateway = pair.start_gateway(keys, gateway_args)
+        with console.status(f"{label}: building a backlog of {len(backlog):,} during an outage"):
+            started = time.time()
+            publish_all(pair.edge.port, backlog)
+            if not bridge:
+                _wait(lambda: _stored(pair.buffer) >= len(backlog), 900, "the backlog committed to the buffer")
+                figures.ingest_rate = len(backlog) / (time.time() - started)
+        with console.status(f"{label}: draining {len(backlog):,}"):
+            restart = time.time()
+            pair.cloud.start()
+            sink = Sink(pair.cloud.port, len(backlog), client_id=f"{label}-drain-sink")
+            sink.start()
+            received, first, last = sink.result(900)
+        if received < len(backlog):
+            raise RuntimeError(f"{label} drain lost messages: {received}/{len(backlog)}")
+        figures.drain_s = last - first
+        figures.drain_from_restart_s = last - restart
+        if not bridge and gateway.pid is not None:
+            figures.peak_rss_mib = peak_rss_kib(gateway.pid) / 1024
+    finally:
+        pair.stop()
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=20_000, help="envelopes for the forwarding runs")
+    parser.add_argument("--backlog", type=int, default=100_000, help="envelopes buffered during the outage")
+    parser.add_argument("--gateway-arg", action="append", default=[], help="extra `gateway run` option (repeatable)")
+    parser.add_argument("--skip-bridge", action="store_true")
+    args = parser.parse_args()
+    if mosquitto_binary() is None:
+        raise SystemExit("the benchmark needs mosquitto (apt-get install mosquitto)")
+    version = subprocess.run([mosquitto_binary() or "mosquitto", "-h"], capture_output=True, text=True).stdout.splitlines()[0]
+    console.print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {version}")
+    work = Path(tempfile.mkdtemp(prefix="edgetally-gwbench-"))
+    try:
+        election = load_election(sample_election_path())
+        keys = work / "keys"
+        provision(election, keys)
+        with console.status("signing envelopes"):
+            backlog = signed_envelopes(election, keys, args.backlog, seed=1)
+            forward = signed_envelopes(election, keys, args.messages, seed=2)
+        size = sum(len(p) for _, p in forward) // len(forward)
+        with console.status("ceiling: one QoS 1 publisher through one Mosquitto"):
+            top = ceiling(work, forward)
+        gw = run_pair(work, keys, forward, backlog, bridge=False, gateway_args=args.gateway_arg)
+        br = Figures() if args.skip_bridge else run_pair(work, keys, forward, backlog, bridge=True, gateway_args=[])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    table = Table(title=f"Gateway benchmark ({size} B envelopes; forward {args.messages:,}, backlog {args.backlog:,})")
+    table.add_column("measurement")
+    table.add_column("gateway", justify="right")
+    table.add_column("bridge (baseline)", justify="right")
+    table.add_column("gateway / bridge", justify="right")
+    table.add_column("gateway / ceiling", justify="right")
+
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}" if a and b else "-"
+
+    table.add_row("(a) forwarding, batches/s", f"{gw.forward_rate:,.0f}", f"{br.forward_rate:,.0f}", ratio(gw.forward_rate, br.forward_rate), ratio(gw.forward_rate, top))
+    table.add_row("verified ingest during outage, batches/s", f"{gw.ingest_rate:,.0f}", "- (no verify)", "-", ratio(gw.ingest_rate, top))
+    table.add_row("(b) drain of backlog, s (first to last arrival)", f"{gw.drain_s:.1f}", f"{br.drain_s:.1f}", ratio(br.drain_s, gw.drain_s) + " (speed)", "-")
+    table.add_row("    drain from cloud broker restart, s", f"{gw.drain_from_restart_s:.1f}", f"{br.drain_from_restart_s:.1f}", "-", "-")
+    table.add_row("(d) ceiling: 1 publisher -> 1 Mosquitto, msg/s", "", "", "", f"{top:,.0f} = 1.00")
+    table.add_row("gateway peak RSS, MiB", f"{gw.peak_rss_mib:.0f}", "", "", "")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
