@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from protocol import canonical
@@ -111,26 +112,35 @@ def _int(value: object, where: str, *, minimum: int = 0) -> int:
     return value
 
 
+@lru_cache(maxsize=8192)
+def _is_id(value: str) -> bool:
+    """Ids repeat in every batch (contests, choices, devices): match each spelling once."""
+    return ID_PATTERN.match(value) is not None
+
+
 def _ident(value: object, where: str) -> str:
     if not isinstance(value, str):
         raise WrongType(f"{where} must be a string, got {type(value).__name__}")
-    if not ID_PATTERN.match(value):
+    if not _is_id(value):
         raise InvalidValue(f"{where} {shown(value)} is not a valid id")
     return value
 
 
 def _counts(value: object, where: str) -> dict[str, dict[str, int]]:
+    # The hot path of every verification: messages are only formatted when something is wrong.
     if not isinstance(value, dict):
         raise WrongType(f"{where} must be an object of contests, got {type(value).__name__}")
     out: dict[str, dict[str, int]] = {}
     for contest, choices in value.items():
-        _ident(contest, f"{where} contest")
+        if not _is_id(contest):
+            _ident(contest, f"{where} contest")
         if not isinstance(choices, dict):
             raise WrongType(f"{where}.{contest} must be an object of choices")
-        out[contest] = {
-            _ident(choice, f"{where}.{contest} choice"): _int(n, f"{where}.{contest}.{choice}")
-            for choice, n in choices.items()
-        }
+        for choice, n in choices.items():
+            if not (type(n) is int and 0 <= n <= MAX_COUNT and _is_id(choice)):
+                _ident(choice, f"{where}.{contest} choice")
+                _int(n, f"{where}.{contest}.{choice}")
+        out[contest] = dict(choices)
     return out
 
 
