@@ -11,7 +11,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from devices.generator import iter_batches
-from protocol import Election, batch_topic, load_signing_key, seal
+from protocol import Election, batch_topic, bundle, load_signing_key, parse_gateway_topic, seal
 
 Envelope = tuple[str, bytes]  # (topic, payload)
 
@@ -31,13 +31,11 @@ def signed_envelopes(election: Election, keys: Path, total: int, seed: int = 1) 
     return out[:total]
 
 
-def count_entries(payload: bytes) -> int:
-    """How many envelopes one message carries (1, or a bundle's entry count)."""
-    try:
-        from protocol import bundle  # type: ignore[attr-defined]
-    except ImportError:
-        return 1
-    return int(bundle.count(payload)) if bundle.is_bundle(payload) else 1
+def count_entries(payload: bytes, topic: str = "") -> int:
+    """How many envelopes one message carries: 1, a bundle's entry count, 0 for a gateway status."""
+    if parse_gateway_topic(topic, "status") is not None:
+        return 0
+    return bundle.count(payload) if bundle.is_bundle(payload) else 1
 
 
 def _sink_main(port: int, client_id: str, expected: int, ready: Callable[[], None] | mp.synchronize.Event, queue: mp.Queue) -> None:  # type: ignore[type-arg]
@@ -49,7 +47,7 @@ def _sink_main(port: int, client_id: str, expected: int, ready: Callable[[], Non
         now = time.time()
         if not received:
             first = now
-        received += count_entries(message.payload)
+        received += count_entries(message.payload, message.topic)
         last = now
 
     def on_connect(c: mqtt.Client, *_: object) -> None:

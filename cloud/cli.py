@@ -1,4 +1,4 @@
-"""`edgetally cloud ...` commands: run, migrate, results.
+"""`edgetally cloud ...` commands: run, migrate, results, gateways.
 
 Errors in what the user gave (missing keys, bad URL, a database that is not a cloud
 database) end the command with exit code 1 and one line on stderr. An unreachable broker at
@@ -23,6 +23,7 @@ from cloud.config import DEFAULT_CLOUD_ID, DEFAULT_DB_URL, CloudConfig
 from cloud.db import make_engine, upgrade
 from cloud.ledger import Ledger
 from cloud.results import load_results, render
+from cloud.status import StatusStore, load_gateways, render_gateways
 from cloud.worker import CloudWorker
 from protocol import DEFAULT_MAX_BYTES, ProtocolError, Registry, parse_broker_url
 
@@ -108,7 +109,7 @@ def run(
         engine.url.render_as_string(hide_password=True),
     )
     try:
-        CloudWorker(config, ledger).run(stop)
+        CloudWorker(config, ledger, StatusStore(engine)).run(stop)
     finally:
         engine.dispose()
 
@@ -144,3 +145,21 @@ def results(
         typer.echo(json.dumps(loaded.to_mapping(), indent=2, sort_keys=True))
     else:
         render(loaded, Console())
+
+
+@app.command("gateways")
+def gateways(
+    db: str = DB_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+) -> None:
+    """The latest status each gateway reported: links, buffer depth, rates, age."""
+    try:
+        engine = make_engine(db, create=False, writer=False)
+        rows = load_gateways(engine)
+    except CloudError as err:
+        _fail("gateways", err)
+    engine.dispose()
+    if as_json:
+        typer.echo(json.dumps([row.to_mapping() for row in rows], indent=2, sort_keys=True))
+    else:
+        render_gateways(rows, Console())

@@ -10,6 +10,12 @@ message is decided, not executed, so it can never roll the others back.
 Correctness rests on the unique key (election, device, seq): should another worker insert a
 row this group was about to insert, the transaction fails on that key and the whole group is
 decided again against what is now held.
+
+Bundles (protocol/bundle.py): :func:`unwrap` turns a gateway's bundle into one
+:class:`Inbound` per entry, on the entry's own topic, so every entry is verified, recorded and
+rejected exactly as if it had arrived alone; the worker records all entries of a bundle in the
+same group (one transaction). A bundle whose framing is corrupt becomes one refused
+:class:`Inbound` (the whole bundle, its topic and the reason), stored as one rejection.
 """
 
 from __future__ import annotations
@@ -30,16 +36,19 @@ from cloud.db import insert_missing, translate_errors
 from cloud.ledger_store import load_devices, load_held, write_group
 from protocol import (
     GENESIS_HASH,
+    BadBundle,
     BadTopic,
     ProtocolError,
     Receipt,
     Registry,
     RejectReason,
     VerifiedBatch,
+    bundle,
     canonical,
     parse_batch_topic,
     parse_body,
     parse_envelope,
+    parse_gateway_topic,
     sha256_hex,
     verify,
 )
@@ -52,11 +61,27 @@ _KEY_CHUNK = 300  # batch keys per IN (...) list: 900 bound parameters
 
 @dataclass(frozen=True, slots=True)
 class Inbound:
-    """One message as it arrived: topic, exact payload bytes, arrival time (UTC)."""
+    """One message as it arrived: topic, exact payload bytes, arrival time (UTC).
+
+    ``refused`` is set when the message was refused before it reached the ledger (a bundle
+    whose framing is corrupt): it is stored as a rejection with that error's reason.
+    """
 
     topic: str
     payload: bytes
     received_at: datetime
+    refused: ProtocolError | None = None
+
+
+def unwrap(topic: str, payload: bytes, received_at: datetime) -> tuple[Inbound, ...]:
+    """What one MQTT message holds for the ledger: itself, or a bundle's entries."""
+    if parse_gateway_topic(topic, "bundle") is None:
+        return (Inbound(topic, payload, received_at),)
+    try:
+        entries = bundle.decode(payload)
+    except BadBundle as err:
+        return (Inbound(topic, payload, received_at, refused=err),)
+    return tuple(Inbound(e.topic, e.payload, received_at) for e in entries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +206,8 @@ class Ledger:
         raise DatabaseError(f"a group of {len(messages)} kept conflicting with concurrent writers")
 
     def _verify(self, message: Inbound) -> VerifiedBatch | _Rejection:
+        if message.refused is not None:
+            return _Rejection(message.refused.reason, str(message.refused))
         try:
             topic = parse_batch_topic(message.topic)
             batch = verify(

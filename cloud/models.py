@@ -9,6 +9,7 @@ test checks that they agree with what the migrations build.
     precinct_ballots  ballots and accepted batches per (election, precinct)
     devices           per device: contiguous seq and hash (what receipts say), final seq
     rejections        every refused message, with reason, detail, topic and exact payload
+    gateway_status    the latest status of each gateway (protocol/gateway_status.py), upserted
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     Index,
     Integer,
     LargeBinary,
@@ -152,4 +154,27 @@ rejections = Table(
     Column("received_at", UTCDateTime, nullable=False),
     Index(None, "reason"),
     Index(None, "election", "device", "seq"),
+)
+
+gateway_status = Table(
+    "gateway_status",
+    metadata,
+    Column("gateway", ID, primary_key=True),
+    Column("state", String(16), nullable=False),  # online / offline
+    Column("uplink", String(8), nullable=True),  # up / down; null: never reported
+    Column("edge", String(8), nullable=True),
+    Column("pending", BigInteger, nullable=True),
+    Column("inflight", BigInteger, nullable=True),
+    Column("delivered", BigInteger, nullable=True),
+    Column("quarantined", BigInteger, nullable=True),
+    Column("oldest_pending_age_s", Float, nullable=True),
+    Column("ingress_rate", Float, nullable=True),  # batches/s over rate_interval_s
+    Column("egress_rate", Float, nullable=True),
+    Column("rate_interval_s", Float, nullable=True),
+    Column("status_at", UTCDateTime, nullable=True),  # the gateway's "at" (null in a last will)
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("version", String(32), nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),  # when the cloud stored it
+    Column("status", Text, nullable=False),  # the status message exactly as received
 )

@@ -8,10 +8,18 @@ Threads:
   reconnects use capped exponential backoff with jitter;
 - paho's network thread puts each message on a bounded queue (policy when full: block, which
   holds the broker back; nothing is dropped);
-- the commit thread takes whatever is queued (up to ``group_max``), records it in ONE
-  transaction, then publishes the receipts and acknowledges each message, but only on the
+- the commit thread takes whatever is queued (up to ``group_max`` envelopes), records it in
+  ONE transaction, then publishes the receipts and acknowledges each message, but only on the
   session it arrived on: a packet id from a previous connection is never acknowledged (the
   broker redelivers those messages anyway, and the ledger counts them as duplicates).
+
+Subscriptions: device batches (``edgetally/v1/+/+/batch``), gateway bundles
+(``edgetally/v1/_gateway/+/bundle``: unwrapped by :func:`cloud.ledger.unwrap`, every entry
+treated as if it had arrived alone; all entries of a bundle go into one transaction, and the
+bundle is acknowledged only after it committed) and gateway status
+(``edgetally/v1/_gateway/+/status``: the latest per gateway is upserted by
+:class:`cloud.status.StatusStore` in its own transaction, then acknowledged; a status that does
+not parse is logged and acknowledged, it is informational).
 """
 
 from __future__ import annotations
@@ -22,10 +30,11 @@ import os
 import queue
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -34,13 +43,23 @@ from paho.mqtt.reasoncodes import ReasonCode
 from cloud._exceptions import DatabaseUnavailable
 from cloud.chain import Verdict
 from cloud.config import CloudConfig
-from cloud.ledger import Inbound, Ledger
+from cloud.ledger import Inbound, Ledger, unwrap
 from cloud.receipts import ReceiptSender
-from protocol import BATCH_FILTER
+from cloud.status import StatusStore, StatusUpdate
+from protocol import (
+    BATCH_FILTER,
+    GATEWAY_BUNDLE_FILTER,
+    GATEWAY_STATUS_FILTER,
+    ProtocolError,
+    parse_gateway_topic,
+)
+from protocol.gateway_status import GatewayStatus
 
 log = logging.getLogger(__name__)
 
+SUBSCRIPTIONS = [(BATCH_FILTER, 1), (GATEWAY_BUNDLE_FILTER, 1), (GATEWAY_STATUS_FILTER, 1)]
 _POLL_S = 0.2  # how often blocked waits look at the stop flag
+T = TypeVar("T")
 
 
 class Backoff:
@@ -63,12 +82,22 @@ class Backoff:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """A received message and the session (connection) whose packet id ``mid`` belongs to."""
+    """A received message and the session (connection) whose packet id ``mid`` belongs to.
+
+    ``messages`` go to the ledger (a device batch, or every entry of a bundle); ``status`` is a
+    gateway status instead; neither: a message that is only acknowledged (a bad status).
+    """
 
     session: Session
     mid: int
     qos: int
-    inbound: Inbound
+    messages: tuple[Inbound, ...] = ()
+    status: StatusUpdate | None = None
+
+    @property
+    def weight(self) -> int:
+        """How much of a commit group this takes: its envelopes (at least 1)."""
+        return max(1, len(self.messages))
 
 
 class Session:
@@ -114,9 +143,9 @@ class Session:
         )
         self.connected.set()
         # Every time: a broker restarted without persistence has forgotten the subscription.
-        rc, _ = client.subscribe(BATCH_FILTER, qos=1)
+        rc, _ = client.subscribe(SUBSCRIPTIONS)
         if rc != mqtt.MQTT_ERR_SUCCESS:
-            log.error("subscribe to %s failed: %s", BATCH_FILTER, mqtt.error_string(rc))
+            log.error("subscribe to %s failed: %s", _filters(), mqtt.error_string(rc))
             client.disconnect()
 
     def _on_subscribe(
@@ -128,20 +157,31 @@ class Session:
         properties: Any,
     ) -> None:
         if any(r.is_failure for r in reasons):
-            log.error("broker refused the subscription to %s: %s", BATCH_FILTER, reasons)
+            log.error("broker refused the subscription to %s: %s", _filters(), reasons)
             client.disconnect()
             return
-        log.info("subscribed to %s (QoS 1)", BATCH_FILTER)
+        log.info("subscribed to %s (QoS 1)", _filters())
         self.subscribed = True
         self._worker.subscribed()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        inbound = Inbound(message.topic, bytes(message.payload), datetime.now(UTC))
+        received_at = datetime.now(UTC)
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = "<topic is not UTF-8>"  # refused by the ledger as a bad topic
+        payload = bytes(message.payload)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "received mid=%d on %s (connection %d)", message.mid, message.topic, self.generation
+            log.debug("received mid=%d on %s (connection %d)", message.mid, topic, self.generation)
+        if parse_gateway_topic(topic, "status") is not None:
+            delivery = Delivery(self, message.mid, message.qos, status=_status(topic, payload))
+        else:
+            delivery = Delivery(
+                self, message.mid, message.qos, messages=unwrap(topic, payload, received_at)
             )
-        self._worker.enqueue(Delivery(self, message.mid, message.qos, inbound))
+            if len(delivery.messages) > 1:
+                log.debug("bundle mid=%d holds %d envelopes", message.mid, len(delivery.messages))
+        self._worker.enqueue(delivery)
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
@@ -171,9 +211,12 @@ class Session:
 class CloudWorker:
     """Runs until ``stop`` is set. Constructing it does no I/O; :meth:`run` does."""
 
-    def __init__(self, config: CloudConfig, ledger: Ledger) -> None:
+    def __init__(
+        self, config: CloudConfig, ledger: Ledger, statuses: StatusStore | None = None
+    ) -> None:
         self._config = config
         self._ledger = ledger
+        self._statuses = statuses
         self._queue: queue.Queue[Delivery] = queue.Queue(maxsize=config.queue_size)
         self._stop = threading.Event()
         self._session_lock = threading.Lock()
@@ -305,36 +348,35 @@ class CloudWorker:
             except queue.Empty:
                 continue
             group = [first]
-            while len(group) < self._config.group_max:
+            weight = first.weight
+            while weight < self._config.group_max:  # a bundle is never split across groups
                 try:
-                    group.append(self._queue.get_nowait())
+                    delivery = self._queue.get_nowait()
                 except queue.Empty:
                     break
+                group.append(delivery)
+                weight += delivery.weight
             self._commit(group)
 
     def _commit(self, group: list[Delivery]) -> None:
-        backoff = Backoff(self._config.backoff_initial_s, self._config.backoff_max_s)
-        while True:
-            try:
-                result = self._ledger.record([d.inbound for d in group])
-                break
-            except DatabaseUnavailable as err:
-                delay = backoff.next()
-                log.warning(
-                    "group of %d not committed (%s); retrying in %.1fs", len(group), err, delay
-                )
-                if self._stop.wait(delay):
-                    log.warning(
-                        "stopping: %d uncommitted messages left to the broker to redeliver",
-                        len(group),
-                    )
-                    return
-        for verdict in Verdict:
-            self._totals[verdict] += result.count(verdict)
+        inbound = [m for d in group for m in d.messages]
+        updates = [d.status for d in group if d.status is not None]
+        result = None
+        if inbound:
+            result = self._retry(lambda: self._ledger.record(inbound), len(group))
+            if result is None:
+                return
+        if updates and self._statuses is not None:
+            statuses = self._statuses
+            if self._retry(lambda: statuses.record(updates), len(updates)) is None:
+                group = [d for d in group if d.status is None]  # the committed part is acked
         with self._session_lock:
             session = self._session
-        if session is not None and session.connected.is_set():
-            session.receipts.publish(result.receipts)
+        if result is not None:
+            for verdict in Verdict:
+                self._totals[verdict] += result.count(verdict)
+            if session is not None and session.connected.is_set():
+                session.receipts.publish(result.receipts)
         for delivery in group:
             if delivery.session is session and session.connected.is_set():
                 session.ack(delivery)
@@ -343,13 +385,52 @@ class CloudWorker:
                 log.debug(
                     "not acking mid %d of connection %d", delivery.mid, delivery.session.generation
                 )
-        log.debug(
-            "committed %d: %d accepted, %d duplicates, %d rejected",
-            len(group),
-            result.count(Verdict.ACCEPTED),
-            result.count(Verdict.DUPLICATE),
-            result.count(Verdict.REJECTED),
-        )
+        if result is not None:
+            log.debug(
+                "committed %d: %d accepted, %d duplicates, %d rejected",
+                len(inbound),
+                result.count(Verdict.ACCEPTED),
+                result.count(Verdict.DUPLICATE),
+                result.count(Verdict.REJECTED),
+            )
+
+    def _retry(self, commit: Callable[[], T], messages: int) -> T | None:
+        """``commit()`` until it succeeds; ``None`` if the worker stops first (nothing acked)."""
+        backoff = Backoff(self._config.backoff_initial_s, self._config.backoff_max_s)
+        while True:
+            try:
+                return commit()
+            except DatabaseUnavailable as err:
+                delay = backoff.next()
+                log.warning(
+                    "group of %d messages not committed (%s); retrying in %.1fs",
+                    messages,
+                    err,
+                    delay,
+                )
+                if self._stop.wait(delay):
+                    log.warning(
+                        "stopping: %d uncommitted messages left to the broker to redeliver",
+                        messages,
+                    )
+                    return None
+
+
+def _filters() -> str:
+    return ", ".join(topic for topic, _qos in SUBSCRIPTIONS)
+
+
+def _status(topic: str, payload: bytes) -> StatusUpdate | None:
+    """A gateway status to store; ``None`` (logged) if it does not parse or names another gateway."""
+    try:
+        status = GatewayStatus.parse(payload)
+    except ProtocolError as err:
+        log.warning("ignored a gateway status on %s: %s (%s)", topic, err, err.reason)
+        return None
+    if status.gateway != parse_gateway_topic(topic, "status"):
+        log.warning("ignored a gateway status of %r on %s", status.gateway, topic)
+        return None
+    return StatusUpdate(status, payload, datetime.now(UTC))
 
 
 def write_ready_file(path: Path, config: CloudConfig) -> None:

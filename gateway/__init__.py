@@ -1,13 +1,22 @@
 """EdgeTally edge gateway: verify device batches, keep them on disk, forward them to the cloud.
 
     config.py      GatewayConfig, the one frozen configuration value
-    schema.py      the buffer's table, states, and how a buffer file is recognised
-    buffer.py      the SQLite (WAL) buffer: put_many / fetch_pack / confirm / release
+    schema.py      the buffer's tables, states, how a buffer file is recognised, SQLite errors
+    buffer.py      the SQLite (WAL) buffer: put_many / fetch_pack / confirm / release,
+                   retention purge, usage counters
     migrations/    Alembic migrations of the buffer, run at open
     ingress.py     edge link (manual acks), bounded queue, group-commit writer
-    uplink.py      cloud link: QoS 1 window, delete on PUBACK; receipts relayed down
-    links.py       paho client construction, status messages, backoff
+    uplink.py      cloud link: QoS 1 window, bundles, delivered on PUBACK, keepalive;
+                   receipts relayed down; purge of expired delivered rows
+    links.py       paho client construction, link status messages and wills, backoff
+    status.py      the health status published on both brokers every few seconds
     service.py     composes the threads under a supervisor; graceful stop
-    inspect.py     read-only buffer statistics
-    cli.py         `edgetally gateway run` and `edgetally gateway buffer stats`
+    inspect.py     what the `buffer` commands share (read snapshots, short writes); stats
+    inspect_rows.py     ls, show, quarantine, export (read-only)
+    inspect_actions.py  retry, purge (short write transactions)
+    inspect_check.py    check: integrity, schema, counters, every payload
+    inspect_pages.py    reading a damaged SQLite file page by page (WAL-aware)
+    inspect_render.py   the rich tables of the `buffer` commands
+    recover.py     salvage every readable row of a damaged buffer into a new file
+    cli.py         `edgetally gateway run` and `edgetally gateway buffer ...`
 """

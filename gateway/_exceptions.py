@@ -7,7 +7,14 @@
     │   ├── ForeignFile       the file is not a gateway buffer (not SQLite, or another
     │   │                     application's SQLite); it is refused and left untouched
     │   ├── SchemaTooNew      the buffer was written by a newer gateway (unknown revision)
-    │   └── BufferLocked      another gateway process has the buffer open
+    │   ├── CorruptBuffer     the file is a gateway buffer but damaged (truncated, pages
+    │   │                     overwritten); it is left untouched, the message names the
+    │   │                     command that salvages it
+    │   ├── BufferLocked      another gateway process has the buffer open, or another
+    │   │                     process held its write lock for longer than the wait
+    │   ├── NoSuchBatch       an inspection command named a row id the buffer does not hold
+    │   └── DiskFull          a write found no room (SQLITE_FULL, ENOSPC, SQLITE_IOERR);
+    │                         the transaction was rolled back whole, nothing half-written
     └── ServiceFailed         a supervised task kept failing; the gateway gave up
 
 Errors of the libraries underneath (SQLAlchemy, Alembic, sqlite3) are translated into
@@ -42,7 +49,19 @@ class SchemaTooNew(StoreError):
     pass
 
 
+class CorruptBuffer(StoreError):
+    pass
+
+
 class BufferLocked(StoreError):
+    pass
+
+
+class DiskFull(StoreError):
+    pass
+
+
+class NoSuchBatch(StoreError):
     pass
 
 

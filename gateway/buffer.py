@@ -2,17 +2,28 @@
 
 The storage contract follows thingsboard's gateway storage: ``put_many`` stores what arrived,
 ``fetch_pack(limit)`` hands out the oldest pending rows (marking them in flight),
-``confirm(ids)`` deletes rows the cloud broker acknowledged, ``release(ids)`` puts rows back
-to pending, and ``reset_inflight()`` at start forgets what a previous run had in flight.
+``confirm(ids)`` marks rows the cloud broker acknowledged as delivered, ``release(ids)`` puts
+rows back to pending, and ``reset_inflight()`` at start forgets what a previous run had in
+flight. Delivered rows stay for ``delivered_retention_s`` (for ``buffer show`` and audits),
+then :meth:`Buffer.purge_expired` deletes them in bounded transactions; they never count
+toward the quota (:meth:`Buffer.usage`) and go early when the disk is full.
 
 Every write runs in a ``BEGIN IMMEDIATE`` transaction, so the writer thread (``put_many``)
 and the uplink thread (the rest) queue on SQLite's busy timeout instead of failing on a
-lock upgrade. ``open`` takes an exclusive ``flock`` on ``<buffer>.lock`` so that two
-gateways never share one buffer.
+lock upgrade; reads (``usage``, ``counts``) take no write lock. ``open`` recognises the file
+first (read-only: a missing, foreign, damaged or too-new file is refused and left as it is),
+then takes an exclusive ``flock`` on ``<buffer>.lock`` so that two gateways never share one
+buffer, then runs the migrations.
 
 A redelivered envelope identical to one still buffered (same election, device, seq and body
 hash, pending or in flight) is not stored twice: the unique partial index
-``ux_messages_live`` turns the insert into a no-op. Anything else is the cloud ledger's job.
+``ux_messages_live`` turns the insert into a no-op. A batch already delivered is stored and
+forwarded again (the device resends only what the cloud has not receipted, so the cloud
+may have lost it); the cloud ledger de-duplicates.
+
+A write that finds no room (SQLITE_FULL, ENOSPC, SQLITE_IOERR) raises :class:`DiskFull`
+after rolling the whole transaction back; ``put_many`` first tries once more after purging
+delivered rows early.
 """
 
 from __future__ import annotations
@@ -20,32 +31,75 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import URL, Connection, Engine, create_engine, delete, event, func, select, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import URL, Connection, Engine, create_engine, event
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway._exceptions import BufferLocked, BufferMissing, SchemaTooNew, StoreError
+from gateway._exceptions import BufferLocked, BufferMissing, DiskFull, StoreError
 from gateway.config import SyncMode
-from gateway.schema import APPLICATION_ID, BUSY_TIMEOUT_MS, FileKind, State, identify, messages
+from gateway.schema import (
+    APPLICATION_ID,
+    BUSY_TIMEOUT_MS,
+    MIGRATIONS,
+    SQLITE_IOERR,
+    EventKind,
+    FileKind,
+    State,
+    recognise,
+    sqlite_code,
+    translate,
+)
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS = Path(__file__).with_name("migrations")
 ID_CHUNK = 500  # ids per IN (...) clause, far below SQLite's bound-parameter limit
-c = messages.c
+DEFAULT_RETENTION_S = 3600.0
+PURGE_LIMIT = 5000  # rows per purge transaction: a few ms of write lock
+DISK_FULL_PURGE = 20_000  # delivered rows dropped early when a write finds the disk full
+EVENTS_MIN_KEEP_S = 86_400.0  # events of rows that are gone are kept at least this long
+
+_INSERT = (
+    "INSERT INTO messages (election, device, seq, body_hash, topic, payload, size, state,"
+    " reason, detail, received_at, updated_at, attempts, quarantined_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?) ON CONFLICT DO NOTHING"
+)
+_FETCH = (
+    "SELECT id, topic, payload, device, seq FROM messages"
+    " WHERE state = 'pending' ORDER BY id LIMIT ?"
+)
+_MARK_SENT = (
+    "UPDATE messages SET state = 'inflight', attempts = attempts + 1,"
+    " first_sent_at = coalesce(first_sent_at, ?), last_sent_at = ?, updated_at = ?"
+    " WHERE state = 'pending' AND id BETWEEN ? AND ?"
+)
+_COUNTS = (
+    "SELECT (SELECT count(*) FROM messages WHERE state = 'pending'),"
+    " (SELECT count(*) FROM messages WHERE state = 'inflight'),"
+    " (SELECT delivered_batches FROM usage WHERE id = 1),"
+    " (SELECT count(*) FROM messages WHERE state = 'quarantined')"
+)
+_USAGE = (
+    "SELECT live_batches, live_bytes, delivered_batches, delivered_bytes FROM usage WHERE id = 1"
+)
+_OLDEST_OUTBOUND = (
+    "SELECT received_at FROM messages WHERE id = (SELECT min(m) FROM ("
+    " SELECT min(id) AS m FROM messages WHERE state = 'pending'"
+    " UNION ALL SELECT min(id) FROM messages WHERE state = 'inflight'))"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,29 +148,25 @@ class PutResult:
     duplicates: int
 
 
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What the buffer holds. live = pending + in flight + quarantined (the quota counts these)."""
+
+    live_batches: int
+    live_bytes: int
+    delivered_batches: int
+    delivered_bytes: int
+
+
 def lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
 
 
-def alembic_config(connection: Connection) -> Config:
+def migrate(connection: Connection, path: Path) -> None:
+    """Bring the schema to the newest revision, inside the caller's transaction."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
     config.attributes["connection"] = connection
-    return config
-
-
-def migrate(connection: Connection, path: Path) -> None:
-    """Bring the schema to the newest revision, inside the caller's transaction."""
-    config = alembic_config(connection)
-    current = MigrationContext.configure(connection).get_current_revision()
-    if current is not None:
-        try:
-            ScriptDirectory.from_config(config).get_revision(current)
-        except CommandError as exc:
-            raise SchemaTooNew(
-                f"{path} has buffer schema revision {current!r}, unknown to this gateway"
-                " (written by a newer version?); it was left unchanged"
-            ) from exc
     try:
         command.upgrade(config, "head")
     except CommandError as exc:
@@ -124,21 +174,54 @@ def migrate(connection: Connection, path: Path) -> None:
 
 
 class Buffer:
-    """The buffer file at ``path``. Construct, then :meth:`open` (or use as a context manager)."""
+    """The buffer file at ``path``. Construct, then :meth:`open` (or use as a context manager).
 
-    def __init__(self, path: Path, *, sync: SyncMode = SyncMode.FULL) -> None:
+    ``keys_dir``, ``gateway_id`` and ``max_payload_bytes`` are only recorded in the file (for
+    the inspection commands). ``max_page_count`` caps the file (SQLite pages of 4 KiB); a
+    write past it fails exactly like one on a full disk.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        sync: SyncMode = SyncMode.FULL,
+        delivered_retention_s: float = DEFAULT_RETENTION_S,
+        keys_dir: Path | None = None,
+        gateway_id: str | None = None,
+        max_payload_bytes: int | None = None,
+        max_page_count: int | None = None,
+    ) -> None:
+        if delivered_retention_s < 0:
+            raise StoreError(f"delivered retention must be >= 0 s, got {delivered_retention_s}")
         self.path = path
         self.sync = sync
+        self.delivered_retention_s = delivered_retention_s
+        self.keys_dir = keys_dir
+        self.gateway_id = gateway_id
+        self.max_payload_bytes = max_payload_bytes
+        self.max_page_count = max_page_count
         self._engine: Engine | None = None
         self._lock: IO[bytes] | None = None
 
+    @classmethod
+    def from_config(cls, config: GatewayConfig) -> Buffer:
+        return cls(
+            config.buffer_path,
+            sync=config.sync,
+            delivered_retention_s=config.delivered_retention_s,
+            keys_dir=config.keys_dir,
+            gateway_id=config.gateway_id,
+            max_payload_bytes=config.max_payload_bytes,
+        )
+
     # -- life cycle -------------------------------------------------------------------
     def open(self) -> None:
-        """Lock, create or recognise the file, switch it to WAL, run the migrations."""
+        """Recognise (read-only), lock, create or upgrade the file, record the settings."""
         if self._engine is not None:
             raise StoreError(f"buffer {self.path} is already open")
         try:
-            kind: FileKind | None = identify(self.path)  # read-only: a foreign file stays as it is
+            kind: FileKind | None = recognise(self.path, deep=True, keys_dir=self.keys_dir).kind
         except BufferMissing:
             kind = None
             try:
@@ -152,12 +235,19 @@ class Buffer:
             undo.callback(self._release_lock)
             engine = self._make_engine()
             undo.callback(engine.dispose)
+            self._engine = engine
+            undo.callback(setattr, self, "_engine", None)
             _prepare_file(engine, self.path, new=kind is not FileKind.BUFFER)
-            with _translated(self.path, "migration"), engine.begin() as conn:
+            with self._transaction("migration") as conn:
                 migrate(conn, self.path)
+                self._record_settings(conn)
             undo.pop_all()
-        self._engine = engine
-        log.info("buffer %s open (WAL, synchronous=%s)", self.path, self.sync.value)
+        log.info(
+            "buffer %s open (WAL, synchronous=%s, delivered kept %gs)",
+            self.path,
+            self.sync.value,
+            self.delivered_retention_s,
+        )
 
     def close(self) -> None:
         if self._engine is not None:
@@ -177,130 +267,182 @@ class Buffer:
     ) -> None:
         self.close()
 
-    # -- storage contract -------------------------------------------------------------
+    # -- storage contract (the hot path) ----------------------------------------------
     def put_many(self, batch: Sequence[NewMessage]) -> PutResult:
-        """Store ``batch`` in one transaction; identical live batches are skipped."""
+        """Store ``batch`` in one transaction; identical live batches are skipped.
+
+        Raises :class:`DiskFull` (nothing of ``batch`` stored) when there is no room even
+        after dropping delivered rows early.
+        """
         if not batch:
             return PutResult(0, 0)
         now = time.time()
         rows = [
-            {
-                "election": m.election,
-                "device": m.device,
-                "seq": m.seq,
-                "body_hash": m.body_hash,
-                "topic": m.topic,
-                "payload": m.payload,
-                "size": len(m.payload),
-                "state": m.state.value,
-                "reason": m.reason,
-                "detail": m.detail,
-                "received_at": m.received_at,
-                "updated_at": now,
-                "attempts": 0,
-            }
+            (
+                m.election,
+                m.device,
+                m.seq,
+                m.body_hash,
+                m.topic,
+                m.payload,
+                len(m.payload),
+                m.state.value,
+                m.reason,
+                m.detail,
+                m.received_at,
+                now,
+                m.received_at if m.state is State.QUARANTINED else None,
+            )
             for m in batch
         ]
-        stored = 0
-        with self._transaction("put") as conn:
-            # One execute per row, so each rowcount says stored (1) or duplicate (0);
-            # ~30 us a row, small next to the signature check every row has had.
-            insert = sqlite_insert(messages).on_conflict_do_nothing()
-            for row in rows:
-                stored += conn.execute(insert, row).rowcount
+        try:
+            stored = self._insert(rows)
+        except DiskFull:
+            freed = self.purge_delivered(limit=DISK_FULL_PURGE, why="disk_full")
+            if not freed:
+                raise
+            log.warning("disk full: purged %d delivered rows early to make room", freed)
+            stored = self._insert(rows)
         return PutResult(stored, len(batch) - stored)
+
+    def _insert(self, rows: list[tuple[Any, ...]]) -> int:
+        with self._transaction("put") as conn:
+            # executemany: its rowcount is the rows inserted (a duplicate adds 0; the usage
+            # triggers' own changes are not counted).
+            return int(conn.exec_driver_sql(_INSERT, rows).rowcount)
 
     def fetch_pack(self, limit: int) -> list[OutboundMessage]:
         """Move up to ``limit`` oldest pending rows to in flight and return them in id order."""
         if limit < 1:
             return []
+        now = time.time()
         with self._transaction("fetch") as conn:
-            rows = conn.execute(
-                select(c.id, c.topic, c.payload, c.device, c.seq)
-                .where(c.state == State.PENDING.value)
-                .order_by(c.id)
-                .limit(limit)
-            ).all()
+            rows = conn.exec_driver_sql(_FETCH, (limit,)).all()
             if not rows:
                 return []
             # The selected rows are exactly the pending ones between the first and last id:
             # BEGIN IMMEDIATE keeps any other writer out in between.
-            moved = conn.execute(
-                update(messages)
-                .where(c.state == State.PENDING.value, c.id.between(rows[0].id, rows[-1].id))
-                .values(state=State.INFLIGHT.value, attempts=c.attempts + 1, updated_at=time.time())
+            moved = conn.exec_driver_sql(
+                _MARK_SENT, (now, now, now, rows[0].id, rows[-1].id)
             ).rowcount
             if moved != len(rows):
                 raise StoreError(f"buffer {self.path}: fetched {len(rows)} rows but moved {moved}")
         return [OutboundMessage(r.id, r.topic, bytes(r.payload), r.device, r.seq) for r in rows]
 
     def confirm(self, ids: Sequence[int]) -> int:
-        """Delete in-flight rows the cloud broker acknowledged; returns how many went."""
+        """Mark in-flight rows the cloud broker acknowledged as delivered; returns how many."""
         done = 0
+        now = time.time()
         with self._transaction("confirm") as conn:
             for chunk in _chunks(ids):
-                done += conn.execute(
-                    delete(messages).where(c.id.in_(chunk), c.state == State.INFLIGHT.value)
+                done += conn.exec_driver_sql(
+                    "UPDATE messages SET state = 'delivered', delivered_at = ?, updated_at = ?"
+                    f" WHERE state = 'inflight' AND id IN ({_marks(chunk)})",
+                    (now, now, *chunk),
                 ).rowcount
         return done
 
-    def release(self, ids: Sequence[int]) -> int:
+    def release(self, ids: Sequence[int], *, why: str = "link_lost") -> int:
         """Put in-flight rows back to pending (not delivered); returns how many moved."""
         done = 0
+        now = time.time()
         with self._transaction("release") as conn:
             for chunk in _chunks(ids):
-                done += conn.execute(
-                    update(messages)
-                    .where(c.id.in_(chunk), c.state == State.INFLIGHT.value)
-                    .values(state=State.PENDING.value, updated_at=time.time())
+                where = f"state = 'inflight' AND id IN ({_marks(chunk)})"
+                _record_rows(conn, EventKind.RELEASED, why, now, where, chunk)
+                done += conn.exec_driver_sql(
+                    f"UPDATE messages SET state = 'pending', updated_at = ? WHERE {where}",
+                    (now, *chunk),
                 ).rowcount
         return done
 
     def reset_inflight(self) -> int:
         """At start: whatever a previous run had in flight was not confirmed, so it is pending."""
+        now = time.time()
         with self._transaction("reset") as conn:
-            return conn.execute(
-                update(messages)
-                .where(c.state == State.INFLIGHT.value)
-                .values(state=State.PENDING.value, updated_at=time.time())
-            ).rowcount
-
-    # -- reading ----------------------------------------------------------------------
-    def counts(self) -> dict[State, int]:
-        with self._transaction("count") as conn:
-            found: dict[str, int] = dict(
-                conn.execute(select(c.state, func.count()).group_by(c.state)).all()
+            _record_rows(conn, EventKind.RESET, "restart", now, "state = 'inflight'", ())
+            return int(
+                conn.exec_driver_sql(
+                    "UPDATE messages SET state = 'pending', updated_at = ? WHERE state = 'inflight'",
+                    (now,),
+                ).rowcount
             )
-        return {state: int(found.get(state.value, 0)) for state in State}
+
+    # -- retention ----------------------------------------------------------------------
+    def purge_expired(self, now: float | None = None, *, limit: int = PURGE_LIMIT) -> int:
+        """Delete up to ``limit`` delivered rows older than the retention window; one short
+        transaction. Returns how many went: call again soon while it returns ``limit``."""
+        moment = time.time() if now is None else now
+        return self.purge_delivered(
+            before=moment - self.delivered_retention_s, limit=limit, why="retention", now=moment
+        )
+
+    def purge_delivered(
+        self,
+        *,
+        limit: int,
+        before: float | None = None,
+        why: str = "quota",
+        now: float | None = None,
+    ) -> int:
+        """Delete up to ``limit`` delivered rows, oldest delivery first (all ages unless
+        ``before``); records one ``purged`` event. Also forgets events older than the
+        retention window (and a day) whose rows are gone."""
+        moment = time.time() if now is None else now
+        condition = "state = 'delivered'" + ("" if before is None else " AND delivered_at < ?")
+        params: tuple[Any, ...] = () if before is None else (before,)
+        with self._transaction("purge") as conn:
+            ids = [
+                int(row[0])
+                for row in conn.exec_driver_sql(
+                    f"SELECT id FROM messages WHERE {condition} ORDER BY delivered_at LIMIT ?",
+                    (*params, limit),
+                )
+            ]
+            for chunk in _chunks(ids):
+                conn.exec_driver_sql(f"DELETE FROM messages WHERE id IN ({_marks(chunk)})", chunk)
+            if ids:
+                record_purge(conn, ids, why=why, state=State.DELIVERED, at=moment)
+            keep_events = max(self.delivered_retention_s, EVENTS_MIN_KEEP_S)
+            conn.exec_driver_sql(
+                "DELETE FROM events WHERE id IN (SELECT e.id FROM events AS e WHERE e.at < ?"
+                " AND NOT EXISTS (SELECT 1 FROM messages AS m WHERE m.id = e.first_id) LIMIT ?)",
+                (moment - keep_events, limit),
+            )
+        if ids:
+            log.info("purged %d delivered rows (%s)", len(ids), why)
+        return len(ids)
+
+    # -- reading (no write lock) ------------------------------------------------------------
+    def usage(self) -> Usage:
+        """Batches and bytes held, live and delivered: one primary-key read, exact."""
+        (row,) = self._read(_USAGE)
+        return Usage(*(int(value) for value in row))
+
+    def counts(self) -> dict[State, int]:
+        """Rows per state (index counts; delivered from the usage counters)."""
+        (row,) = self._read(_COUNTS)
+        pending, inflight, delivered, quarantined = (int(v or 0) for v in row)
+        return {
+            State.PENDING: pending,
+            State.INFLIGHT: inflight,
+            State.DELIVERED: delivered,
+            State.QUARANTINED: quarantined,
+        }
+
+    def oldest_outbound_at(self) -> float | None:
+        """``received_at`` of the oldest row not yet delivered (pending or in flight)."""
+        rows = self._read(_OLDEST_OUTBOUND)
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
 
     def quarantined(self) -> list[QuarantinedMessage]:
-        with self._transaction("read quarantine") as conn:
-            rows = conn.execute(
-                select(
-                    c.id,
-                    c.topic,
-                    c.payload,
-                    c.election,
-                    c.device,
-                    c.seq,
-                    c.reason,
-                    c.detail,
-                    c.received_at,
-                )
-                .where(c.state == State.QUARANTINED.value)
-                .order_by(c.id)
-            ).all()
+        rows = self._read(
+            "SELECT id, topic, payload, election, device, seq, reason, detail, received_at"
+            " FROM messages WHERE state = 'quarantined' ORDER BY id"
+        )
         return [
             QuarantinedMessage(
-                r.id,
-                r.topic,
-                bytes(r.payload),
-                r.election,
-                r.device,
-                r.seq,
-                r.reason,
-                r.detail,
-                r.received_at,
+                int(r[0]), r[1], bytes(r[2]), r[3], r[4], r[5], r[6], r[7], float(r[8])
             )
             for r in rows
         ]
@@ -311,15 +453,17 @@ class Buffer:
             URL.create("sqlite+pysqlite", database=str(self.path)),
             connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
         )
-        sync = self.sync.value.upper()
+        pragmas = [f"busy_timeout = {BUSY_TIMEOUT_MS}", f"synchronous = {self.sync.value.upper()}"]
+        if self.max_page_count is not None:
+            pragmas.append(f"max_page_count = {int(self.max_page_count)}")
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
             # SQLAlchemy, not the sqlite3 module, decides where transactions begin.
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
-            cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            cursor.execute(f"PRAGMA synchronous = {sync}")
+            for pragma in pragmas:
+                cursor.execute(f"PRAGMA {pragma}")
             cursor.close()
 
         @event.listens_for(engine, "begin")
@@ -328,12 +472,54 @@ class Buffer:
 
         return engine
 
-    @contextmanager
-    def _transaction(self, what: str) -> Iterator[Connection]:
+    def _require_engine(self) -> Engine:
         if self._engine is None:
             raise StoreError(f"buffer {self.path} is not open")
-        with _translated(self.path, what), self._engine.begin() as conn:
-            yield conn
+        return self._engine
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[Connection]:
+        engine = self._require_engine()
+        try:
+            with engine.connect() as conn:
+                try:
+                    with conn.begin():
+                        yield conn
+                except SQLAlchemyError as exc:
+                    if sqlite_code(exc) == SQLITE_IOERR:
+                        conn.invalidate()  # an I/O error can leave the connection unusable
+                    raise
+        except SQLAlchemyError as exc:
+            raise translate(exc, self.path, what, keys_dir=self.keys_dir) from exc
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """One statement in SQLite's own read transaction (autocommit): no write lock."""
+        raw = self._require_engine().raw_connection()
+        try:
+            cursor = raw.cursor()
+            try:
+                return list(cursor.execute(sql, params).fetchall())
+            finally:
+                cursor.close()
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path, "read", keys_dir=self.keys_dir) from exc
+        finally:
+            raw.close()
+
+    def _record_settings(self, conn: Connection) -> None:
+        values = {
+            "gateway_id": self.gateway_id,
+            "keys_dir": None if self.keys_dir is None else str(self.keys_dir.resolve()),
+            "delivered_retention_s": repr(float(self.delivered_retention_s)),
+            "max_payload_bytes": None if self.max_payload_bytes is None else str(self.max_payload_bytes),
+            "opened_at": repr(time.time()),
+            "pid": str(os.getpid()),
+        }
+        conn.exec_driver_sql(
+            "INSERT INTO settings (name, value) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            [(name, value) for name, value in values.items() if value is not None],
+        )
 
     def _release_lock(self) -> None:
         if self._lock is not None:
@@ -341,18 +527,31 @@ class Buffer:
             self._lock = None
 
 
-@contextmanager
-def _translated(path: Path, what: str) -> Iterator[None]:
-    try:
-        yield
-    except SQLAlchemyError as exc:
-        cause = getattr(exc, "orig", None) or exc
-        raise StoreError(f"buffer {path}: {what} failed: {cause}") from exc
+def record_purge(
+    conn: Connection, ids: Sequence[int], *, why: str, state: State, at: float
+) -> None:
+    """One ``purged`` event for rows just deleted (their id range and count)."""
+    conn.exec_driver_sql(
+        "INSERT INTO events (at, kind, first_id, last_id, rows, reason, detail)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (at, EventKind.PURGED.value, min(ids), max(ids), len(ids), why, f"{len(ids)} {state.value}"),
+    )
+
+
+def _record_rows(
+    conn: Connection, kind: EventKind, why: str, at: float, where: str, params: Sequence[Any]
+) -> None:
+    """One event per row matching ``where`` (rare transitions only)."""
+    conn.exec_driver_sql(
+        "INSERT INTO events (at, kind, first_id, last_id, rows, reason)"
+        f" SELECT ?, ?, id, id, 1, ? FROM messages WHERE {where}",
+        (at, kind.value, why, *params),
+    )
 
 
 def _prepare_file(engine: Engine, path: Path, *, new: bool) -> None:
     """Mark a new file as a gateway buffer (before WAL, so the mark is in the main file)."""
-    with _translated(path, "open"):
+    try:
         raw = engine.raw_connection()
         try:
             cursor = raw.cursor()
@@ -362,6 +561,8 @@ def _prepare_file(engine: Engine, path: Path, *, new: bool) -> None:
             cursor.close()
         finally:
             raw.close()
+    except (SQLAlchemyError, sqlite3.Error) as exc:
+        raise translate(exc, path, "open") from exc
     if str(mode).lower() != "wal":
         raise StoreError(f"buffer {path}: SQLite refused WAL mode (journal_mode is {mode})")
 
@@ -389,6 +590,24 @@ def _acquire_lock(path: Path) -> IO[bytes]:
     return handle
 
 
+def _marks(chunk: Sequence[Any]) -> str:
+    return ", ".join("?" * len(chunk))
+
+
 def _chunks(ids: Sequence[int]) -> Iterator[Sequence[int]]:
     for start in range(0, len(ids), ID_CHUNK):
-        yield ids[start : start + ID_CHUNK]
+        yield tuple(ids[start : start + ID_CHUNK])
+
+
+__all__ = [
+    "DEFAULT_RETENTION_S",
+    "PURGE_LIMIT",
+    "Buffer",
+    "DiskFull",
+    "NewMessage",
+    "OutboundMessage",
+    "PutResult",
+    "QuarantinedMessage",
+    "Usage",
+    "lock_path",
+]

@@ -15,6 +15,11 @@ from protocol.election import ID_PATTERN
 # what an earlier connection left queued), so in practice it never fills.
 BROKER_MAX_INFLIGHT = 1000
 MAX_WINDOW = 20_000  # well below paho's 65,535 message ids
+# Uplink bundling (gateway/uplink.py, protocol/bundle.py): envelopes per uplink message.
+DEFAULT_BUNDLE_MAX = 64  # chosen from benchmarks/gateway.py (docs/gateway.md, "Uplink")
+MAX_BUNDLE = 4096  # protocol.bundle.MAX_ENTRIES
+DEFAULT_KEEPALIVE_S = 15
+DEFAULT_STATUS_INTERVAL_S = 5.0
 
 
 class SyncMode(StrEnum):
@@ -37,10 +42,17 @@ class GatewayConfig:
     max_payload_bytes: int = DEFAULT_MAX_BYTES
     sync: SyncMode = SyncMode.FULL
     ready_file: Path | None = None
+    delivered_retention_s: float = 3600.0  # delivered rows kept this long, then purged
+    max_buffer_batches: int = 0  # live rows (pending+inflight+quarantined) quota; 0 = none
+    max_buffer_bytes: int = 0  # live payload bytes quota; 0 = none
+    keepalive_s: int = DEFAULT_KEEPALIVE_S  # MQTT keepalive of both links; a dead link is noticed in ~2x
+    bundle_max: int = DEFAULT_BUNDLE_MAX  # envelopes per uplink message; 1 = no bundling
+    compress: bool = False  # zlib-compress uplink bundles
+    status_interval_s: float = DEFAULT_STATUS_INTERVAL_S  # gateway status every this many seconds
     # Tuning without a command-line option (tests and issue 3 may set them).
     ingress_queue_size: int = 2 * BROKER_MAX_INFLIGHT + 48
     group_max: int = 500  # messages per buffer transaction (group commit)
-    keepalive_s: int = 15
+    verify_threads: int = 2  # Ed25519 verification releases the GIL: use both cores
     backoff_initial_s: float = 0.2
     backoff_max_s: float = 5.0
     connect_timeout_s: float = 5.0
@@ -53,16 +65,28 @@ class GatewayConfig:
             )
         if not 1 <= self.window <= MAX_WINDOW:
             raise ConfigError(f"--window must be between 1 and {MAX_WINDOW}, got {self.window}")
+        if self.delivered_retention_s < 0:
+            raise ConfigError(
+                f"--keep-delivered must be 0 or more seconds, got {self.delivered_retention_s}"
+            )
         if self.max_payload_bytes < 1:
             raise ConfigError(f"--max-payload-bytes must be positive, got {self.max_payload_bytes}")
+        if self.max_buffer_batches < 0 or self.max_buffer_bytes < 0:
+            raise ConfigError("--max-buffer-batches and --max-buffer-bytes must be 0 (no limit) or more")
         if self.ingress_queue_size < 2 * BROKER_MAX_INFLIGHT:
             raise ConfigError(
                 f"ingress queue size must be at least {2 * BROKER_MAX_INFLIGHT}, got {self.ingress_queue_size}"
             )
-        if self.group_max < 1 or self.keepalive_s < 1:
+        if self.group_max < 1 or self.keepalive_s < 1 or self.verify_threads < 1:
             raise ConfigError("group size and keepalive must be positive")
         if not 0 < self.backoff_initial_s <= self.backoff_max_s:
             raise ConfigError("backoff must satisfy 0 < initial <= max")
+        if not 1 <= self.bundle_max <= MAX_BUNDLE:
+            raise ConfigError(f"--bundle-max must be between 1 and {MAX_BUNDLE}, got {self.bundle_max}")
+        if not 0.1 <= self.status_interval_s <= 3600:
+            raise ConfigError(
+                f"--status-interval must be between 0.1 and 3600 seconds, got {self.status_interval_s}"
+            )
 
     @classmethod
     def from_options(
@@ -77,6 +101,13 @@ class GatewayConfig:
         max_payload_bytes: int = DEFAULT_MAX_BYTES,
         sync: SyncMode = SyncMode.FULL,
         ready_file: Path | None = None,
+        delivered_retention_s: float = 3600.0,
+        max_buffer_batches: int = 0,
+        max_buffer_bytes: int = 0,
+        keepalive_s: int = DEFAULT_KEEPALIVE_S,
+        bundle_max: int = DEFAULT_BUNDLE_MAX,
+        compress: bool = False,
+        status_interval_s: float = DEFAULT_STATUS_INTERVAL_S,
     ) -> GatewayConfig:
         """Build from command-line strings; bad values raise :class:`ConfigError`."""
         return cls(
@@ -89,6 +120,13 @@ class GatewayConfig:
             max_payload_bytes=max_payload_bytes,
             sync=sync,
             ready_file=ready_file,
+            delivered_retention_s=delivered_retention_s,
+            max_buffer_batches=max_buffer_batches,
+            max_buffer_bytes=max_buffer_bytes,
+            keepalive_s=keepalive_s,
+            bundle_max=bundle_max,
+            compress=compress,
+            status_interval_s=status_interval_s,
         )
 
     @property

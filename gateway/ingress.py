@@ -15,6 +15,15 @@ twice that, so it fills only if the writer stalls. A message that could not be q
 because its client was replaced or intake closed is left unacknowledged for the broker to
 redeliver.
 
+Backpressure (``--max-buffer-batches``/``--max-buffer-bytes``, and a full disk; see
+gateway/backpressure.py): the writer stops taking, committing and acknowledging. Since
+nothing is acknowledged, the broker stops sending after its in-flight limit, the queue
+never fills, and the network thread stays free for keepalives; the rest waits in the
+session's queue on the broker and on the devices.
+
+Test-only fault points (gateway/faults.py): ``received`` after a message is queued,
+``committed`` after a group's commit, ``acked`` after its acknowledgements.
+
 Packet ids belong to one connection. Every connect, disconnect and client replacement bumps
 ``generation`` (under a lock also held while acknowledging); a committed message from an
 older generation is not acknowledged (its id may name another message now), and the broker's
@@ -28,11 +37,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from gateway import faults
+from gateway.backpressure import HOLD_POLL_S, UNLIMITED, DiskHold, Quota, Room
 from gateway.buffer import Buffer, NewMessage
 from gateway.config import GatewayConfig
 from gateway.links import OFFLINE, ONLINE, new_client, publish_status, set_offline_will
@@ -66,6 +78,20 @@ class Received:
     qos: int
     generation: int
     received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Taken:
+    """A group taken off the queue, its verification running in the pool."""
+
+    group: list[Received]
+    futures: list[Future[list[NewMessage]]]
+
+    @property
+    def reserved(self) -> tuple[int, int]:
+        """Batches and bytes it will add to the buffer (at most), for the quota."""
+        return len(self.group), sum(len(item.payload) for item in self.group)
+
 
 
 def classify(
@@ -160,11 +186,14 @@ class Ingress:
         self.duplicates = 0
         self.acked = 0
         self.stale = 0
+        self._quota = Quota(config.max_buffer_batches, config.max_buffer_bytes, buffer.usage)
+        self._disk = DiskHold()
+        self._carry: Received | None = None  # taken, but past the group's byte room (writer only)
 
     @property
     def queued(self) -> int:
         """Messages received and not yet taken by the writer."""
-        return self._queue.qsize()
+        return self._queue.qsize() + (self._carry is not None)
 
     # -- the edge link ----------------------------------------------------------------
     def start(self) -> None:
@@ -204,12 +233,15 @@ class Ingress:
         client.disconnect()
         client.loop_stop()
         log.info(
-            "edge link closed: stored=%d quarantined=%d duplicates=%d acked=%d stale=%d",
+            "edge link closed: stored=%d quarantined=%d duplicates=%d acked=%d stale=%d"
+            " buffer_full_episodes=%d disk_full_episodes=%d",
             self.stored,
             self.quarantined,
             self.duplicates,
             self.acked,
             self.stale,
+            self._quota.episodes,
+            self._disk.episodes,
         )
 
     def relay(self, topic: str, payload: bytes) -> None:
@@ -306,7 +338,6 @@ class Ingress:
         while True:
             try:
                 self._queue.put(item, timeout=0.5)
-                return
             except queue.Full:
                 with self._lock:
                     if client is not self._client or not self._intake_open:
@@ -314,28 +345,93 @@ class Ingress:
                 log.warning(
                     "ingress queue full (%d); holding the edge broker back", self._queue.maxsize
                 )
+                continue
+            faults.checkpoint("received")
+            return
 
     # -- the writer -------------------------------------------------------------------
     def run_writer(self, stop: threading.Event) -> None:
-        """Group-commit queued messages until ``stop`` is set and the queue is empty."""
-        while True:
-            try:
-                first = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                if stop.is_set():
-                    return
-                continue
-            group = [first]
-            while len(group) < self._config.group_max:
-                try:
-                    group.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            self.write_group(group)
+        """Group-commit queued messages until ``stop`` is set and the queue is empty.
 
-    def write_group(self, group: list[Received]) -> None:
-        """Verify, commit in one transaction, then acknowledge what this connection delivered."""
-        rows = [
+        Two stages overlap: while group N is committed and acknowledged, group N+1 is already
+        being verified by ``verify_threads`` threads (Ed25519 verification releases the GIL, so
+        they use the second core). Groups are committed in the order they were received, so
+        each device's batches keep their order in the buffer.
+
+        Backpressure (gateway/backpressure.py): each group is sized to the room the quota
+        leaves, counting the group still being verified. While the buffer is full, or the
+        disk is, the writer takes, commits and acknowledges nothing, so batches wait on the
+        edge broker. A stop request during such a hold returns at once; whatever is held
+        stays unacknowledged and is redelivered to the next run.
+        """
+        threads = self._config.verify_threads
+        self._quota.refresh()
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gateway-verify") as pool:
+            ahead: _Taken | None = None
+            while True:
+                reserved = ahead.reserved if ahead is not None and self._quota.enabled else (0, 0)
+                room = self._quota.room(*reserved)
+                group = self._take_group(block=ahead is None, room=room) if room.open else None
+                if group is None and ahead is None:
+                    if not room.open or self._carry is not None:  # full, or the next is too big
+                        self._quota.hold(0 if self._carry is None else len(self._carry.payload))
+                        if stop.wait(HOLD_POLL_S):  # look again once the uplink could drain
+                            return
+                        self._quota.refresh()
+                    elif stop.is_set():
+                        return
+                    continue
+                following = None if group is None else _Taken(group, self._classify_async(pool, group))
+                if ahead is not None:
+                    rows = [row for future in ahead.futures for row in future.result()]
+                    if not self.write_group(ahead.group, rows, stop=stop):
+                        return  # asked to stop while the disk was full: left unacknowledged
+                ahead = following
+
+    @property
+    def holding(self) -> str | None:
+        """Why ingress is held right now (``"buffer_full"``, ``"disk_full"``), or None."""
+        if self._disk.full:
+            return "disk_full"
+        return "buffer_full" if self._quota.full else None
+
+    def _take_group(self, *, block: bool, room: Room = UNLIMITED) -> list[Received] | None:
+        """Up to ``group_max`` queued messages within ``room``; None if nothing is queued or
+        the next message does not fit (it is kept in ``_carry`` until it does)."""
+        limit = self._config.group_max
+        if room.batches is not None:
+            limit = min(limit, room.batches)
+        first, self._carry = self._carry, None
+        if first is None:
+            try:
+                first = self._queue.get(timeout=0.2) if block else self._queue.get_nowait()
+            except queue.Empty:
+                return None
+        size = len(first.payload)
+        if room.bytes is not None and size > room.bytes and room.bytes < self._quota.max_bytes:
+            self._carry = first  # too big for what is left (an empty buffer takes it anyway)
+            return None
+        group = [first]
+        while len(group) < limit:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            size += len(item.payload)
+            if room.bytes is not None and size > room.bytes:
+                self._carry = item  # first of the next group, once there is room for it
+                break
+            group.append(item)
+        return group
+
+    def _classify_async(
+        self, pool: ThreadPoolExecutor, group: list[Received]
+    ) -> list[Future[list[NewMessage]]]:
+        size = -(-len(group) // self._config.verify_threads)
+        return [pool.submit(self.classify_all, group[i : i + size]) for i in range(0, len(group), size)]
+
+    def classify_all(self, items: list[Received]) -> list[NewMessage]:
+        return [
             classify(
                 item.topic,
                 item.payload,
@@ -343,10 +439,31 @@ class Ingress:
                 self._registry,
                 self._config.max_payload_bytes,
             )
-            for item in group
+            for item in items
         ]
-        result = self._buffer.put_many(rows)
-        acked, stale = self._ack(group)
+
+    def write_group(
+        self,
+        group: list[Received],
+        rows: list[NewMessage] | None = None,
+        *,
+        stop: threading.Event | None = None,
+    ) -> bool:
+        """Commit a verified group in one transaction, THEN acknowledge what this connection
+        delivered. Returns False if ``stop`` was set while a full disk held the commit back."""
+        if rows is None:
+            rows = self.classify_all(group)
+        if faults.ack_before_commit:  # the deliberately broken gateway of the crash tests
+            acked, stale = self._ack(group)
+            faults.checkpoint("acked")
+        result = self._disk.put(self._buffer, rows, stop or threading.Event())
+        if result is None:
+            return False
+        faults.checkpoint("committed")
+        if not faults.ack_before_commit:
+            acked, stale = self._ack(group)
+            faults.checkpoint("acked")
+        self._quota.refresh()
         pending = sum(1 for row in rows if row.state is State.PENDING)
         self.stored += result.stored
         self.duplicates += result.duplicates
@@ -373,6 +490,7 @@ class Ingress:
             )
         if pending:
             self._on_stored()
+        return True
 
     def _ack(self, group: list[Received]) -> tuple[int, int]:
         acked = stale = 0

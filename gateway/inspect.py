@@ -1,28 +1,154 @@
-"""Inspecting a buffer file, also while its gateway runs: read-only, one consistent snapshot.
+"""Inspecting a buffer file, also while its gateway runs, and what every ``buffer`` command shares.
 
-The file is opened with SQLite ``mode=ro``; in WAL mode readers neither wait for nor block
-the gateway's writes. A missing file, a file that is not SQLite and another application's
-SQLite file are refused with a clear error and left unchanged.
+Reading commands open the file with SQLite ``mode=ro`` and one ``BEGIN`` (deferred): one
+consistent snapshot, and in WAL mode readers neither wait for nor block the gateway's
+writes. Writing commands (``retry``, ``purge``) use short ``BEGIN IMMEDIATE`` transactions
+with a busy timeout (``--wait``), so they queue behind the gateway's group commits for a few
+milliseconds and never hold it up for long; the usage triggers keep the counters right.
+
+A missing file, a file that is not SQLite, another application's SQLite file, a damaged
+file and one from a newer gateway are refused with a one-line error and left unchanged.
+This module holds the shared access (:func:`snapshot`, :func:`writer`), time and duration
+helpers, and ``stats``.
 """
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import func, select
+from sqlalchemy import URL, Connection, Engine, create_engine, event
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
-from gateway._exceptions import ForeignFile, StoreError
-from gateway.schema import LIVE_STATES, FileKind, State, identify, messages, readonly_engine
+from gateway._exceptions import ForeignFile
+from gateway.buffer import Usage
+from gateway.schema import FileKind, State, head_revision, readonly_engine, recognise, translate
 
-c = messages.c
+DEFAULT_WAIT_S = 5.0  # how long a command waits for SQLite locks before "locked"
 
 
+# -- access ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One read transaction on a buffer file; every query through ``conn`` sees the same state."""
+
+    path: Path
+    conn: Connection
+
+    def settings(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self.conn.exec_driver_sql("SELECT name, value FROM settings")}
+
+    def usage(self) -> Usage:
+        row = self.conn.exec_driver_sql(
+            "SELECT live_batches, live_bytes, delivered_batches, delivered_bytes FROM usage WHERE id = 1"
+        ).one()
+        return Usage(*(int(v) for v in row))
+
+
+def _require_buffer(path: Path, wait_s: float) -> None:
+    if recognise(path, allow_old=False, wait_s=wait_s).kind is FileKind.EMPTY:
+        raise ForeignFile(f"{path} is an empty file, not a gateway buffer; it was left unchanged")
+
+
+@contextmanager
+def snapshot(path: Path, *, wait_s: float = DEFAULT_WAIT_S) -> Iterator[Snapshot]:
+    """A read-only, consistent view of the buffer at ``path`` (errors translated, one line)."""
+    _require_buffer(path, wait_s)
+    engine = readonly_engine(path, busy_timeout_ms=int(wait_s * 1000), quiescent=True)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("BEGIN")
+            yield Snapshot(path, conn)
+    except SQLAlchemyError as exc:
+        raise translate(exc, path, "read", wait_s=wait_s) from exc
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def writer(path: Path, *, wait_s: float = DEFAULT_WAIT_S) -> Iterator[Engine]:
+    """An engine whose transactions are ``BEGIN IMMEDIATE`` with a ``wait_s`` busy timeout.
+
+    Use ``with engine.begin() as conn`` for each short transaction; errors inside are
+    translated by :func:`write_transaction`.
+    """
+    _require_buffer(path, wait_s)
+    engine = create_engine(
+        URL.create("sqlite+pysqlite", database=str(path)),
+        connect_args={"check_same_thread": False, "timeout": wait_s},
+        poolclass=NullPool,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        dbapi_connection.execute(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def write_transaction(engine: Engine, path: Path, what: str, wait_s: float) -> Iterator[Connection]:
+    try:
+        with engine.begin() as conn:
+            yield conn
+    except SQLAlchemyError as exc:
+        raise translate(exc, path, what, wait_s=wait_s) from exc
+
+
+# -- times and durations -----------------------------------------------------------------
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90s``, ``5m``, ``2h``, ``1d``, ``1h30m`` or a bare number of seconds."""
+    cleaned = text.strip().lower()
+    pos, total = 0, 0.0
+    while pos < len(cleaned):
+        match = _DURATION.match(cleaned, pos)
+        if match is None or match.end() == pos:
+            raise ValueError(f"{text!r} is not a duration (examples: 90s, 5m, 2h, 1d, 1h30m)")
+        total += float(match.group(1)) * _UNIT_S[match.group(2)]
+        pos = match.end()
+    if not cleaned:
+        raise ValueError("empty duration")
+    return total
+
+
+def iso(moment: float | None) -> str | None:
+    """RFC 3339 UTC with milliseconds, or None."""
+    if moment is None:
+        return None
+    return datetime.fromtimestamp(float(moment), UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def human_bytes(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1024
+    return f"{count} B"  # pragma: no cover
+
+
+# -- stats ------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class BufferStats:
     path: Path
@@ -30,6 +156,11 @@ class BufferStats:
     oldest_pending_age_s: float | None  # oldest batch not yet delivered (pending or in flight)
     db_bytes: int
     wal_bytes: int
+    usage: Usage
+    retention_s: float | None  # what the gateway that last opened the file keeps delivered rows
+    gateway: str | None
+    keys_dir: str | None
+    schema: str
 
     @property
     def total(self) -> int:
@@ -47,44 +178,59 @@ class BufferStats:
             "total": self.total,
             "oldest_pending_age_s": self.oldest_pending_age_s,
             "file_bytes": self.file_bytes,
+            "usage": {
+                "live_batches": self.usage.live_batches,
+                "live_bytes": self.usage.live_bytes,
+                "delivered_batches": self.usage.delivered_batches,
+                "delivered_bytes": self.usage.delivered_bytes,
+            },
+            "retention_s": self.retention_s,
+            "gateway": self.gateway,
+            "keys_dir": self.keys_dir,
+            "schema": self.schema,
         }
 
 
-def buffer_stats(path: Path, *, now: float | None = None) -> BufferStats:
-    """Counts by state, age of the oldest undelivered batch, and size of the buffer at ``path``."""
-    if identify(path) is FileKind.EMPTY:
-        raise ForeignFile(f"{path} is an empty file, not a gateway buffer; it was left unchanged")
-    engine = readonly_engine(path)
-    try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql("BEGIN")  # one read snapshot for every query below
-            found: dict[str, int] = dict(
-                conn.execute(select(c.state, func.count()).group_by(c.state)).all()
-            )
-            oldest = conn.execute(
-                select(c.received_at)
-                .where(c.state.in_([s.value for s in LIVE_STATES]))
-                .order_by(c.id)
-                .limit(1)
-            ).scalar()
-    except SQLAlchemyError as exc:
-        cause = getattr(exc, "orig", None) or exc
-        raise StoreError(f"cannot read buffer {path}: {cause}") from exc
-    finally:
-        engine.dispose()
+_STATS = (
+    "SELECT (SELECT count(*) FROM messages WHERE state = 'pending'),"
+    " (SELECT count(*) FROM messages WHERE state = 'inflight'),"
+    " (SELECT count(*) FROM messages WHERE state = 'quarantined'),"
+    " (SELECT received_at FROM messages WHERE id = (SELECT min(m) FROM ("
+    "   SELECT min(id) AS m FROM messages WHERE state = 'pending'"
+    "   UNION ALL SELECT min(id) FROM messages WHERE state = 'inflight')))"
+)
+
+
+def buffer_stats(path: Path, *, now: float | None = None, wait_s: float = DEFAULT_WAIT_S) -> BufferStats:
+    """Counts by state, usage, age of the oldest undelivered batch, retention and size."""
+    with snapshot(path, wait_s=wait_s) as snap:
+        pending, inflight, quarantined, oldest = snap.conn.exec_driver_sql(_STATS).one()
+        usage = snap.usage()
+        recorded = snap.settings()
     moment = time.time() if now is None else now
     wal = path.with_name(path.name + "-wal")
+    retention = recorded.get("delivered_retention_s")
     return BufferStats(
         path=path,
-        states={state: int(found.get(state.value, 0)) for state in State},
+        states={
+            State.PENDING: int(pending),
+            State.INFLIGHT: int(inflight),
+            State.DELIVERED: usage.delivered_batches,  # exact (triggers), and O(1)
+            State.QUARANTINED: int(quarantined),
+        },
         oldest_pending_age_s=None if oldest is None else max(0.0, moment - float(oldest)),
         db_bytes=path.stat().st_size,
         wal_bytes=wal.stat().st_size if wal.exists() else 0,
+        usage=usage,
+        retention_s=None if retention is None else float(retention),
+        gateway=recorded.get("gateway_id"),
+        keys_dir=recorded.get("keys_dir"),
+        schema=head_revision(),
     )
 
 
 def render_stats(stats: BufferStats, console: Console) -> None:
-    """The human form: a table of states, then age and size."""
+    """The human form: a table of states, then usage, age, retention and size."""
     console.print(f"[bold]gateway buffer[/] {stats.path}")
     table = Table()
     table.add_column("state")
@@ -94,8 +240,19 @@ def render_stats(stats: BufferStats, console: Console) -> None:
     table.add_section()
     table.add_row("total", str(stats.total))
     console.print(table)
+    usage = stats.usage
+    console.print(
+        f"usage: live {usage.live_batches} batches, {human_bytes(usage.live_bytes)}"
+        f" (pending + in flight + quarantined; the quota counts these);"
+        f" delivered {usage.delivered_batches} batches, {human_bytes(usage.delivered_bytes)}"
+    )
     age = stats.oldest_pending_age_s
     console.print(f"oldest pending: {'-' if age is None else f'{age:.1f} s'}")
+    retention = "-" if stats.retention_s is None else f"{stats.retention_s:g} s"
+    console.print(
+        f"delivered kept for: {retention} (gateway {stats.gateway or '-'}, keys {stats.keys_dir or '-'})"
+    )
     console.print(
         f"file size: {stats.file_bytes} bytes (database {stats.db_bytes}, write-ahead log {stats.wal_bytes})"
     )
+

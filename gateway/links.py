@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
-import os
 import random
-from datetime import UTC, datetime
+import threading
+import weakref
 from typing import Any
 
-import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
+from gateway.status import link_payload
 from protocol import gateway_status_topic
+from protocol.gateway_status import OFFLINE, ONLINE
 
-ONLINE = "online"
-OFFLINE = "offline"
+__all__ = [
+    "OFFLINE",
+    "ONLINE",
+    "Backoff",
+    "is_connected",
+    "new_client",
+    "publish_status",
+    "set_offline_will",
+    "status_payload",
+]
 
 
 def new_client(
@@ -30,7 +39,7 @@ def new_client(
     ``reconnect=False`` makes paho's network thread end when the connection drops, for
     links that replace the whole client instead.
     """
-    return mqtt.Client(
+    client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         clean_session=clean_session,
@@ -39,15 +48,33 @@ def new_client(
         manual_ack=manual_ack,
         reconnect_on_failure=reconnect,
     )
+    with _newest_lock:
+        _newest[client_id] = weakref.ref(client)
+    return client
+
+
+# The newest client made for each client id in this process (a link that replaces its client
+# makes a new one): lets the status reporter say whether a link is up without reaching into it.
+_newest: dict[str, weakref.ref[mqtt.Client]] = {}
+_newest_lock = threading.Lock()
+
+
+def is_connected(client_id: str) -> bool | None:
+    """Whether the newest client made for ``client_id`` is connected; ``None`` if there is none."""
+    with _newest_lock:
+        ref = _newest.get(client_id)
+    client = None if ref is None else ref()
+    return None if client is None else bool(client.is_connected())
 
 
 def status_payload(gateway_id: str, state: str, link: str) -> bytes:
-    """The retained status message on ``protocol.gateway_status_topic(gateway_id)``."""
-    data: dict[str, Any] = {"gateway": gateway_id, "link": link, "state": state}
-    if state == ONLINE:
-        data["since"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        data["pid"] = os.getpid()
-    return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+    """A status from one link's point of view (its hello, goodbye or last will).
+
+    The periodic full status comes from :class:`gateway.status.StatusReporter`; both use the
+    format of :class:`protocol.gateway_status.GatewayStatus` on
+    ``protocol.gateway_status_topic(gateway_id)``.
+    """
+    return link_payload(gateway_id, state, link)
 
 
 def set_offline_will(client: mqtt.Client, gateway_id: str, link: str) -> None:

@@ -2,21 +2,36 @@
 
 A buffer is one SQLite file (WAL mode) whose header carries ``PRAGMA application_id``
 :data:`APPLICATION_ID`. The tables are created and upgraded only by the Alembic migrations
-in ``gateway/migrations``; :data:`messages` below is what the code queries and must stay
-equal to what the migrations build (a test compares them).
+in ``gateway/migrations``; the tables below are what the code queries and must stay equal to
+what the migrations build (a test compares them). The migrations also create the triggers
+that keep :data:`usage` exact (see ``0002_history_usage.py``).
 
-Row life: ``pending`` -> ``inflight`` -> deleted when the cloud broker PUBACKs it
-(``delivered`` is reserved for a retention window, issue 3); ``quarantined`` rows are
-kept for inspection and never forwarded.
+Row life::
+
+    pending --fetch_pack--> inflight --PUBACK (confirm)--> delivered --retention--> purged
+       ^                       |
+       +------release/reset----+            quarantined --retry (passes)--> pending
+
+``delivered`` rows are kept for the gateway's retention window, then purged; they never
+count toward the quota. ``quarantined`` rows are kept for inspection and never forwarded.
+A row's history lives in its own columns (hot path, no extra writes) and, for the rare
+transitions (release, restart, retry, purge, recovery), in :data:`events`.
+
+Recognising a file (:func:`recognise`) only reads: the header bytes, then a read-only
+SQLite connection. A missing, foreign, truncated, damaged or too-new file raises a
+:class:`StoreError` subclass whose one-line message says what is wrong and what to run.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import stat
+from dataclasses import dataclass
 from enum import Enum, StrEnum
+from functools import cache
 from pathlib import Path
 
+from alembic.script import ScriptDirectory
 from sqlalchemy import (
     CheckConstraint,
     Column,
@@ -35,10 +50,20 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from gateway._exceptions import BufferMissing, ForeignFile, StoreError
+from gateway._exceptions import (
+    BufferLocked,
+    BufferMissing,
+    CorruptBuffer,
+    DiskFull,
+    ForeignFile,
+    SchemaTooNew,
+    StoreError,
+)
 
 APPLICATION_ID = 0x45544757  # "ETGW"
 BUSY_TIMEOUT_MS = 10_000
+MIGRATIONS = Path(__file__).with_name("migrations")
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 class State(StrEnum):
@@ -48,7 +73,20 @@ class State(StrEnum):
     QUARANTINED = "quarantined"
 
 
-LIVE_STATES = (State.PENDING, State.INFLIGHT)
+OUTBOUND_STATES = (State.PENDING, State.INFLIGHT)  # not yet delivered: the uplink's work
+LIVE_STATES = (State.PENDING, State.INFLIGHT, State.QUARANTINED)  # what counts toward quotas
+
+
+class EventKind(StrEnum):
+    """Rare transitions, recorded in :data:`events` (the hot path writes none)."""
+
+    RELEASED = "released"  # inflight -> pending: link lost, publish refused, stop
+    RESET = "reset"  # inflight -> pending at start: the previous run did not finish it
+    RETRIED = "retried"  # quarantined -> pending: passed verification again
+    RETRY_FAILED = "retry_failed"  # still quarantined, with the new reason
+    PURGED = "purged"  # rows deleted (one event per purge transaction, for a range of ids)
+    RECOVERED = "recovered"  # this file was salvaged from a damaged one
+
 
 metadata = MetaData()
 
@@ -69,6 +107,12 @@ messages = Table(
     Column("received_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
+    # 0002: history on the row itself.
+    Column("first_sent_at", Float, nullable=True),
+    Column("last_sent_at", Float, nullable=True),
+    Column("delivered_at", Float, nullable=True),
+    Column("quarantined_at", Float, nullable=True),
+    Column("retried_at", Float, nullable=True),
     CheckConstraint(
         "state IN ('pending', 'inflight', 'delivered', 'quarantined')", name="ck_messages_state"
     ),
@@ -83,34 +127,125 @@ messages = Table(
         unique=True,
         sqlite_where=text("state IN ('pending', 'inflight')"),
     ),
+    # Retention: the purge finds expired delivered rows without scanning the others.
+    Index("ix_messages_delivered_at", "delivered_at", sqlite_where=text("state = 'delivered'")),
     sqlite_autoincrement=True,
 )
 
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", Float, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("first_id", Integer, nullable=True),  # the row, or the first of a purged range
+    Column("last_id", Integer, nullable=True),
+    Column("rows", Integer, nullable=False, server_default=text("1")),
+    Column("reason", String(32), nullable=True),
+    Column("detail", Text, nullable=True),
+    Index("ix_events_first_id", "first_id"),
+    Index("ix_events_at", "at"),
+)
 
+# One row (id 1), kept exact by triggers inside the transactions that change messages.
+usage = Table(
+    "usage",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("live_batches", Integer, nullable=False, server_default=text("0")),
+    Column("live_bytes", Integer, nullable=False, server_default=text("0")),
+    Column("delivered_batches", Integer, nullable=False, server_default=text("0")),
+    Column("delivered_bytes", Integer, nullable=False, server_default=text("0")),
+    CheckConstraint("id = 1", name="ck_usage_one_row"),
+)
+
+# What the gateway that last opened the buffer was told (for `buffer stats`, `show`, `retry`).
+settings = Table(
+    "settings",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+
+# -- revisions ------------------------------------------------------------------------
+@cache
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory(str(MIGRATIONS))
+
+
+def head_revision() -> str:
+    head = _scripts().get_current_head()
+    if head is None:  # pragma: no cover - the package ships its migrations
+        raise StoreError("the gateway's buffer migrations are missing")
+    return head
+
+
+def known_revisions() -> frozenset[str]:
+    return frozenset(script.revision for script in _scripts().walk_revisions())
+
+
+# -- recognising a file -----------------------------------------------------------------
 class FileKind(Enum):
     EMPTY = "empty"  # a zero-byte file: SQLite treats it as a new database
     BUFFER = "buffer"
 
 
-def readonly_engine(path: Path) -> Engine:
-    """An engine that can only read ``path`` (SQLite ``mode=ro``); nothing it does writes the file."""
+@dataclass(frozen=True, slots=True)
+class Recognised:
+    kind: FileKind
+    revision: str | None  # Alembic revision; None for an empty or half-created buffer
+
+
+def recovery_hint(path: Path, keys_dir: Path | None = None) -> str:
+    """The commands that salvage a damaged buffer, with the real paths in them."""
+    keys = f" --keys {keys_dir}" if keys_dir is not None else " --keys DIR"
+    out = path.with_name(path.name + ".recovered")
+    return (
+        f"it was left unchanged; see `edgetally gateway buffer check --buffer {path}`, then salvage"
+        f" every readable batch with `edgetally gateway buffer recover --buffer {path} --out {out}{keys}`"
+        f" and start the gateway with --buffer {out}"
+    )
+
+
+def readonly_engine(
+    path: Path, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, quiescent: bool = False
+) -> Engine:
+    """An engine that can only read ``path`` (SQLite ``mode=ro``); nothing it does writes the file.
+
+    ``quiescent``: when the file has no write-ahead log (no gateway has it open), read it as
+    immutable, so that not even SQLite's ``-wal``/``-shm`` companions are created next to it.
+    Only for callers that either hold off gateways or can afford a spurious error if one
+    starts meanwhile.
+    """
     uri = path.resolve().as_uri() + "?mode=ro"
+    if quiescent and not path.with_name(path.name + "-wal").exists():
+        uri += "&immutable=1"
 
     def connect() -> sqlite3.Connection:
         connection = sqlite3.connect(
-            uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+            uri, uri=True, timeout=busy_timeout_ms / 1000, check_same_thread=False
         )
-        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        connection.isolation_level = None  # SQLAlchemy's BEGIN, or none at all
+        connection.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
         return connection
 
     return create_engine("sqlite+pysqlite://", creator=connect, poolclass=NullPool)
 
 
-def identify(path: Path) -> FileKind:
-    """Say whether ``path`` is a gateway buffer; raise if it is missing or foreign.
+def recognise(
+    path: Path,
+    *,
+    deep: bool = False,
+    keys_dir: Path | None = None,
+    allow_old: bool = True,
+    wait_s: float = BUSY_TIMEOUT_MS / 1000,
+) -> Recognised:
+    """Say whether ``path`` is a usable gateway buffer; raise a :class:`StoreError` if not.
 
-    Only reads: the application id is read through a read-only SQLite connection, so a
-    foreign file is never modified.
+    Only reads. ``deep`` adds ``PRAGMA quick_check`` (every page; ~3 ms per 1,000 rows),
+    which the gateway runs at start. ``allow_old=False`` also refuses a buffer that the
+    gateway has not yet upgraded to this version's schema (inspection commands need it).
     """
     try:
         info = path.stat()
@@ -121,20 +256,117 @@ def identify(path: Path) -> FileKind:
     if not stat.S_ISREG(info.st_mode):
         raise ForeignFile(f"{path} is not a regular file, so it is not a gateway buffer")
     if info.st_size == 0:
-        return FileKind.EMPTY
-    engine = readonly_engine(path)
+        return Recognised(FileKind.EMPTY, None)
     try:
-        with engine.connect() as conn:
-            app_id = int(conn.exec_driver_sql("PRAGMA application_id").scalar() or 0)
-    except SQLAlchemyError as exc:
+        with open(path, "rb") as file:
+            header = file.read(100)
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror}") from exc
+    if not header.startswith(SQLITE_MAGIC):
         raise ForeignFile(
             f"{path} is not an SQLite database, so it is not a gateway buffer; it was left unchanged"
-        ) from exc
-    finally:
-        engine.dispose()
-    if app_id != APPLICATION_ID:
+        )
+    app_id = int.from_bytes(header[68:72], "big") if len(header) == 100 else None
+    if app_id is not None and app_id != APPLICATION_ID:
         raise ForeignFile(
             f"{path} is an SQLite database of another application (application_id {app_id:#x},"
             f" a gateway buffer has {APPLICATION_ID:#x}); it was left unchanged"
         )
-    return FileKind.BUFFER
+    problem = header_problem(header, info.st_size)
+    if problem is not None:
+        raise CorruptBuffer(f"buffer {path} is damaged: {problem}; {recovery_hint(path, keys_dir)}")
+    revision = _read_revision(path, deep=deep, keys_dir=keys_dir, wait_s=wait_s)
+    if revision is not None and revision not in known_revisions():
+        raise SchemaTooNew(
+            f"{path} has buffer schema revision {revision!r}, unknown to this gateway (newest known:"
+            f" {head_revision()!r}; written by a newer version?); it was left unchanged: use the newer"
+            " gateway to read it"
+        )
+    if not allow_old and revision != head_revision():
+        raise StoreError(
+            f"{path} has buffer schema revision {revision!r}, this version reads {head_revision()!r}:"
+            " start the gateway on it once (it upgrades the file), or salvage it with"
+            f" `edgetally gateway buffer recover --buffer {path} --out NEW`"
+        )
+    return Recognised(FileKind.BUFFER, revision)
+
+
+def header_problem(header: bytes, size: int) -> str | None:
+    """What the 100-byte SQLite header says is wrong with a file of ``size`` bytes, if anything."""
+    if len(header) < 100:
+        return f"truncated: {size} bytes, shorter than the 100-byte SQLite header"
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        return f"the header's page size {page_size} is invalid"
+    if size % page_size:
+        return f"truncated: {size} bytes is not a whole number of {page_size}-byte pages"
+    pages = int.from_bytes(header[28:32], "big")
+    header_valid = header[24:28] == header[92:96]
+    if header_valid and pages * page_size > size:
+        return f"truncated: the header says {pages} pages of {page_size} bytes, the file holds {size // page_size}"
+    return None
+
+
+def _read_revision(path: Path, *, deep: bool, keys_dir: Path | None, wait_s: float) -> str | None:
+    engine = readonly_engine(path, quiescent=True, busy_timeout_ms=int(wait_s * 1000))
+    try:
+        with engine.connect() as conn:
+            if deep:
+                found = [row[0] for row in conn.exec_driver_sql("PRAGMA quick_check(3)")]
+                if found != ["ok"]:
+                    what = "; ".join(" ".join(str(f).split())[:160] for f in found)
+                    raise CorruptBuffer(
+                        f"buffer {path} is damaged (quick_check: {what}); {recovery_hint(path, keys_dir)}"
+                    )
+            has_table = conn.exec_driver_sql(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+            ).scalar()
+            if not has_table:
+                return None
+            revision = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    except SQLAlchemyError as exc:
+        raise translate(exc, path, "read", keys_dir=keys_dir, wait_s=wait_s) from exc
+    finally:
+        engine.dispose()
+    return None if revision is None else str(revision)
+
+
+# -- what SQLite's errors mean for a buffer ------------------------------------------------
+SQLITE_IOERR = 10
+SQLITE_CORRUPT = 11
+SQLITE_FULL = 13
+SQLITE_NOTADB = 26
+SQLITE_BUSY = 5
+SQLITE_LOCKED = 6
+
+
+def sqlite_code(exc: BaseException) -> int | None:
+    """The primary SQLite result code behind ``exc`` (a DBAPI or SQLAlchemy error), if any."""
+    orig = getattr(exc, "orig", None) or exc
+    code = getattr(orig, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
+def translate(
+    exc: BaseException, path: Path, what: str, *, keys_dir: Path | None = None, wait_s: float = 0
+) -> StoreError:
+    """The gateway error for an SQLite failure while doing ``what`` on the buffer at ``path``."""
+    orig = getattr(exc, "orig", None) or exc
+    cause = " ".join(str(orig).split())
+    code = sqlite_code(exc)
+    if code in (SQLITE_FULL, SQLITE_IOERR):
+        return DiskFull(
+            f"buffer {path}: {what} failed, no room on the disk ({cause}); nothing of it was kept"
+        )
+    if code in (SQLITE_CORRUPT, SQLITE_NOTADB):
+        return CorruptBuffer(
+            f"buffer {path} is damaged ({what}: {cause}); {recovery_hint(path, keys_dir)}"
+        )
+    if code in (SQLITE_BUSY, SQLITE_LOCKED):
+        waited = f" for more than {wait_s:g} s" if wait_s else ""
+        return BufferLocked(
+            f"buffer {path} is locked by another process{waited} ({cause}); try again,"
+            " or give it longer with --wait SECONDS"
+        )
+    return StoreError(f"buffer {path}: {what} failed: {cause}")

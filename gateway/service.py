@@ -1,15 +1,16 @@
 """The running gateway: opens the buffer, composes ingress, writer and uplink, stops gracefully.
 
 Threads: paho's network thread for the edge link (ingress callbacks), the writer (group
-commits, then acks), the uplink pump (with its own paho network thread per connection), and
-the main thread, which waits for a stop request. The writer and the pump run under a
+commits, then acks), the uplink pump (with its own paho network thread per connection), the
+status reporter (gateway/status.py: a retained status on both brokers every few seconds), and
+the main thread, which waits for a stop request. Writer, pump and reporter run under a
 :class:`Supervisor`, the one place in the gateway that catches ``Exception``: it logs the
 failure and restarts the task with backoff; a writer restart also replaces the edge client so
 that the broker redelivers whatever the failed group had not acknowledged. A task that keeps
 failing makes the gateway stop with :class:`ServiceFailed`.
 
-Graceful stop (SIGTERM/SIGINT): intake closes (later messages stay unacknowledged on the edge
-broker), the writer commits and acknowledges what is queued, the edge link announces offline
+Graceful stop (SIGTERM/SIGINT): the status reporter stops first, intake closes (later
+messages stay unacknowledged on the edge broker), the writer commits and acknowledges what is queued, the edge link announces offline
 and disconnects cleanly, the pump gives in-flight publishes a short grace for their PUBACKs,
 releases the rest to pending and disconnects, and the buffer is closed.
 """
@@ -25,14 +26,17 @@ from pathlib import Path
 
 import orjson
 
+from gateway import faults
 from gateway._exceptions import ConfigError, ServiceFailed
+from gateway.backpressure import RESUME_RATIO
 from gateway.buffer import Buffer
 from gateway.config import GatewayConfig
 from gateway.ingress import Ingress
-from gateway.links import Backoff
+from gateway.links import Backoff, is_connected
 from gateway.schema import State
+from gateway.status import StatusReporter
 from gateway.uplink import Uplink
-from protocol import ProtocolError, Registry
+from protocol import ProtocolError, Registry, gateway_status_topic
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +118,11 @@ class GatewayService:
     def run(self) -> None:
         config = self.config
         registry = load_registry(config.keys_dir)
+        armed = faults.arm_from_environment()
+        if armed:
+            log.warning("TEST-ONLY fault injection armed: %s", armed)
         _remove(config.ready_file)
-        buffer = Buffer(config.buffer_path, sync=config.sync)
+        buffer = Buffer.from_config(config)  # records keys dir, retention, id in the file
         buffer.open()
         try:
             counts = buffer.counts()
@@ -126,6 +133,14 @@ class GatewayService:
                 counts[State.INFLIGHT],
                 counts[State.QUARANTINED],
             )
+            if config.max_buffer_batches or config.max_buffer_bytes:
+                log.info(
+                    "backpressure: ingress holds at %s live batches or %s live bytes"
+                    " (0 = no limit) and resumes below %d%% of both",
+                    config.max_buffer_batches,
+                    config.max_buffer_bytes,
+                    round(RESUME_RATIO * 100),
+                )
             self._serve(registry, buffer)
         finally:
             buffer.close()
@@ -142,15 +157,27 @@ class GatewayService:
             if ingress is not None:
                 ingress.relay(topic, payload)
 
-        uplink = Uplink(config, buffer, relay=relay)
+        status: StatusReporter | None = None
+
+        def link_changed() -> None:
+            if status is not None:
+                status.poke()
+
+        def edge_connected() -> None:
+            uplink.request_receipts()
+            link_changed()
+
+        uplink = Uplink(config, buffer, relay=relay, on_link_change=link_changed)
         ingress = Ingress(
             config,
             registry,
             buffer,
             on_stored=uplink.notify,
-            on_connected=uplink.request_receipts,
+            on_connected=edge_connected,
             on_ready=self._write_ready_file,
         )
+        status = self._status_reporter(buffer, ingress, uplink)
+        reporter = Supervisor("status", status.run, on_give_up=self._give_up)
         writer = Supervisor(
             "writer", ingress.run_writer, on_failure=ingress.restart_link, on_give_up=self._give_up
         )
@@ -158,11 +185,14 @@ class GatewayService:
         writer.start()
         pump.start()
         ingress.start()
+        reporter.start()
         try:
             while not (self._stop_requested or self._failed.wait(STOP_POLL_S)):
                 pass
         finally:
             log.info("gateway %s stopping", config.gateway_id)
+            reporter.stop.set()  # first: the links' own "offline" must be the last status
+            reporter.join(timeout=10)
             ingress.stop_intake()
             pump.stop.set()
             uplink.interrupt()
@@ -170,6 +200,21 @@ class GatewayService:
             writer.join(timeout=30)
             ingress.stop()
             pump.join(timeout=config.drain_grace_s + 30)
+
+    def _status_reporter(self, buffer: Buffer, ingress: Ingress, uplink: Uplink) -> StatusReporter:
+        config = self.config
+        topic = gateway_status_topic(config.gateway_id)
+        return StatusReporter(
+            config.gateway_id,
+            buffer,
+            interval_s=config.status_interval_s,
+            uplink_up=lambda: uplink.connected,
+            edge_up=lambda: is_connected(config.edge_client_id),
+            ingress_count=lambda: ingress.stored,
+            egress_count=lambda: uplink.delivered,
+            publish_edge=lambda payload: ingress.relay(topic, payload),
+            publish_cloud=uplink.offer_status,
+        )
 
     def _give_up(self, problem: str) -> None:
         self._failure = problem

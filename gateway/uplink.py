@@ -1,9 +1,17 @@
 """Uplink: buffered envelopes to the cloud broker, and cloud receipts back down to the edge.
 
-One pump thread owns the cloud link. It keeps up to ``window`` QoS 1 publishes in flight,
-taken from the buffer in id order (so each device's batches leave in seq order), and deletes
-a row only when the cloud broker's PUBACK for it arrives. Every ``publish()`` rc is checked:
-a failure (e.g. paho's 65,535 message-id limit, or a lost link) puts the row back to pending.
+One pump thread owns the cloud link. It keeps up to ``window`` QoS 1 messages in flight,
+made from buffer rows taken in id order (so each device's batches leave in seq order), and
+marks rows delivered only when the cloud broker's PUBACK for their message arrives. Every
+``publish()`` rc is checked: a failure (e.g. paho's 65,535 message-id limit, or a lost link)
+puts the rows back to pending.
+
+Bundling (``bundle_max`` > 1): consecutive rows of one fetch are framed into bundles of up to
+``bundle_max`` envelopes and :data:`protocol.bundle.MAX_BUNDLE_BYTES` (zlib-compressed with
+``compress``), published on ``edgetally/v1/_gateway/{gateway}/bundle``; the cloud unwraps them.
+A bundle's PUBACK confirms all its rows. A row that would be alone in its bundle, or that is
+too large for one, is published unchanged on its own topic. Nothing waits to fill a bundle:
+under light load messages carry one envelope each, under a backlog they fill up.
 
 Each connection attempt uses a fresh paho client (``clean_session=True``, paho's own
 reconnect off): when a link drops, everything it had in flight goes back to pending and no
@@ -11,10 +19,21 @@ PUBACK of that old client can confirm a row afterwards. Reconnection uses capped
 backoff with jitter; while the cloud is away the ingress keeps buffering, and the pump
 drains the buffer when the link returns.
 
+Dead links: paho sends a PINGREQ after ``keepalive_s`` without traffic from the broker and
+drops the connection when the PINGRESP has not come ``keepalive_s`` later, so a half-open or
+blackholed link (TCP up, nothing answered) is noticed within about twice the keepalive; the
+rows in flight go back to pending and the pump reconnects. A connection attempt that gets no
+CONNACK within ``connect_timeout_s`` (a blackhole accepts TCP and answers nothing) is
+abandoned and retried with backoff.
+
 Downlink: the same client subscribes to ``edgetally/v1/+/+/receipt`` and hands every message,
 uninterpreted, to ``relay`` (the ingress republishes it retained on the edge broker). Receipts
 are retained on the cloud broker, so subscribing again (at every connect, and whenever the
 edge link comes back) re-delivers the latest one of every device.
+
+Housekeeping on the pump thread: the gateway status offered by the status reporter is
+published retained on the cloud broker; delivered rows past their retention are purged in
+short bounded transactions every few seconds.
 
 paho callbacks run on paho's network thread and only record events under a condition
 variable; the pump does all buffer work. The event list is bounded by the window: one PUBACK
@@ -26,28 +45,37 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from gateway.buffer import Buffer, OutboundMessage
+from gateway import faults
+from gateway.buffer import PURGE_LIMIT, Buffer, OutboundMessage
 from gateway.config import GatewayConfig
 from gateway.links import OFFLINE, ONLINE, Backoff, new_client, publish_status, set_offline_will
-from protocol import RECEIPT_FILTER
+from gateway.status import CLOUD
+from protocol import RECEIPT_FILTER, BadBundle, gateway_bundle_topic, gateway_status_topic
+from protocol import bundle as bundles
 
 log = logging.getLogger(__name__)
 
-LINK = "cloud"
+LINK = CLOUD
 IDLE_RECHECK_S = 1.0  # look at the buffer at least this often even without a wake-up
+FETCH_MAX = 4096  # rows taken from the buffer in one transaction
+PURGE_EVERY_S = 2.0  # how often expired delivered rows are purged
+PURGE_ROUNDS = 10  # at most this many bounded purge transactions per round
 
 
 @dataclass
 class _Link:
     client: mqtt.Client
     generation: int
-    inflight: dict[int, int] = field(default_factory=dict)  # paho mid -> buffer row id
+    inflight: dict[int, tuple[int, ...]] = field(default_factory=dict)  # mid -> buffer row ids
+
+    def row_ids(self) -> list[int]:
+        return [row for rows in self.inflight.values() for row in rows]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,25 +87,64 @@ class _Event:
     reason: str = ""
 
 
+def pack(
+    rows: Sequence[OutboundMessage], bundle_max: int, max_bytes: int = bundles.MAX_BUNDLE_BYTES
+) -> Iterator[list[OutboundMessage]]:
+    """Consecutive ``rows`` in groups of at most ``bundle_max`` that fit one bundle of ``max_bytes``.
+
+    A row too large for any bundle comes out alone (it is then published unbundled).
+    """
+    group: list[OutboundMessage] = []
+    size = bundles.HEADER_BYTES
+    for row in rows:
+        need = bundles.entry_bytes(row.topic, row.payload)
+        if group and (len(group) >= bundle_max or size + need > max_bytes):
+            yield group
+            group, size = [], bundles.HEADER_BYTES
+        group.append(row)
+        size += need
+    if group:
+        yield group
+
+
 class Uplink:
     """The cloud link. Construct, then run :meth:`run` in a thread until its stop event is set."""
 
     def __init__(
-        self, config: GatewayConfig, buffer: Buffer, *, relay: Callable[[str, bytes], None]
+        self,
+        config: GatewayConfig,
+        buffer: Buffer,
+        *,
+        relay: Callable[[str, bytes], None],
+        on_link_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._config = config
         self._buffer = buffer
         self._relay = relay
+        self._on_link_change = on_link_change
+        self._bundle_topic = gateway_bundle_topic(config.gateway_id)
+        self._status_topic = gateway_status_topic(config.gateway_id)
         self._cond = threading.Condition()
         self._events: list[_Event] = []
         self._wake = False
         self._resubscribe = False
+        self._status: bytes | None = None
         self._generation = 0
-        self.published = 0
+        self._connected = False
+        self._next_purge = 0.0
+        self.published = 0  # rows handed to paho (a bundle counts each of its rows)
+        self.messages = 0  # MQTT messages handed to paho
+        self.bundles = 0
         self.delivered = 0
         self.released = 0
+        self.purged = 0
 
     # -- called from other threads ----------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        """Whether the cloud link is up (connected, subscribed, forwarding)."""
+        return self._connected
+
     def notify(self) -> None:
         """New pending rows were committed."""
         with self._cond:
@@ -90,6 +157,20 @@ class Uplink:
             self._resubscribe = True
             self._cond.notify()
 
+    def offer_status(self, payload: bytes) -> None:
+        """Publish this gateway status (retained) on the cloud broker if the link is up.
+
+        Only the latest offer is kept; while the link is down nothing is queued.
+        """
+        with self._cond:
+            self._status = payload
+            self._cond.notify()
+
+    def interrupt(self) -> None:
+        """Wake the pump so that it sees its stop event now."""
+        with self._cond:
+            self._cond.notify_all()
+
     # -- the pump ---------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         """Connect, forward, reconnect, until ``stop`` is set; then hand back what is in flight."""
@@ -98,6 +179,7 @@ class Uplink:
             log.info("%d batches in flight in an earlier run are pending again", reset)
         backoff = Backoff(self._config.backoff_initial_s, self._config.backoff_max_s)
         while not stop.is_set():
+            self._housekeeping()
             link = self._connect(stop)
             if link is None:
                 delay = backoff.next()
@@ -112,8 +194,10 @@ class Uplink:
             finally:
                 self._close(link, graceful=stop.is_set())
         log.info(
-            "uplink stopped: published=%d delivered=%d released=%d",
+            "uplink stopped: published=%d (in %d messages, %d bundles) delivered=%d released=%d",
             self.published,
+            self.messages,
+            self.bundles,
             self.delivered,
             self.released,
         )
@@ -124,10 +208,10 @@ class Uplink:
             while not stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
                 self._cond.wait(remaining)
 
-    def interrupt(self) -> None:
-        """Wake the pump so that it sees its stop event now."""
-        with self._cond:
-            self._cond.notify_all()
+    def _set_connected(self, up: bool) -> None:
+        if self._connected != up:
+            self._connected = up
+            self._on_link_change()
 
     def _connect(self, stop: threading.Event) -> _Link | None:
         with self._cond:
@@ -152,11 +236,11 @@ class Uplink:
         client.loop_start()
         ack = self._await_connack(generation, stop)
         link = _Link(client, generation)
-        if ack is None or not ack.ok:
+        if ack is None or ack.kind != "connack" or not ack.ok:
             if not stop.is_set():
                 log.warning(
                     "cloud broker did not accept the connection: %s",
-                    ack.reason if ack else "no CONNACK",
+                    ack.reason if ack else f"no CONNACK within {self._config.connect_timeout_s}s",
                 )
             self._close(link, graceful=False)
             return None
@@ -168,7 +252,15 @@ class Uplink:
         rc = publish_status(client, self._config.gateway_id, ONLINE, LINK)
         if rc != mqtt.MQTT_ERR_SUCCESS:
             log.warning("cloud online status not published (rc=%s)", rc)
-        log.info("cloud link up (%s, window %d)", cloud.url, self._config.window)
+        log.info(
+            "cloud link up (%s, window %d, bundles of up to %d%s, keepalive %ds)",
+            cloud.url,
+            self._config.window,
+            self._config.bundle_max,
+            ", compressed" if self._config.compress else "",
+            self._config.keepalive_s,
+        )
+        self._set_connected(True)
         return link
 
     def _await_connack(self, generation: int, stop: threading.Event) -> _Event | None:
@@ -197,30 +289,35 @@ class Uplink:
         maybe_pending = True
         while True:
             with self._cond:
-                idle = not (self._events or self._wake or self._resubscribe)
+                idle = not (self._events or self._wake or self._resubscribe or self._status)
                 blocked = len(link.inflight) >= window or not maybe_pending
                 if idle and blocked and not stop.is_set() and not self._cond.wait(IDLE_RECHECK_S):
                     maybe_pending = True  # quiet for a while: look at the buffer anyway
                 events, self._events = self._events, []
                 wake, self._wake = self._wake, False
                 resubscribe, self._resubscribe = self._resubscribe, False
+                status, self._status = self._status, None
             lost = self._apply(link, events)
             if lost is not None:
                 log.warning(
                     "cloud link lost (%s); %d batches in flight go back to pending",
                     lost,
-                    len(link.inflight),
+                    sum(len(rows) for rows in link.inflight.values()),
                 )
                 return
             if stop.is_set():
                 return
             if resubscribe and not self._subscribe_receipts(link):
                 return
+            if status is not None:
+                self._publish_status(link, status)
+            self._housekeeping()
             maybe_pending = maybe_pending or wake
             free = window - len(link.inflight)
             if maybe_pending and free > 0:
-                rows = self._buffer.fetch_pack(free)
-                maybe_pending = len(rows) == free
+                limit = min(free * self._config.bundle_max, FETCH_MAX)
+                rows = self._buffer.fetch_pack(limit)
+                maybe_pending = len(rows) == limit
                 if not self._publish(link, rows):
                     return
 
@@ -232,33 +329,76 @@ class Uplink:
             if event.generation != link.generation:
                 continue  # a PUBACK of an earlier client: its rows were released already
             if event.kind == "puback":
-                row = link.inflight.pop(event.mid, None)
-                if row is not None:
-                    confirmed.append(row)
+                rows = link.inflight.pop(event.mid, None)
+                if rows is not None:
+                    confirmed.extend(rows)
             elif event.kind == "lost":
                 lost = event.reason or "disconnected"
         if confirmed:
+            faults.checkpoint("puback")
             self.delivered += self._buffer.confirm(confirmed)
         return lost
 
     def _publish(self, link: _Link, rows: list[OutboundMessage]) -> bool:
-        for index, row in enumerate(rows):
-            info = link.client.publish(row.topic, row.payload, qos=1, retain=False)
+        groups = list(pack(rows, self._config.bundle_max))
+        for index, group in enumerate(groups):
+            topic, payload = self._message(group)
+            info = link.client.publish(topic, payload, qos=1, retain=False)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                first = group[0]
                 log.warning(
-                    "publish to the cloud failed (rc=%s) device=%s seq=%s; resetting the link",
+                    "publish to the cloud failed (rc=%s) device=%s seq=%s (%d batches in the"
+                    " message); resetting the link",
                     info.rc,
-                    row.device,
-                    row.seq,
+                    first.device,
+                    first.seq,
+                    len(group),
                 )
-                self.released += self._buffer.release([r.id for r in rows[index:]])
+                unsent = [row.id for later in groups[index:] for row in later]
+                self.released += self._buffer.release(unsent)
                 return False
-            link.inflight[info.mid] = row.id
-            self.published += 1
+            faults.checkpoint("published")
+            link.inflight[info.mid] = tuple(row.id for row in group)
+            self.published += len(group)
+            self.messages += 1
+            if log.isEnabledFor(logging.DEBUG):
+                for row in group:
+                    log.debug("sent device=%s seq=%s mid=%d", row.device, row.seq, info.mid)
         return True
+
+    def _message(self, group: list[OutboundMessage]) -> tuple[str, bytes]:
+        """The topic and payload that carry ``group``: the envelope itself, or a bundle."""
+        if len(group) == 1:
+            return group[0].topic, group[0].payload
+        try:
+            payload = bundles.encode(
+                [(row.topic, row.payload) for row in group], compress=self._config.compress
+            )
+        except BadBundle as exc:  # pack() sized the group, so this is a bug, not bad input
+            raise AssertionError(f"a packed group did not fit a bundle: {exc}") from exc
+        self.bundles += 1
+        return self._bundle_topic, payload
+
+    def _publish_status(self, link: _Link, payload: bytes) -> None:
+        info = link.client.publish(self._status_topic, payload, qos=1, retain=True)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:  # the link is going: the next status will do
+            log.debug("gateway status not published on the cloud broker now (rc=%s)", info.rc)
+
+    def _housekeeping(self) -> None:
+        """Purge delivered rows past their retention (bounded transactions, every few seconds)."""
+        now = time.monotonic()
+        if now < self._next_purge:
+            return
+        self._next_purge = now + PURGE_EVERY_S
+        for _ in range(PURGE_ROUNDS):
+            purged = self._buffer.purge_expired()
+            self.purged += purged
+            if purged < PURGE_LIMIT:
+                return
 
     def _close(self, link: _Link, *, graceful: bool) -> None:
         """Stop the client; rows still in flight are not delivered, so they go back to pending."""
+        self._set_connected(False)
         if graceful and link.inflight:
             self._drain(link)
         if graceful:
@@ -266,7 +406,7 @@ class Uplink:
         link.client.disconnect()
         link.client.loop_stop()
         if link.inflight:
-            self.released += self._buffer.release(list(link.inflight.values()))
+            self.released += self._buffer.release(link.row_ids())
             link.inflight.clear()
 
     def _drain(self, link: _Link) -> None:

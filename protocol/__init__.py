@@ -5,6 +5,7 @@ No I/O beyond reading and writing key and registry files; no MQTT. See docs/prot
 
 from protocol._errors import (
     BadBase64,
+    BadBundle,
     BadSignature,
     BadTopic,
     ElectionModelError,
@@ -44,15 +45,19 @@ from protocol.receipt import Receipt
 from protocol.registry import DeviceEntry, Registry, load_signing_key, provision
 from protocol.topics import (
     BATCH_FILTER,
+    GATEWAY_BUNDLE_FILTER,
+    GATEWAY_STATUS_FILTER,
     RECEIPT_FILTER,
     BrokerAddress,
     DeviceTopic,
     DeviceTopicKind,
     batch_topic,
+    gateway_bundle_topic,
     gateway_status_topic,
     parse_batch_topic,
     parse_broker_url,
     parse_device_topic,
+    parse_gateway_topic,
     receipt_topic,
     status_topic,
 )
@@ -60,9 +65,12 @@ from protocol.topics import (
 __all__ = [
     "BATCH_FILTER",
     "DEFAULT_MAX_BYTES",
+    "GATEWAY_BUNDLE_FILTER",
+    "GATEWAY_STATUS_FILTER",
     "GENESIS_HASH",
     "RECEIPT_FILTER",
     "BadBase64",
+    "BadBundle",
     "BadSignature",
     "BadTopic",
     "BatchBody",
@@ -103,6 +111,7 @@ __all__ = [
     "batch_topic",
     "body_hash",
     "check_against_election",
+    "gateway_bundle_topic",
     "gateway_status_topic",
     "load_signing_key",
     "parse_batch_topic",
@@ -110,6 +119,7 @@ __all__ = [
     "parse_broker_url",
     "parse_device_topic",
     "parse_envelope",
+    "parse_gateway_topic",
     "provision",
     "receipt_topic",
     "seal",

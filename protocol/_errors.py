@@ -23,6 +23,8 @@ quarantined or rejected message) and a human sentence naming the problem.
     ├── WrongKey                      wrong_key   kid is not the device's registered key
     ├── BadSignature                  bad_signature
     ├── KeyFileError                  key_file    unreadable key or registry file
+    ├── BadBundle                     bad_bundle  an uplink bundle whose framing is corrupt; its
+    │                                             subclasses are in protocol/bundle.py
     └── ElectionModelError            election_model  an election definition that does not hold together
 """
 
@@ -53,6 +55,7 @@ class RejectReason(StrEnum):
     BAD_SIGNATURE = "bad_signature"
     KEY_FILE = "key_file"
     ELECTION_MODEL = "election_model"
+    BAD_BUNDLE = "bad_bundle"  # an uplink bundle whose framing cannot be decoded (protocol/bundle.py)
     # Stateful reasons, decided by whoever holds the history (cloud ledger):
     CONFLICT = "conflict"  # another body already holds this (election, device, seq)
     BROKEN_CHAIN = "broken_chain"  # prev does not match the hash of seq - 1
@@ -149,6 +152,12 @@ class BadSignature(ProtocolError):
 
 class KeyFileError(ProtocolError):
     reason = RejectReason.KEY_FILE
+
+
+class BadBundle(ProtocolError):
+    """A gateway's uplink bundle that cannot be decoded (protocol/bundle.py has the subclasses)."""
+
+    reason = RejectReason.BAD_BUNDLE
 
 
 class ElectionModelError(ProtocolError):

@@ -4,6 +4,8 @@
     edgetally/v1/{election}/{device}/status    device status, retained, and the device's last will
     edgetally/v1/{election}/{device}/receipt   cloud -> device (relayed by the gateway), retained
     edgetally/v1/_gateway/{gateway}/status     gateway status, retained, and its last will
+    edgetally/v1/_gateway/{gateway}/bundle     gateway -> cloud broker: several envelopes in one
+                                               message (protocol/bundle.py)
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ class DeviceTopicKind(StrEnum):
 BATCH_FILTER = f"{PREFIX}/+/+/{DeviceTopicKind.BATCH}"
 RECEIPT_FILTER = f"{PREFIX}/+/+/{DeviceTopicKind.RECEIPT}"
 STATUS_FILTER = f"{PREFIX}/+/+/{DeviceTopicKind.STATUS}"
+GATEWAY_SEGMENT = "_gateway"  # not an identifier, so never mistaken for an election
+GATEWAY_STATUS_FILTER = f"{PREFIX}/{GATEWAY_SEGMENT}/+/status"
+GATEWAY_BUNDLE_FILTER = f"{PREFIX}/{GATEWAY_SEGMENT}/+/bundle"
 
 
 def device_topic(election: str, device: str, kind: DeviceTopicKind) -> str:
@@ -47,7 +52,21 @@ def receipt_topic(election: str, device: str) -> str:
 
 
 def gateway_status_topic(gateway: str) -> str:
-    return f"{PREFIX}/_gateway/{gateway}/status"
+    return f"{PREFIX}/{GATEWAY_SEGMENT}/{gateway}/status"
+
+
+def gateway_bundle_topic(gateway: str) -> str:
+    return f"{PREFIX}/{GATEWAY_SEGMENT}/{gateway}/bundle"
+
+
+def parse_gateway_topic(topic: str, kind: str) -> str | None:
+    """The gateway id of ``edgetally/v1/_gateway/{gateway}/{kind}``; ``None`` for anything else."""
+    parts = topic.split("/")
+    if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != PREFIX or parts[2] != GATEWAY_SEGMENT:
+        return None
+    if parts[4] != kind or not ID_PATTERN.match(parts[3]):
+        return None
+    return parts[3]
 
 
 @dataclass(frozen=True, slots=True)

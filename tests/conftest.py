@@ -26,6 +26,16 @@ def unique_topic() -> str:
     return f"edgetally-test/{uuid.uuid4().hex}/{next(_counter)}"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--kill-cycles",
+        type=int,
+        default=None,
+        help="SIGKILL/restart cycles of tests/gateway/test_crash_random.py"
+        " (default: $EDGETALLY_KILL_CYCLES, else a count that keeps it under a minute)",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if mosquitto_binary() is not None:
         return

@@ -13,7 +13,17 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from devices.generator import device_batches
-from protocol import Election, batch_topic, load_signing_key, parse_broker_url, seal
+from protocol import (
+    BATCH_FILTER,
+    GATEWAY_BUNDLE_FILTER,
+    Election,
+    batch_topic,
+    bundle,
+    load_signing_key,
+    parse_broker_url,
+    parse_gateway_topic,
+    seal,
+)
 from tests.helpers import start_cli, wait_until
 
 SEED = 7
@@ -48,6 +58,7 @@ class Got:
     topic: str
     payload: bytes
     retain: bool
+    bundled: bool = False  # an entry of an uplink bundle (topic and bytes as in the bundle)
 
 
 def _client(client_id: str, clean_session: bool) -> mqtt.Client:
@@ -64,11 +75,19 @@ class Collector:
 
     With ``persistent=True`` it keeps a broker session (clean_session=False) and paho
     reconnects it, so a broker stopped cleanly and restarted still queues for it.
+
+    Uplink bundles (protocol/bundle.py) are recorded as their entries, each on its own device
+    topic, as the cloud sees them; a collector of ``BATCH_FILTER`` also subscribes to the
+    gateways' bundle topics, so it sees every envelope forwarded, bundled or not. With
+    ``unwrap=False`` it records the MQTT messages as they are.
     """
 
-    def __init__(self, url: str, topic_filter: str, *, persistent: bool = False) -> None:
+    def __init__(
+        self, url: str, topic_filter: str, *, persistent: bool = False, unwrap: bool = True
+    ) -> None:
         self.address = parse_broker_url(url)
         self.topic_filter = topic_filter
+        self.unwrap = unwrap
         self.client = _client(
             f"test-collector-{uuid.uuid4().hex[:12]}", clean_session=not persistent
         )
@@ -81,13 +100,21 @@ class Collector:
         self.client.on_message = self._on_message
 
     def _on_connect(self, client: mqtt.Client, *_args: object) -> None:
-        client.subscribe(self.topic_filter, qos=1)
+        if self.unwrap and self.topic_filter == BATCH_FILTER:
+            client.subscribe([(BATCH_FILTER, 1), (GATEWAY_BUNDLE_FILTER, 1)])
+        else:
+            client.subscribe(self.topic_filter, qos=1)
 
     def _on_message(
         self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage
     ) -> None:
+        payload = bytes(message.payload)
+        if self.unwrap and parse_gateway_topic(message.topic, "bundle") is not None:
+            got = [Got(e.topic, e.payload, False, bundled=True) for e in bundle.decode(payload)]
+        else:
+            got = [Got(message.topic, payload, bool(message.retain))]
         with self.lock:
-            self.got.append(Got(message.topic, bytes(message.payload), bool(message.retain)))
+            self.got.extend(got)
 
     def start(self) -> Collector:
         self.client.connect(self.address.host, self.address.port, keepalive=10)

@@ -1,21 +1,41 @@
 """The buffer on real SQLite files: the storage contract, de-duplication, quarantine, reopening,
-foreign files, locking and the migrations."""
+foreign files, locking, the migrations, delivered rows and retention, usage counters, a full
+disk and damaged files."""
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from gateway._exceptions import BufferLocked, ForeignFile, SchemaTooNew
-from gateway.buffer import Buffer, NewMessage
-from gateway.schema import APPLICATION_ID, State, metadata
+from gateway._exceptions import (
+    BufferLocked,
+    CorruptBuffer,
+    DiskFull,
+    ForeignFile,
+    SchemaTooNew,
+    StoreError,
+)
+from gateway.buffer import Buffer, NewMessage, Usage
+from gateway.schema import APPLICATION_ID, MIGRATIONS, State, metadata
+from tests.gateway.buffer_support import (
+    PAGE,
+    TABLE_LEAF,
+    messages_root,
+    overwrite_page,
+    page_types,
+    snapshot_dir,
+    truncate_pages,
+)
 
 
 def batch(
@@ -74,13 +94,13 @@ def test_fetch_pack_returns_exact_payload_bytes(buffer: Buffer) -> None:
     assert got.topic == "edgetally/v1/el/dev-a/batch"
 
 
-def test_confirm_deletes_only_rows_in_flight(buffer: Buffer) -> None:
+def test_confirm_marks_only_rows_in_flight_delivered(buffer: Buffer) -> None:
     buffer.put_many([batch(seq) for seq in range(1, 4)])
     inflight = buffer.fetch_pack(2)
     pending_id = inflight[-1].id + 1
     assert buffer.confirm([m.id for m in inflight] + [pending_id]) == 2
     counts = buffer.counts()
-    assert (counts[State.PENDING], counts[State.INFLIGHT]) == (1, 0)
+    assert (counts[State.PENDING], counts[State.INFLIGHT], counts[State.DELIVERED]) == (1, 0, 2)
     assert [m.seq for m in buffer.fetch_pack(5)] == [3]
 
 
@@ -222,3 +242,252 @@ def test_migrations_build_exactly_the_schema_the_code_uses(buffer: Buffer) -> No
     finally:
         engine.dispose()
     assert diff == []
+
+
+# -- delivered rows, retention, history ---------------------------------------------------------
+def rows_of(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    probe = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    try:
+        return probe.execute(sql, params).fetchall()
+    finally:
+        probe.close()
+
+
+def actual_usage(path: Path) -> Usage:
+    (row,) = rows_of(
+        path,
+        "SELECT coalesce(sum(state <> 'delivered'), 0), coalesce(sum((state <> 'delivered') * size), 0),"
+        " coalesce(sum(state = 'delivered'), 0), coalesce(sum((state = 'delivered') * size), 0)"
+        " FROM messages",
+    )
+    return Usage(*(int(v) for v in row))  # type: ignore[call-overload]
+
+
+def test_confirmed_rows_stay_delivered_with_their_history_and_are_never_sent_again(
+    buffer: Buffer,
+) -> None:
+    buffer.put_many([batch(seq) for seq in range(1, 4)])
+    sent = buffer.fetch_pack(3)
+    buffer.release([sent[0].id], why="link_lost")
+    again = buffer.fetch_pack(3)
+    assert [m.id for m in again] == [sent[0].id]
+    assert buffer.confirm([m.id for m in sent]) == 3
+    assert buffer.fetch_pack(10) == []
+    ((attempts, first, last, delivered, state),) = rows_of(
+        buffer.path,
+        "SELECT attempts, first_sent_at, last_sent_at, delivered_at, state FROM messages WHERE id = ?",
+        (sent[0].id,),
+    )
+    assert (attempts, state) == (2, "delivered")
+    assert first is not None and last is not None and delivered is not None
+    assert first <= last <= delivered  # type: ignore[operator]
+    events = rows_of(buffer.path, "SELECT kind, first_id, reason FROM events")
+    assert events == [("released", sent[0].id, "link_lost")]
+
+
+def test_purge_expired_deletes_only_delivered_rows_past_the_retention_window(tmp_path: Path) -> None:
+    with Buffer(tmp_path / "b.db", delivered_retention_s=100) as buffer:
+        buffer.put_many([batch(seq) for seq in range(1, 7)] + [rejected("bad_signature", "no")])
+        buffer.confirm([m.id for m in buffer.fetch_pack(4)])
+        buffer.fetch_pack(1)  # one in flight, one pending, one quarantined stay whatever happens
+        delivered_at = time.time()
+        assert buffer.purge_expired(delivered_at + 50) == 0
+        assert buffer.purge_expired(delivered_at + 101) == 4
+        counts = buffer.counts()
+        assert counts == {
+            State.PENDING: 1,
+            State.INFLIGHT: 1,
+            State.DELIVERED: 0,
+            State.QUARANTINED: 1,
+        }
+        assert buffer.purge_expired(delivered_at + 10_000) == 0
+        ((kind, rows, reason),) = rows_of(buffer.path, "SELECT kind, rows, reason FROM events")
+        assert (kind, rows, reason) == ("purged", 4, "retention")
+
+
+def test_purge_expired_deletes_at_most_limit_rows_per_call(tmp_path: Path) -> None:
+    with Buffer(tmp_path / "b.db", delivered_retention_s=0) as buffer:
+        buffer.put_many([batch(seq) for seq in range(1, 26)])
+        buffer.confirm([m.id for m in buffer.fetch_pack(25)])
+        later = time.time() + 1
+        assert [buffer.purge_expired(later, limit=10) for _ in range(4)] == [10, 10, 5, 0]
+        assert buffer.usage() == Usage(0, 0, 0, 0)
+
+
+def test_usage_counts_live_and_delivered_batches_and_bytes(buffer: Buffer) -> None:
+    buffer.put_many(
+        [batch(seq, payload=b"x" * (100 * seq)) for seq in range(1, 5)]
+        + [rejected("malformed_json", "no", payload=b"y" * 7)]
+    )
+    assert buffer.usage() == Usage(5, 1000 + 7, 0, 0)
+    out = buffer.fetch_pack(3)  # in flight still counts as live
+    assert buffer.usage() == Usage(5, 1007, 0, 0)
+    buffer.confirm([out[0].id, out[2].id])  # seq 1 and 3 delivered
+    assert buffer.usage() == Usage(3, 1007 - 400, 2, 400)
+    buffer.put_many([batch(2), batch(9, payload=b"z" * 50)])  # seq 2 is a live duplicate
+    assert buffer.usage() == Usage(4, 657, 2, 400)
+    assert buffer.usage() == actual_usage(buffer.path)
+
+
+def test_usage_stays_exact_when_another_connection_changes_the_file(buffer: Buffer) -> None:
+    buffer.put_many([batch(seq, payload=b"p" * seq) for seq in range(1, 11)])
+    buffer.confirm([m.id for m in buffer.fetch_pack(4)])
+    other = sqlite3.connect(buffer.path, isolation_level=None)  # e.g. a CLI under a running gateway
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("DELETE FROM messages WHERE seq IN (1, 9)")  # one delivered, one pending
+        other.execute("UPDATE messages SET state = 'quarantined' WHERE seq = 10")
+        other.execute("UPDATE messages SET state = 'pending' WHERE seq = 2")
+        other.execute("COMMIT")
+    finally:
+        other.close()
+    assert buffer.usage() == actual_usage(buffer.path) == Usage(6, 2 + 5 + 6 + 7 + 8 + 10, 2, 3 + 4)
+
+
+def test_usage_matches_the_rows_through_a_random_sequence_of_operations(tmp_path: Path) -> None:
+    rng = random.Random(20261130)
+    with Buffer(tmp_path / "b.db", delivered_retention_s=0) as buffer:
+        seq = 0
+        for _ in range(120):  # bounded: a fixed number of random steps
+            step = rng.choice(["put", "put", "fetch", "confirm", "release", "purge", "reset"])
+            if step == "put":
+                group = []
+                for _ in range(rng.randint(1, 8)):
+                    seq += 1
+                    size = rng.randint(1, 300)
+                    if rng.random() < 0.15:
+                        group.append(rejected("bad_signature", "x", payload=b"q" * size))
+                    else:
+                        group.append(batch(rng.choice([seq, max(1, seq - 2)]), payload=b"b" * size))
+                buffer.put_many(group)
+            elif step == "fetch":
+                buffer.fetch_pack(rng.randint(1, 6))
+            else:
+                inflight = [
+                    int(r[0]) for r in rows_of(buffer.path, "SELECT id FROM messages WHERE state = 'inflight'")
+                ]
+                chosen = rng.sample(inflight, k=min(len(inflight), rng.randint(0, 4)))
+                if step == "confirm":
+                    buffer.confirm(chosen)
+                elif step == "release":
+                    buffer.release(chosen)
+                elif step == "purge":
+                    buffer.purge_expired(time.time() + 1, limit=rng.randint(1, 5))
+                else:
+                    buffer.reset_inflight()
+            assert buffer.usage() == actual_usage(buffer.path), step
+
+
+def test_counts_and_oldest_outbound_come_from_indexes_and_counters(buffer: Buffer) -> None:
+    assert buffer.oldest_outbound_at() is None
+    buffer.put_many([batch(seq) for seq in range(1, 4)])
+    first_arrival = buffer.oldest_outbound_at()
+    buffer.confirm([m.id for m in buffer.fetch_pack(1)])
+    assert buffer.oldest_outbound_at() is not None
+    assert buffer.oldest_outbound_at() >= (first_arrival or 0)  # type: ignore[operator]
+    assert buffer.counts()[State.DELIVERED] == 1
+
+
+def test_reset_inflight_records_one_event_per_row(buffer: Buffer) -> None:
+    buffer.put_many([batch(seq) for seq in range(1, 4)])
+    ids = [m.id for m in buffer.fetch_pack(2)]
+    assert buffer.reset_inflight() == 2
+    assert rows_of(buffer.path, "SELECT kind, first_id, reason FROM events ORDER BY first_id") == [
+        ("reset", ids[0], "restart"),
+        ("reset", ids[1], "restart"),
+    ]
+
+
+def test_open_records_what_the_gateway_was_told_for_the_inspection_commands(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    with Buffer(tmp_path / "b.db", delivered_retention_s=42.5, keys_dir=keys, gateway_id="gw9") as opened:
+        recorded = dict(rows_of(opened.path, "SELECT name, value FROM settings"))  # type: ignore[arg-type]
+    assert recorded["keys_dir"] == str(keys.resolve())
+    assert float(recorded["delivered_retention_s"]) == 42.5
+    assert recorded["gateway_id"] == "gw9"
+
+
+# -- disk full ---------------------------------------------------------------------------------
+def test_put_many_on_a_full_disk_raises_disk_full_and_keeps_nothing_of_the_group(tmp_path: Path) -> None:
+    """max_page_count makes SQLite fail with SQLITE_FULL, the same error path as ENOSPC."""
+    assert issubclass(DiskFull, StoreError)
+    path = tmp_path / "b.db"
+    with Buffer(path, max_page_count=120) as buffer:
+        stored = 0
+        with pytest.raises(DiskFull, match="no room on the disk") as caught:
+            for start in range(0, 10_000, 50):  # bounded; the cap is reached well before
+                buffer.put_many([batch(seq, payload=b"e" * 700) for seq in range(start, start + 50)])
+                stored += 50
+        assert "nothing of it was kept" in str(caught.value)
+        assert stored > 0
+        assert buffer.counts()[State.PENDING] == stored  # the failed group left no row behind
+        assert buffer.usage() == actual_usage(path) == Usage(stored, stored * 700, 0, 0)
+        assert rows_of(path, "PRAGMA integrity_check") == [("ok",)]
+        # The buffer stays usable: the uplink drains, and the next group finds room by
+        # dropping delivered rows early.
+        buffer.confirm([m.id for m in buffer.fetch_pack(200)])
+        assert buffer.put_many([batch(50_000 + n, payload=b"f" * 700) for n in range(50)]).stored == 50
+        assert buffer.counts()[State.DELIVERED] < min(200, stored)
+        assert rows_of(path, "SELECT reason FROM events WHERE kind = 'purged'") == [("disk_full",)]
+
+
+# -- upgrades and damaged files ----------------------------------------------------------------------
+def test_a_buffer_of_revision_0001_is_upgraded_keeping_rows_and_computing_usage(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    old.execute("PRAGMA journal_mode = WAL")
+    old.close()
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as conn:
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0001")
+            conn.exec_driver_sql(
+                "INSERT INTO messages (election, device, seq, body_hash, topic, payload, size, state,"
+                " reason, detail, received_at, updated_at) VALUES"
+                " ('el', 'd', 1, 'h1', 't', x'0102', 2, 'pending', NULL, NULL, 5, 6),"
+                " ('el', 'd', 2, 'h2', 't', x'010203', 3, 'inflight', NULL, NULL, 5, 6),"
+                " ('el', 'd', NULL, NULL, 't', x'01', 1, 'quarantined', 'malformed_json', 'no', 5, 7)"
+            )
+    finally:
+        engine.dispose()
+    with Buffer(path) as buffer:
+        assert buffer.usage() == Usage(3, 6, 0, 0)
+        assert buffer.reset_inflight() == 1
+        assert [m.seq for m in buffer.fetch_pack(5)] == [1, 2]
+    assert rows_of(path, "SELECT quarantined_at FROM messages WHERE state = 'quarantined'") == [(7.0,)]
+    assert rows_of(path, "SELECT version_num FROM alembic_version") == [("0002",)]
+
+
+@pytest.mark.parametrize("damage", ["leaf page", "interior page", "truncated"])
+def test_a_damaged_buffer_is_refused_with_the_recover_command_and_left_unchanged(
+    tmp_path: Path, damage: str
+) -> None:
+    path = tmp_path / "b.db"
+    with Buffer(path) as opened:
+        for start in range(0, 600, 200):
+            opened.put_many([batch(seq, payload=bytes([seq % 251]) * 600) for seq in range(start, start + 200)])
+    root = messages_root(path)
+    leaves = page_types(path)[TABLE_LEAF]
+    if damage == "leaf page":
+        overwrite_page(path, leaves[len(leaves) // 2])
+    elif damage == "interior page":
+        overwrite_page(path, root)
+    else:
+        truncate_pages(path, len(path.read_bytes()) // PAGE // 2)
+    before = snapshot_dir(tmp_path)
+    keys = tmp_path / "keys"
+    with pytest.raises(CorruptBuffer) as caught:
+        Buffer(path, keys_dir=keys).open()
+    message = str(caught.value)
+    assert "damaged" in message and "left unchanged" in message
+    assert "\n" not in message
+    assert (
+        f"edgetally gateway buffer recover --buffer {path} --out {path}.recovered --keys {keys}"
+        in message
+    )
+    assert snapshot_dir(tmp_path) == before  # not even a lock file or a write-ahead log appeared

@@ -72,6 +72,7 @@ def running(tmp_path: Path, cloud: BrokerProcess, keys_dir: Path) -> Iterator[Ru
         buffer_path=tmp_path / "b.db",
         keys_dir=keys_dir,
         window=WINDOW,
+        bundle_max=1,  # one envelope per message: these tests count messages (bundles: test_uplink_bundle.py)
         backoff_max_s=0.5,
         drain_grace_s=0.5,
     )

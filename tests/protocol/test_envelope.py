@@ -281,5 +281,6 @@ def test_every_reject_reason_of_verify_is_covered() -> None:
         RejectReason.BROKEN_CHAIN,
         RejectReason.AFTER_FINAL,
         RejectReason.BAD_TOPIC,  # raised by parse_batch_topic (tests/protocol/test_topics.py)
+        RejectReason.BAD_BUNDLE,  # raised by protocol.bundle.decode (tests/protocol/test_bundle.py)
     }
     assert {error.reason for _, _, _, error, _ in REJECTS} == stateless

@@ -1,0 +1,457 @@
+"""``buffer recover``: salvage every readable row of a damaged buffer into a new file.
+
+The source is never written: it is read through a read-only SQLite connection and, where
+SQLite cannot reach rows, page by page (:mod:`gateway.inspect_pages`); while it runs, a
+shared ``flock`` on ``<buffer>.lock`` keeps a gateway from starting on the source (and a
+running gateway makes it refuse). The new file is built at ``<out>.part`` with the current
+schema and renamed to ``<out>`` only when complete.
+
+1. SQL pass, in id order (:func:`sql_rows`): chunks of :data:`CHUNK` ids; a chunk SQLite
+   cannot read is retried id by id; ids that still fail are "unreadable".
+2. Page pass, only if the SQL pass missed anything: every record of every table leaf page
+   (not on the freelist) that has the shape of a ``messages`` row and an id the SQL pass
+   could not read.
+3. Every row is checked before it is written: rows in flight become pending (the gateway is
+   stopped); the payload of a row on its way to the cloud must still parse and match its
+   stored body hash (and, with ``--keys``, verify), else it is quarantined with the reason, so a
+   damaged envelope is never forwarded.
+
+Counts: ``read`` rows found, ``salvaged`` rows written, ``lost`` = what the source's usage
+counters say it held minus what was read (``None`` if the counters are unreadable).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway._exceptions import BufferLocked, CorruptBuffer, ForeignFile, StoreError
+from gateway.buffer import Buffer, lock_path
+from gateway.ingress import classify
+from gateway.inspect_pages import leaf_records, open_pages
+from gateway.inspect_rows import load_keys
+from gateway.schema import EventKind, FileKind, State, messages, readonly_engine, recognise
+from protocol import DEFAULT_MAX_BYTES, ProtocolError, Registry, body_hash, parse_envelope
+
+log = logging.getLogger(__name__)
+
+CHUNK = 500
+COLUMNS = tuple(column.name for column in messages.columns)  # the current layout, in order
+LAYOUTS = {len(COLUMNS): COLUMNS, 14: COLUMNS[:14]}  # by column count: current, revision 0001
+STATES = frozenset(state.value for state in State)
+UNBOUNDED = 1 << 62
+
+
+@dataclass
+class Scan:
+    """What the SQL pass could and could not read."""
+
+    schema_readable: bool = True
+    unreadable: list[tuple[int, int]] = field(default_factory=list)  # inclusive id ranges
+    seen: set[int] = field(default_factory=set)
+    usage_from_pages: int | None = None  # live + delivered batches, from the usage row's page
+
+    def missed(self, row_id: int) -> bool:
+        if not self.schema_readable:
+            return row_id not in self.seen
+        return row_id not in self.seen and any(a <= row_id <= b for a, b in self.unreadable)
+
+    def mark(self, first: int, last: int) -> None:
+        if self.unreadable and self.unreadable[-1][1] == first - 1:
+            self.unreadable[-1] = (self.unreadable[-1][0], last)
+        else:
+            self.unreadable.append((first, last))
+
+
+def sql_rows(conn: Connection, scan: Scan) -> Iterator[dict[str, Any]]:
+    """Every ``messages`` row SQLite can still read, in id order, as a column -> value dict."""
+    try:
+        present = [str(r[1]) for r in conn.exec_driver_sql("PRAGMA table_info(messages)")]
+    except SQLAlchemyError:
+        present = []
+    if not present or "id" not in present:
+        scan.schema_readable = False
+        return
+    columns = [c for c in COLUMNS if c in present]
+    select = f"SELECT {', '.join(columns)} FROM messages NOT INDEXED"
+    upper = _upper_id(conn)
+    cursor = 0
+    while cursor < (upper if upper is not None else UNBOUNDED):  # the cursor only grows
+        try:
+            rows = conn.exec_driver_sql(
+                f"{select} WHERE id > ? ORDER BY id LIMIT ?", (cursor, CHUNK)
+            ).all()
+        except SQLAlchemyError:
+            if upper is None:  # nowhere known to resume: the page pass takes the rest
+                scan.mark(cursor + 1, UNBOUNDED)
+                return
+            end = min(cursor + CHUNK, upper)
+            yield from _probe(conn, select, cursor + 1, end, scan)
+            cursor = end
+            continue
+        if not rows:
+            return
+        for row in rows:
+            scan.seen.add(int(row.id))
+            yield dict(row._mapping)
+        cursor = int(rows[-1].id)
+
+
+def _probe(conn: Connection, select: str, first: int, last: int, scan: Scan) -> Iterator[dict[str, Any]]:
+    """Ids ``first``..``last`` one by one; those SQLite cannot read are marked unreadable."""
+    for row_id in range(first, last + 1):
+        try:
+            row = conn.exec_driver_sql(f"{select} WHERE id = ?", (row_id,)).first()
+        except SQLAlchemyError:
+            scan.mark(row_id, row_id)
+            continue
+        if row is not None:
+            scan.seen.add(row_id)
+            yield dict(row._mapping)
+
+
+def _upper_id(conn: Connection) -> int | None:
+    found: list[int] = []
+    for sql in (
+        "SELECT seq FROM sqlite_sequence WHERE name = 'messages'",
+        "SELECT max(id) FROM messages",
+    ):
+        try:
+            value = conn.exec_driver_sql(sql).scalar()
+        except SQLAlchemyError:
+            continue
+        if value is not None:
+            found.append(int(value))
+    return max(found) if found else None
+
+
+def page_rows(path: Path, scan: Scan) -> Iterator[dict[str, Any]]:
+    """Rows from the raw pages that the SQL pass missed and that look like ``messages`` rows."""
+    with open_pages(path) as pages:
+        for rowid, values in leaf_records(pages):
+            if _usage_record(rowid, values):
+                scan.usage_from_pages = int(values[1]) + int(values[3])
+                continue
+            layout = LAYOUTS.get(len(values))
+            if layout is None or not scan.missed(rowid):
+                continue
+            row = dict(zip(layout, values, strict=True))
+            row["id"] = rowid
+            if _plausible(row):
+                scan.seen.add(rowid)
+                yield row
+
+
+def _usage_record(rowid: int, values: list[Any]) -> bool:
+    """The one row of ``usage``: id 1 (stored as NULL, the rowid) and four integers >= 0."""
+    return (
+        rowid == 1
+        and len(values) == 5
+        and values[0] is None
+        and all(isinstance(v, int) and v >= 0 for v in values[1:])
+    )
+
+
+def _plausible(row: dict[str, Any]) -> bool:
+    return (
+        row.get("state") in STATES
+        and isinstance(row.get("topic"), str)
+        and isinstance(row.get("payload"), bytes)
+        and isinstance(row.get("received_at"), int | float)
+    )
+
+
+# -- recover ----------------------------------------------------------------------------------
+@dataclass
+class RecoverReport:
+    source: Path
+    out: Path
+    read: int = 0
+    salvaged: int = 0
+    from_pages: int = 0
+    duplicates: int = 0
+    expected: int | None = None
+    requarantined: int = 0  # payloads damaged (or failing --keys) that were on their way out
+    damaged_delivered: int = 0
+    by_state: dict[str, int] = field(default_factory=lambda: {s.value: 0 for s in State})
+    unreadable: list[tuple[int, int]] = field(default_factory=list)
+    keys: str | None = None
+
+    @property
+    def lost(self) -> int | None:
+        return None if self.expected is None else max(0, self.expected - self.read)
+
+    def to_mapping(self) -> dict[str, Any]:
+        return {
+            "source": str(self.source),
+            "out": str(self.out),
+            "read": self.read,
+            "salvaged": self.salvaged,
+            "lost": self.lost,
+            "expected": self.expected,
+            "from_pages": self.from_pages,
+            "duplicates": self.duplicates,
+            "requarantined": self.requarantined,
+            "damaged_delivered": self.damaged_delivered,
+            "by_state": self.by_state,
+            "unreadable_ids": [[a, None if b >= UNBOUNDED else b] for a, b in self.unreadable],
+            "keys": self.keys,
+        }
+
+
+def recover(source: Path, out: Path, *, keys_dir: Path | None = None) -> RecoverReport:
+    """Salvage every readable row of ``source`` into the new buffer ``out`` (see the module doc)."""
+    if out.exists() or out.resolve() == source.resolve():
+        raise StoreError(f"--out {out} already exists; name a new file (the source is never overwritten)")
+    try:
+        if recognise(source).kind is FileKind.EMPTY:
+            raise ForeignFile(f"{source} is an empty file, not a gateway buffer; nothing to recover")
+    except CorruptBuffer:
+        pass  # damaged is what recover is for
+    except ForeignFile:
+        if source.stat().st_size == 0 or not lock_path(source).exists():
+            raise
+        # A gateway locked this file, so it was a buffer: its first page is what is damaged.
+        log.warning("%s no longer has an SQLite header; reading its pages", source)
+    registry = None if keys_dir is None else load_keys(keys_dir)
+    report = RecoverReport(source, out, keys=None if keys_dir is None else str(keys_dir))
+    part = out.with_name(out.name + ".part")
+    for leftover in (part, part.with_name(part.name + "-wal"), part.with_name(part.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    with ExitStack() as stack:
+        stack.enter_context(_no_gateway_on(source))
+        with Buffer(part, keys_dir=keys_dir):
+            pass  # creates the file with the current schema
+        target = sqlite3.connect(part, isolation_level=None)
+        stack.callback(target.close)
+        _copy(source, target, report, registry)
+        target.close()
+        os.replace(part, out)
+    lock_path(part).unlink(missing_ok=True)
+    log.info("recovered %s -> %s: %s", source, out, report.to_mapping())
+    return report
+
+
+@contextmanager
+def _no_gateway_on(source: Path) -> Iterator[None]:
+    """Hold a shared lock on the source's lock file (if any): refuse if a gateway holds it."""
+    file = lock_path(source)
+    handle: IO[bytes] | None = None
+    try:
+        handle = open(file, "rb")  # noqa: SIM115 - closed below
+    except OSError:
+        yield  # no lock file: no gateway ever ran here, or it is gone
+        return
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            holder = handle.read(32).decode("ascii", "replace").strip() or "unknown"
+            raise BufferLocked(
+                f"buffer {source} is in use by a running gateway (pid {holder}); stop it before recovering"
+            ) from exc
+        yield
+    finally:
+        handle.close()
+
+
+def _copy(source: Path, target: sqlite3.Connection, report: RecoverReport, registry: Registry | None) -> None:
+    scan = Scan()
+    engine = readonly_engine(source, quiescent=True)  # gateways are held off (flock)
+    max_bytes = DEFAULT_MAX_BYTES
+    try:
+        with engine.connect() as conn:
+            report.expected = _expected(conn)
+            recorded = _settings(conn)
+            max_bytes = int(recorded.get("max_payload_bytes", max_bytes))
+            _write(target, sql_rows(conn, scan), report, registry, max_bytes)
+            events = _events(conn)
+    except SQLAlchemyError as exc:  # the file cannot even be opened by SQLite
+        log.warning("SQLite cannot read %s (%s); reading its pages directly", source, exc)
+        scan.schema_readable = False
+        recorded, events = {}, []
+    finally:
+        engine.dispose()
+    if not scan.schema_readable or scan.unreadable:
+        before = report.read
+        _write(target, page_rows(source, scan), report, registry, max_bytes)
+        report.from_pages = report.read - before
+        if report.expected is None:
+            report.expected = scan.usage_from_pages
+    report.unreadable = _still_missing(scan)
+    _finish(target, report, recorded, events, max(scan.seen, default=0))
+
+
+def _still_missing(scan: Scan) -> list[tuple[int, int]]:
+    """Unreadable ranges minus what the page pass found (ranges stay ranges)."""
+    left: list[tuple[int, int]] = []
+    for first, last in scan.unreadable:
+        inside = sorted(i for i in scan.seen if first <= i <= last) if last < UNBOUNDED else []
+        start = first
+        for found in inside:
+            if found > start:
+                left.append((start, found - 1))
+            start = found + 1
+        if start <= last:
+            left.append((start, last))
+    return left
+
+
+def _expected(conn: Connection) -> int | None:
+    try:
+        row = conn.exec_driver_sql(
+            "SELECT live_batches + delivered_batches FROM usage WHERE id = 1"
+        ).scalar()
+    except SQLAlchemyError:
+        return None
+    return None if row is None else int(row)
+
+
+def _settings(conn: Connection) -> dict[str, str]:
+    try:
+        return {str(k): str(v) for k, v in conn.exec_driver_sql("SELECT name, value FROM settings")}
+    except SQLAlchemyError:
+        return {}
+
+
+def _events(conn: Connection) -> list[tuple[Any, ...]]:
+    try:
+        return [
+            tuple(r)
+            for r in conn.exec_driver_sql(
+                "SELECT at, kind, first_id, last_id, rows, reason, detail FROM events ORDER BY id"
+            )
+        ]
+    except SQLAlchemyError:
+        return []  # history is worth less than batches: lost events are not counted
+
+
+_INSERT = (
+    f"INSERT INTO messages ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+    " ON CONFLICT DO NOTHING"
+)
+
+
+def _write(
+    target: sqlite3.Connection,
+    rows: Iterator[dict[str, Any]],
+    report: RecoverReport,
+    registry: Registry | None,
+    max_bytes: int,
+) -> None:
+    batch: list[tuple[Any, ...]] = []
+    for row in rows:
+        report.read += 1
+        checked = _checked(row, report, registry, max_bytes)
+        batch.append(tuple(checked.get(c) for c in COLUMNS))
+        if len(batch) >= CHUNK:
+            _insert(target, batch, report)
+            batch = []
+    if batch:
+        _insert(target, batch, report)
+
+
+def _insert(target: sqlite3.Connection, batch: list[tuple[Any, ...]], report: RecoverReport) -> None:
+    target.execute("BEGIN IMMEDIATE")
+    stored = target.executemany(_INSERT, batch).rowcount
+    target.execute("COMMIT")
+    report.salvaged += stored
+    report.duplicates += len(batch) - stored
+    state_at = COLUMNS.index("state")
+    for row in batch:
+        report.by_state[row[state_at]] = report.by_state.get(row[state_at], 0) + 1
+
+
+def _checked(row: dict[str, Any], report: RecoverReport, registry: Registry | None, max_bytes: int) -> dict[str, Any]:
+    """The row as it goes into the new file (see step 3 of the module doc)."""
+    row = dict(row)
+    payload = bytes(row["payload"])
+    now = time.time()
+    row["payload"] = payload
+    row["size"] = len(payload)
+    row["updated_at"] = row.get("updated_at") or now
+    row["attempts"] = row.get("attempts") or 0
+    if row["state"] == State.INFLIGHT.value:
+        row["state"] = State.PENDING.value
+    if row["state"] == State.QUARANTINED.value:
+        return row
+    problem = payload_problem(row, payload, registry, max_bytes)
+    if problem is None:
+        return row
+    if row["state"] == State.DELIVERED.value:
+        report.damaged_delivered += 1  # history only: it reached the cloud intact
+        return row
+    report.requarantined += 1
+    row.update(state=State.QUARANTINED.value, reason=problem[0], detail=problem[1], quarantined_at=now)
+    return row
+
+
+def payload_problem(
+    row: dict[str, Any], payload: bytes, registry: Registry | None, max_bytes: int
+) -> tuple[str, str] | None:
+    if registry is not None:
+        verdict = classify(row["topic"], payload, float(row["received_at"]), registry, max_bytes)
+        if verdict.state is State.QUARANTINED:
+            return str(verdict.reason), f"recover: {verdict.detail}"
+        return None
+    try:
+        envelope = parse_envelope(payload, max_bytes=max(max_bytes, len(payload)))
+    except ProtocolError as err:
+        return "damaged", f"recover: payload no longer parses ({err})"
+    stored = row.get("body_hash")
+    if stored is not None and body_hash(envelope.body) != stored:
+        return "damaged", "recover: payload does not match its stored body hash"
+    return None
+
+
+def _finish(
+    target: sqlite3.Connection,
+    report: RecoverReport,
+    recorded: dict[str, str],
+    events: list[tuple[Any, ...]],
+    highest: int,
+) -> None:
+    now = time.time()
+    target.execute("BEGIN IMMEDIATE")
+    target.executemany(
+        "INSERT INTO events (at, kind, first_id, last_id, rows, reason, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        events,
+    )
+    kept = {k: v for k, v in recorded.items() if k not in ("pid", "opened_at")}
+    target.executemany(
+        "INSERT INTO settings (name, value) VALUES (?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        list(kept.items()),
+    )
+    # Ids are never reused: a new row must not take the id of one the source had.
+    target.execute(
+        "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'messages'", (highest,)
+    )
+    target.execute(
+        "INSERT INTO sqlite_sequence (name, seq) SELECT 'messages', ?"
+        " WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'messages')",
+        (highest,),
+    )
+    target.execute(
+        "INSERT INTO events (at, kind, rows, reason, detail) VALUES (?, ?, ?, ?, ?)",
+        (
+            now,
+            EventKind.RECOVERED.value,
+            report.salvaged,
+            "recover",
+            f"from {report.source}: read {report.read}, salvaged {report.salvaged},"
+            f" lost {report.lost if report.lost is not None else 'unknown'}",
+        ),
+    )
+    target.execute("COMMIT")

@@ -1,0 +1,1 @@
+"""Test support shared across test packages: a TCP fault proxy, a cloud worker process."""
