@@ -52,6 +52,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from gateway import faults
+from gateway._exceptions import DiskFull
+from gateway.backpressure import DISK_RETRY_INITIAL_S, DISK_RETRY_MAX_S
 from gateway.buffer import PURGE_LIMIT, Buffer, OutboundMessage
 from gateway.config import GatewayConfig
 from gateway.links import OFFLINE, ONLINE, Backoff, new_client, publish_status, set_offline_will
@@ -131,6 +133,7 @@ class Uplink:
         self._status: bytes | None = None
         self._generation = 0
         self._connected = False
+        self._disk_full = False  # inside a full-disk episode (logged once per episode)
         self._next_purge = 0.0
         self.published = 0  # rows handed to paho (a bundle counts each of its rows)
         self.messages = 0  # MQTT messages handed to paho
@@ -173,26 +176,52 @@ class Uplink:
 
     # -- the pump ---------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        """Connect, forward, reconnect, until ``stop`` is set; then hand back what is in flight."""
-        reset = self._buffer.reset_inflight()
-        if reset:
-            log.info("%d batches in flight in an earlier run are pending again", reset)
+        """Connect, forward, reconnect, until ``stop`` is set; then hand back what is in flight.
+
+        A full disk (``DiskFull`` from any buffer write: marking rows in flight, delivered or
+        pending again, purging) pauses the uplink with capped backoff instead of failing it:
+        the link is closed, and once a write succeeds again every row still marked in flight
+        goes back to pending. One log line per episode. Nothing is lost: a row whose PUBACK
+        could not be recorded is sent again, and the cloud ledger absorbs the duplicate.
+        """
         backoff = Backoff(self._config.backoff_initial_s, self._config.backoff_max_s)
+        disk = Backoff(DISK_RETRY_INITIAL_S, DISK_RETRY_MAX_S)
+        needs_reset = True
         while not stop.is_set():
-            self._housekeeping()
-            link = self._connect(stop)
-            if link is None:
-                delay = backoff.next()
-                log.info(
-                    "cloud broker %s unreachable; retrying in %.1fs", self._config.cloud.url, delay
-                )
-                self._wait(stop, delay)
-                continue
-            backoff.reset()
             try:
-                self._pump(link, stop)
-            finally:
-                self._close(link, graceful=stop.is_set())
+                if needs_reset:
+                    reset = self._buffer.reset_inflight()
+                    needs_reset = False
+                    if reset:
+                        log.info("%d batches marked in flight are pending again", reset)
+                if not self._disk_full:
+                    disk.reset()
+                self._housekeeping()
+                link = self._connect(stop)
+                if link is None:
+                    delay = backoff.next()
+                    log.info(
+                        "cloud broker %s unreachable; retrying in %.1fs", self._config.cloud.url, delay
+                    )
+                    self._wait(stop, delay)
+                    continue
+                backoff.reset()
+                try:
+                    self._pump(link, stop)
+                finally:
+                    self._close(link, graceful=stop.is_set())
+            except DiskFull as exc:
+                needs_reset = True
+                if not self._disk_full:
+                    self._disk_full = True
+                    log.warning("no room on the disk for the uplink's buffer updates (%s); pausing it", exc)
+                self._wait(stop, disk.next())
+
+    def _wrote(self) -> None:
+        """A buffer write that needed room succeeded: a full-disk episode, if any, is over."""
+        if self._disk_full:
+            self._disk_full = False
+            log.warning("buffer disk writable again: the uplink resumes forwarding")
         log.info(
             "uplink stopped: published=%d (in %d messages, %d bundles) delivered=%d released=%d",
             self.published,
@@ -317,6 +346,8 @@ class Uplink:
             if maybe_pending and free > 0:
                 limit = min(free * self._config.bundle_max, FETCH_MAX)
                 rows = self._buffer.fetch_pack(limit)
+                if rows:
+                    self._wrote()
                 maybe_pending = len(rows) == limit
                 if not self._publish(link, rows):
                     return
@@ -337,6 +368,7 @@ class Uplink:
         if confirmed:
             faults.checkpoint("puback")
             self.delivered += self._buffer.confirm(confirmed)
+            self._wrote()
         return lost
 
     def _publish(self, link: _Link, rows: list[OutboundMessage]) -> bool:

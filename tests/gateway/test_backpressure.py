@@ -330,3 +330,38 @@ def test_a_full_disk_holds_ingress_without_a_crash_loop_and_recovers(
     assert log.count("no room on the disk") == 1, "one log line per full-disk episode"
     assert "writer failed" not in log and "Traceback" not in log, "a crash, not backpressure"
     assert rig.gateway.alive()
+
+
+@pytest.mark.integration
+def test_a_full_disk_while_forwarding_pauses_the_uplink_without_a_crash_loop(
+    tmp_path: Path,
+    small_disk: Path,
+    edge: BrokerProcess,
+    cloud: BrokerProcess,
+    keys_dir: Path,
+    sample_election: Election,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    rig = Rig(tmp_path, edge, cloud, keys_dir, processes, buffer=small_disk / "buffer.db")
+    rig.start_cloud()
+    cloud.stop()  # a backlog builds up first
+    rig.start_gateway()
+    work = Workload.make(sample_election, keys_dir, sample_election.devices[:8], 10)
+    first, rest = work.body[:40], work.body[40:]
+    publish_all(edge.url, [(s.topic, s.payload) for s in first])
+    wait_until(lambda: rig.outbound() == len(first), 30, "the backlog buffered")
+
+    filler = fill(small_disk)
+    cloud.start()  # the uplink now has to mark rows in flight and delivered: no room for that
+    wait_until(lambda: "no room on the disk for the uplink" in rig.log_text(), 30, "the uplink to hit the full disk")
+    threading.Event().wait(FULL_DISK_S)  # the fault lasts a while (a duration, not a sync)
+    assert rig.gateway is not None and rig.gateway.alive(), rig.tail("gateway.log")
+
+    filler.unlink()
+    wait_until(lambda: "uplink resumes forwarding" in rig.log_text(), 30, "the uplink to resume")
+    publish_all(edge.url, [(s.topic, s.payload) for s in rest])
+    rig.finish(work)
+    log = rig.log_text()
+    assert log.count("no room on the disk for the uplink") == 1, "one log line per full-disk episode"
+    assert "uplink failed" not in log and "Traceback" not in log, "a crash, not backpressure"
+    assert rig.gateway.alive()
