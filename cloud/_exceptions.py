@@ -3,12 +3,13 @@ these at the boundary, with ``raise ... from exc``.
 
     CloudError                  root: anything the cloud tier refuses or cannot do
     ├── ConfigError             bad option values; keys directory or registry unusable
+    │   └── RulesFileError      a rules file that cannot be loaded (names file, rule, problem)
     ├── DatabaseError           the database failed in a way retrying will not fix
     │   ├── DatabaseUnavailable the database cannot be reached or is busy: retry later
     │   ├── NotACloudDatabase   no EdgeTally cloud schema there (run `edgetally cloud migrate`)
     │   ├── MigrationError      Alembic could not bring the schema to head
     │   └── ElectionMismatch    the database holds another definition of the same election
-    └── ResultsError            results asked for an election the database does not hold
+    └── ResultsError            results asked for an election or unit the database does not hold
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ class CloudError(Exception):
 
 
 class ConfigError(CloudError):
+    pass
+
+
+class RulesFileError(ConfigError):
     pass
 
 

@@ -59,7 +59,9 @@ class DeviceState:
     contiguous_hash: str
     final_seq: int | None
     max_seq: int
+    ballots: int = 0  # accepted ballots, cumulative (devices.ballots; the rules read it)
     batches_added: int = 0
+    ballots_added: int = 0
     duplicates_added: int = 0
     touched: bool = False
 
@@ -126,6 +128,8 @@ class GroupPlan:
         if body.final:
             state.final_seq = body.seq
         state.batches_added += 1
+        state.ballots += body.ballots
+        state.ballots_added += body.ballots
         state.touched = True
         return Decision(Verdict.ACCEPTED)
 

@@ -1,4 +1,5 @@
-"""`edgetally cloud ...` commands: run, migrate, results, gateways.
+"""`edgetally cloud ...` commands: run, migrate, results, audit, settings, gateways, and what
+the rules wrote: alerts, stored, dead-letters.
 
 Errors in what the user gave (missing keys, bad URL, a database that is not a cloud
 database) end the command with exit code 1 and one line on stderr. An unreachable broker at
@@ -18,12 +19,18 @@ from typing import NoReturn
 import typer
 from rich.console import Console
 
+from cloud import faults, rule_output
 from cloud._exceptions import CloudError, ConfigError
+from cloud.audit import DEFAULT_LIMIT, render_audit, run_audit
 from cloud.config import DEFAULT_CLOUD_ID, DEFAULT_DB_URL, CloudConfig
 from cloud.db import make_engine, upgrade
+from cloud.engine import RulesEngine
 from cloud.ledger import Ledger
 from cloud.results import load_results, render
+from cloud.rulefile import load_rules
 from cloud.status import StatusStore, load_gateways, render_gateways
+from cloud.trend import Trend, load_trend, render_trend
+from cloud.windows import load_width, set_window_width
 from cloud.worker import CloudWorker
 from protocol import DEFAULT_MAX_BYTES, ProtocolError, Registry, parse_broker_url
 
@@ -46,11 +53,19 @@ def build_config(
     cloud_id: str,
     max_payload_bytes: int,
     ready_file: Path | None,
+    share: str | None = None,
+    session: str | None = None,
+    verify_threads: int = 2,
 ) -> CloudConfig:
     try:
         address = parse_broker_url(broker)
     except ProtocolError as err:
         raise ConfigError(f"--broker: {err}") from err
+    if session not in (None, "clean", "persistent"):
+        raise ConfigError(f"--session must be clean or persistent, got {session!r}")
+    # With --share the default is a clean session: a worker that dies for good must not keep
+    # a share of the traffic queued in its session (docs/cloud-scaleout.md).
+    clean = session == "clean" if session is not None else share is not None
     return CloudConfig(
         broker=address,
         db_url=db,
@@ -58,6 +73,9 @@ def build_config(
         cloud_id=cloud_id,
         max_payload_bytes=max_payload_bytes,
         ready_file=ready_file,
+        share_group=share,
+        clean_session=clean,
+        verify_threads=verify_threads,
     )
 
 
@@ -82,17 +100,50 @@ def run(
     ready_file: Path | None = typer.Option(
         None, "--ready-file", help="written once connected and subscribed"
     ),
+    share: str | None = typer.Option(
+        None,
+        "--share",
+        help="shared subscription group: workers with the same GROUP (and distinct --id)"
+        " split the batches between them",
+    ),
+    session: str | None = typer.Option(
+        None,
+        "--session",
+        help="MQTT session: persistent (default) or clean (default with --share)",
+    ),
+    verify_threads: int = typer.Option(
+        2, "--verify-threads", help="threads verifying signatures while a group commits"
+    ),
+    rules_file: Path | None = typer.Option(
+        None,
+        "--rules",
+        help="rules file (YAML or TOML, docs/rules.md); default: the rules shipped with EdgeTally",
+    ),
 ) -> None:
-    """Consume batches from the cloud broker into the ledger; publish receipts."""
+    """Consume batches from the cloud broker, run the rules (ledger, alerts, ...); publish
+    receipts."""
     try:
-        config = build_config(broker, db, keys, cloud_id, max_payload_bytes, ready_file)
+        rules = load_rules(rules_file)  # a bad rules file is refused before anything starts
+        armed = faults.arm_from_environment()
+        config = build_config(
+            broker, db, keys, cloud_id, max_payload_bytes, ready_file, share, session,
+            verify_threads,
+        )  # fmt: skip
         registry = load_registry(config.keys_dir)
         engine = make_engine(config.db_url)
         upgrade(engine)
         ledger = Ledger(engine, registry, max_payload_bytes=config.max_payload_bytes)
         ledger.prepare()
+        rules_engine = RulesEngine(ledger, registry, rules, engine)
     except CloudError as err:
         _fail("run", err)
+    if armed:
+        log.warning("TEST-ONLY fault injection armed: %s", armed)
+    log.info(
+        "rules from %s: %s",
+        rules.source,
+        ", ".join(r.name if r.enabled else f"{r.name} (disabled)" for r in rules.rules),
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -102,14 +153,16 @@ def run(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info(
-        "cloud %s: election %s, %d devices, database %s",
+        "cloud %s: election %s, %d devices, database %s, %s session%s",
         config.cloud_id,
         registry.election.id,
         len(registry.devices),
         engine.url.render_as_string(hide_password=True),
+        "clean" if config.clean_session else "persistent",
+        f", shared group {config.share_group}" if config.share_group else "",
     )
     try:
-        CloudWorker(config, ledger, StatusStore(engine)).run(stop)
+        CloudWorker(config, ledger, StatusStore(engine), rules=rules_engine).run(stop)
     finally:
         engine.dispose()
 
@@ -133,18 +186,87 @@ def results(
     election: str | None = typer.Option(
         None, "--election", help="election id, if the database holds several"
     ),
+    unit: str | None = typer.Option(
+        None, "--unit", help="reporting unit to show (default: the root of the election)"
+    ),
+    windows: bool = typer.Option(
+        False, "--windows", help="ballots and votes over time (tumbling windows on issued_at)"
+    ),
+    last: int = typer.Option(
+        0, "--last", min=0, help="with --windows: only the last N windows in the tables"
+    ),
 ) -> None:
-    """Per-contest totals and shares, ballots, batches, duplicates and rejections."""
+    """Totals of a reporting unit: per-contest votes and shares, ballots, turnout, precincts
+    reporting, its child units; or with --windows, ballots and votes per time window."""
     try:
         engine = make_engine(db, create=False, writer=False)
-        loaded = load_results(engine, election)
+        loaded = (
+            load_trend(engine, election, unit) if windows else load_results(engine, election, unit)
+        )
     except CloudError as err:
         _fail("results", err)
     engine.dispose()
     if as_json:
         typer.echo(json.dumps(loaded.to_mapping(), indent=2, sort_keys=True))
+    elif isinstance(loaded, Trend):
+        render_trend(loaded, Console(), last=last)
     else:
         render(loaded, Console())
+
+
+@app.command("audit")
+def audit(
+    db: str = DB_OPTION,
+    keys: Path = typer.Option(..., "--keys", help="keys directory holding registry.json"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
+    election: str | None = typer.Option(
+        None, "--election", help="election id (default: the registry's)"
+    ),
+    limit: int = typer.Option(
+        DEFAULT_LIMIT, "--limit", min=0, help="discrepancies listed per check (0: all)"
+    ),
+) -> None:
+    """Re-verify every signature and hash chain, find seq gaps and missing final batches,
+    check final totals, recompute tallies and windows from the ledger. Exit 0 only if all
+    hold; 1 if anything does not (or the audit cannot run: one line on stderr)."""
+    try:
+        registry = load_registry(keys)
+        engine = make_engine(db, create=False, writer=False)
+        report = run_audit(engine, registry, election, limit=limit)
+    except CloudError as err:
+        _fail("audit", err)
+    engine.dispose()
+    if as_json:
+        typer.echo(json.dumps(report.to_mapping(), indent=2, sort_keys=True))
+    else:
+        render_audit(report, Console())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("settings")
+def settings(
+    db: str = DB_OPTION,
+    window_seconds: int | None = typer.Option(
+        None,
+        "--window-seconds",
+        help="set the trend window width; every window is rebuilt from the ledger",
+    ),
+) -> None:
+    """Show the settings stored with the data, or change the window width."""
+    try:
+        if window_seconds is None:
+            engine = make_engine(db, create=False, writer=False)
+            width = load_width(engine)
+        else:
+            engine = make_engine(db, create=False)
+            placed = set_window_width(engine, window_seconds)
+            width = window_seconds
+            typer.echo(f"windows rebuilt from {placed:,} ledger rows")
+    except CloudError as err:
+        _fail("settings", err)
+    engine.dispose()
+    typer.echo(f"window_seconds = {width}")
 
 
 @app.command("gateways")
@@ -163,3 +285,78 @@ def gateways(
         typer.echo(json.dumps([row.to_mapping() for row in rows], indent=2, sort_keys=True))
     else:
         render_gateways(rows, Console())
+
+
+LIMIT_OPTION = typer.Option(
+    rule_output.DEFAULT_LIMIT, "--limit", min=0, help="the newest N rows (0: all)"
+)
+
+
+@app.command("alerts")
+def alerts(
+    db: str = DB_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    rule: str | None = typer.Option(None, "--rule", help="only this rule's alerts"),
+    device: str | None = typer.Option(None, "--device", help="only this device's alerts"),
+    limit: int = LIMIT_OPTION,
+) -> None:
+    """Alerts the rules raised (severity, rule, device, seq, message), oldest first."""
+    try:
+        engine = make_engine(db, create=False, writer=False)
+        found = rule_output.load_alerts(engine, rule=rule, device=device, limit=limit)
+    except CloudError as err:
+        _fail("alerts", err)
+    engine.dispose()
+    if as_json:
+        typer.echo(json.dumps(found, indent=2))
+    else:
+        rule_output.render_alerts(found, Console())
+
+
+@app.command("stored")
+def stored(
+    db: str = DB_OPTION,
+    table: str | None = typer.Option(
+        None, "--table", help="the store action's table (default: list the tables)"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    limit: int = LIMIT_OPTION,
+) -> None:
+    """Rows the rules' store actions kept, in one named table; or the tables and their sizes."""
+    try:
+        engine = make_engine(db, create=False, writer=False)
+        if table is None:
+            tables = rule_output.stored_tables(engine)
+        else:
+            found = rule_output.load_stored(engine, table, limit=limit)
+    except CloudError as err:
+        _fail("stored", err)
+    engine.dispose()
+    if table is None:
+        if as_json:
+            typer.echo(json.dumps(tables, indent=2))
+        else:
+            rule_output.render_tables(tables, Console())
+    elif as_json:
+        typer.echo(json.dumps(found, indent=2))
+    else:
+        rule_output.render_stored(table, found, Console())
+
+
+@app.command("dead-letters")
+def dead_letters(
+    db: str = DB_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    limit: int = LIMIT_OPTION,
+) -> None:
+    """Rows whose action failed, and their error action too (or had none), with the error."""
+    try:
+        engine = make_engine(db, create=False, writer=False)
+        found = rule_output.load_dead_letters(engine, limit=limit)
+    except CloudError as err:
+        _fail("dead-letters", err)
+    engine.dispose()
+    if as_json:
+        typer.echo(json.dumps(found, indent=2))
+    else:
+        rule_output.render_dead_letters(found, Console())

@@ -6,7 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloud._exceptions import ConfigError
-from protocol import DEFAULT_MAX_BYTES, BrokerAddress
+from protocol import (
+    BATCH_FILTER,
+    DEFAULT_MAX_BYTES,
+    GATEWAY_BUNDLE_FILTER,
+    GATEWAY_STATUS_FILTER,
+    BrokerAddress,
+)
 from protocol.election import ID_PATTERN
 
 DEFAULT_DB_URL = "sqlite:///edgetally.db"
@@ -23,6 +29,15 @@ class CloudConfig:
     cloud_id: str = DEFAULT_CLOUD_ID
     max_payload_bytes: int = DEFAULT_MAX_BYTES
     ready_file: Path | None = None
+    # Shared subscription group (``$share/GROUP/...``): several workers split the batches and
+    # bundles between them. None: this worker subscribes alone.
+    share_group: str | None = None
+    # clean_session=True: the broker forgets this worker's session when it disconnects (what
+    # it held unacknowledged is dropped, device resends bring it back) and, with a share
+    # group, stops routing a share of the traffic to it at once. False: a persistent session
+    # that keeps queueing this worker's share until a worker with the same --id returns.
+    # See docs/cloud-scaleout.md for what Mosquitto 2.0 does in each case.
+    clean_session: bool = False
     # Messages received and not yet committed. Mosquitto sends at most max_inflight_messages
     # (1000) unacknowledged QoS 1 messages to one client, so this holds every one of them plus
     # the redeliveries of a reconnect. When full, the MQTT thread blocks (backpressure to the
@@ -30,11 +45,15 @@ class CloudConfig:
     queue_size: int = 4096
     # Messages per database transaction (group commit).
     group_max: int = 500
+    # Threads verifying the next group while the current one commits (Ed25519 verification
+    # releases the GIL, so they use the other cores).
+    verify_threads: int = 2
     keepalive_s: int = 30
     # Reconnect and database-retry backoff: capped exponential with full jitter.
     backoff_initial_s: float = 0.2
     backoff_max_s: float = 5.0
-    # How long a graceful stop waits for the broker to acknowledge receipts already sent.
+    # How long a graceful stop waits for the broker to acknowledge receipts already sent,
+    # and, with a clean session, for what was already routed to this worker to be committed.
     drain_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
@@ -44,11 +63,27 @@ class CloudConfig:
             )
         if self.max_payload_bytes < 1:
             raise ConfigError(f"--max-payload-bytes must be positive, got {self.max_payload_bytes}")
-        if self.queue_size < 1 or self.group_max < 1:
-            raise ConfigError("queue size and group size must be positive")
+        if self.queue_size < 1 or self.group_max < 1 or self.verify_threads < 1:
+            raise ConfigError("queue size, group size and verify threads must be positive")
+        if self.share_group is not None and not ID_PATTERN.match(self.share_group):
+            raise ConfigError(
+                f"--share {self.share_group!r} must be 1-64 characters of A-Z a-z 0-9 _ . -"
+            )
         if not 0 < self.backoff_initial_s <= self.backoff_max_s:
             raise ConfigError("backoff must satisfy 0 < initial <= max")
 
     @property
     def client_id(self) -> str:
         return f"edgetally-cloud-{self.cloud_id}"
+
+    @property
+    def shared_filters(self) -> list[str]:
+        """Batches and gateway bundles: shared with the group's other workers, if any."""
+        prefix = f"$share/{self.share_group}/" if self.share_group is not None else ""
+        return [prefix + BATCH_FILTER, prefix + GATEWAY_BUNDLE_FILTER]
+
+    @property
+    def subscriptions(self) -> list[tuple[str, int]]:
+        """Every subscription, QoS 1. Gateway statuses are not shared: every worker upserts
+        each one (a few per gateway per minute; cloud/status.py keeps the latest)."""
+        return [(topic, 1) for topic in (*self.shared_filters, GATEWAY_STATUS_FILTER)]

@@ -1,16 +1,28 @@
-"""Engines, migrations and the two upserts the ledger needs, on SQLite and PostgreSQL alike.
+"""Engines, migrations and the bulk statements the ledger needs, on SQLite and PostgreSQL alike.
 
 SQLite runs in WAL mode with a busy timeout and ``synchronous=FULL`` (an acknowledged batch
 must survive a power cut, and group commits make the fsync cheap). SQLAlchemy emits BEGIN
 itself (``BEGIN IMMEDIATE`` for writers) so that a transaction's reads and writes are one
 unit on SQLite too. PostgreSQL is reached with ``postgresql+psycopg://``.
+
+Bulk writes (:func:`insert_rows`, :func:`upsert_add`, :func:`insert_missing`,
+:func:`update_rows`) are the ledger's hot path: a group of 500 batches writes thousands of
+rows. They run through the driver, with values converted by each column's own SQLAlchemy bind
+processor (so a UTC datetime is stored exactly as the Core statements store it), as ONE
+statement per table and group: on SQLite a multi-row ``INSERT ... VALUES (?, ...), (?, ...)``,
+on PostgreSQL ``INSERT ... SELECT * FROM unnest(%b::type[], ...)`` with one array parameter per
+column, sent in binary (psycopg spends milliseconds parsing a query with thousands of
+placeholders, and escaping text arrays). ``ON CONFLICT`` is the same syntax on both.
+SQLAlchemy's per-row parameter processing cost ~10 µs a row; this costs ~1.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +30,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Table, create_engine, event, exc, inspect, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Column, Table, create_engine, event, exc, inspect, text
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.types import TypeEngine
 
 from cloud._exceptions import (
     ConfigError,
@@ -38,6 +50,9 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "cloud_schema_version"  # kept in step with migrations/env.py
 SQLITE_BUSY_TIMEOUT_MS = 5_000  # then DatabaseUnavailable: the worker retries with backoff
 _MIGRATION_LOCK = 0x45544301  # pg_advisory_xact_lock key: "ETC\x01"
+# Bound parameters per bulk statement: under SQLite's 32,766 and PostgreSQL's 65,535.
+_MAX_PARAMS = 30_000
+_MAX_ROWS = 1_000  # rows per multi-row INSERT
 
 
 @contextmanager
@@ -174,16 +189,142 @@ def check_schema(engine: Engine) -> None:
         )
 
 
-# -- upserts ---------------------------------------------------------------------------
+# -- bulk statements ---------------------------------------------------------------------
 
 
-def _insert(conn: Connection, table: Table) -> Any:
-    name = conn.dialect.name
-    if name == "postgresql":
-        return postgresql.insert(table)
-    if name == "sqlite":
-        return sqlite.insert(table)
-    raise DatabaseError(f"unsupported database dialect {name!r}")
+def placeholder(dialect: Dialect) -> str:
+    """The driver's positional parameter marker: ``?`` (sqlite3) or ``%s`` (psycopg)."""
+    if dialect.paramstyle == "qmark":
+        return "?"
+    if dialect.paramstyle in ("format", "pyformat"):
+        return "%s"
+    raise DatabaseError(f"unsupported parameter style {dialect.paramstyle!r}")
+
+
+def quote(dialect: Dialect, name: str) -> str:
+    return str(dialect.identifier_preparer.quote(name))
+
+
+def bind_converter(dialect: Dialect, column: Column[Any]) -> Callable[[Any], Any] | None:
+    """The SQLAlchemy bind processor of ``column`` on ``dialect`` (None if values pass as-is)."""
+    return _converter(dialect, column.type)
+
+
+@lru_cache(maxsize=256)
+def _converter(dialect: Dialect, type_: TypeEngine[Any]) -> Callable[[Any], Any] | None:
+    processor: Callable[[Any], Any] | None = type_.bind_processor(dialect)
+    return processor
+
+
+def _columns(
+    dialect: Dialect, table: Table, names: Sequence[str], rows: Sequence[Mapping[str, Any]]
+) -> list[list[Any]]:
+    """Per column, its values in ``rows``, converted for the driver by the column's type."""
+    values: list[list[Any]] = []
+    for name in names:
+        convert = bind_converter(dialect, table.c[name])
+        if convert is None:
+            values.append([row[name] for row in rows])
+            continue
+        seen: dict[Any, Any] = {}  # e.g. the same window start many times
+        column = []
+        for row in rows:
+            value = row[name]
+            if value is not None:
+                converted = seen.get(value)
+                if converted is None:
+                    converted = seen[value] = convert(value)
+                value = converted
+            column.append(value)
+        values.append(column)
+    return values
+
+
+@lru_cache(maxsize=128)
+def _update_sql(
+    dialect: Dialect, table: Table, key: tuple[str, ...], set_: tuple[str, ...], add: tuple[str, ...]
+) -> str:
+    q = functools.partial(quote, dialect)
+    t = q(table.name)
+    if dialect.name == "postgresql":
+        assignments = [f"{q(c)} = v.{q(c)}" for c in set_]
+        assignments += [f"{q(c)} = {t}.{q(c)} + v.{q(c)}" for c in add]
+        names = (*key, *set_, *add)
+        arrays = ", ".join(f"%b::{table.c[c].type.compile(dialect)}[]" for c in names)
+        match = " AND ".join(f"{t}.{q(c)} = v.{q(c)}" for c in key)
+        return (
+            f"UPDATE {t} SET {', '.join(assignments)} FROM unnest({arrays})"
+            f" AS v({', '.join(q(c) for c in names)}) WHERE {match}"
+        )
+    mark = placeholder(dialect)
+    assignments = [f"{q(c)} = {mark}" for c in set_] + [f"{q(c)} = {q(c)} + {mark}" for c in add]
+    match = " AND ".join(f"{q(c)} = {mark}" for c in key)
+    return f"UPDATE {t} SET {', '.join(assignments)} WHERE {match}"
+
+
+def update_rows(
+    conn: Connection,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    key: Sequence[str],
+    set_: Sequence[str] = (),
+    add: Sequence[str] = (),
+) -> None:
+    """For each row, update the table's row with its ``key``: ``set_`` columns take the row's
+    value, ``add`` columns are incremented by it. One statement on PostgreSQL (``UPDATE ...
+    FROM unnest(...)``), one prepared statement run per row on SQLite. Rows are updated in
+    the order given: sort them by key so that concurrent writers lock in the same order."""
+    if not rows:
+        return
+    dialect = conn.dialect
+    sql = _update_sql(dialect, table, tuple(key), tuple(set_), tuple(add))
+    if dialect.name == "postgresql":
+        conn.exec_driver_sql(sql, tuple(_columns(dialect, table, (*key, *set_, *add), rows)))
+        return
+    values = _columns(dialect, table, (*set_, *add, *key), rows)
+    conn.exec_driver_sql(sql, list(zip(*values, strict=True)))
+
+
+@lru_cache(maxsize=512)
+def _insert_sql(
+    dialect: Dialect, table: str, columns: tuple[str, ...], rows: int, conflict: str
+) -> str:
+    mark = placeholder(dialect)
+    one = "(" + ", ".join([mark] * len(columns)) + ")"
+    names = ", ".join(quote(dialect, c) for c in columns)
+    return f"INSERT INTO {quote(dialect, table)} ({names}) VALUES " + ", ".join([one] * rows) + conflict
+
+
+@lru_cache(maxsize=256)
+def _unnest_sql(dialect: Dialect, table: Table, columns: tuple[str, ...], conflict: str) -> str:
+    arrays = ", ".join(f"%b::{table.c[c].type.compile(dialect)}[]" for c in columns)
+    names = ", ".join(quote(dialect, c) for c in columns)
+    return f"INSERT INTO {quote(dialect, table.name)} ({names}) SELECT * FROM unnest({arrays}){conflict}"
+
+
+def _bulk(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]], conflict: str) -> None:
+    """Insert ``rows`` (mappings with the same keys): one statement (SQLite: per chunk)."""
+    if not rows:
+        return
+    dialect = conn.dialect
+    columns = tuple(rows[0])
+    values = _columns(dialect, table, columns, rows)
+    if dialect.name == "postgresql":
+        conn.exec_driver_sql(_unnest_sql(dialect, table, columns, conflict), tuple(values))
+        return
+    flat = [value for row in zip(*values, strict=True) for value in row]
+    width = len(columns)
+    per_statement = max(1, min(_MAX_ROWS, _MAX_PARAMS // width))
+    for start in range(0, len(rows), per_statement):
+        count = min(per_statement, len(rows) - start)
+        sql = _insert_sql(dialect, table.name, columns, count, conflict)
+        conn.exec_driver_sql(sql, tuple(flat[start * width : (start + count) * width]))
+
+
+def insert_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert ``rows`` (mappings with the same keys), many per statement."""
+    _bulk(conn, table, rows, "")
 
 
 def upsert_add(
@@ -194,15 +335,33 @@ def upsert_add(
     key: Sequence[str],
     add: Sequence[str],
 ) -> None:
-    """Insert ``rows``; where the key exists, add each ``add`` column's value to the stored one."""
+    """Insert ``rows``; where the key exists, add each ``add`` column's value to the stored one.
+
+    Rows that share a key are merged first (the ``add`` columns summed, the rest of the first
+    kept, as inserting them one after the other would): PostgreSQL refuses to update one row
+    twice in a statement.
+    """
     if not rows:
         return
-    stmt = _insert(conn, table)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=list(key),
-        set_={name: table.c[name] + stmt.excluded[name] for name in add},
+    keys_of = [tuple(row[c] for c in key) for row in rows]
+    if len(set(keys_of)) < len(rows):
+        merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for k, row in zip(keys_of, rows, strict=True):
+            first = merged.get(k)
+            if first is None:
+                merged[k] = dict(row)
+            else:
+                for c in add:
+                    first[c] += row[c]
+        rows = list(merged.values())
+    dialect = conn.dialect
+    t = quote(dialect, table.name)
+    sets = ", ".join(
+        f"{quote(dialect, c)} = {t}.{quote(dialect, c)} + excluded.{quote(dialect, c)}"
+        for c in add
     )
-    conn.execute(stmt, list(rows))
+    keys = ", ".join(quote(dialect, c) for c in key)
+    _bulk(conn, table, rows, f" ON CONFLICT ({keys}) DO UPDATE SET {sets}")
 
 
 def insert_missing(
@@ -211,5 +370,5 @@ def insert_missing(
     """Insert the ``rows`` whose key is not there yet; leave existing rows untouched."""
     if not rows:
         return
-    stmt = _insert(conn, table).on_conflict_do_nothing(index_elements=list(key))
-    conn.execute(stmt, list(rows))
+    keys = ", ".join(quote(conn.dialect, c) for c in key)
+    _bulk(conn, table, rows, f" ON CONFLICT ({keys}) DO NOTHING")

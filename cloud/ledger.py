@@ -7,9 +7,16 @@ batch is decided in memory (cloud/chain.py) and everything is written at once: n
 rows, duplicate counts, tallies, precinct ballots, device state and rejections. A bad
 message is decided, not executed, so it can never roll the others back.
 
-Correctness rests on the unique key (election, device, seq): should another worker insert a
-row this group was about to insert, the transaction fails on that key and the whole group is
-decided again against what is now held.
+Correctness rests on the unique key (election, device, seq), never on which worker got a
+message: should another worker insert a row this group was about to insert, the transaction
+fails on that key and the whole group is decided again against what is now held. Several
+workers on one PostgreSQL serialise per device on the device rows (locked in key order, so
+they cannot deadlock on them); a deadlock or serialization failure PostgreSQL reports anyway
+(40P01, 40001) is retried the same way, at once, up to ``CONFLICT_RETRIES`` times.
+
+Verification is CPU work outside any transaction: :meth:`Ledger.check` may run in other
+threads (Ed25519 verification releases the GIL) while the previous group commits, and
+:meth:`Ledger.record` takes its result.
 
 Bundles (protocol/bundle.py): :func:`unwrap` turns a gateway's bundle into one
 :class:`Inbound` per entry, on the entry's own topic, so every entry is verified, recorded and
@@ -21,7 +28,7 @@ same group (one transaction). A bundle whose framing is corrupt becomes one refu
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,7 +37,7 @@ from sqlalchemy import exc, select
 from sqlalchemy.engine import Connection, Engine
 
 from cloud import models
-from cloud._exceptions import DatabaseError, ElectionMismatch
+from cloud._exceptions import DatabaseUnavailable, ElectionMismatch
 from cloud.chain import BatchKey, GroupPlan, Verdict
 from cloud.db import insert_missing, translate_errors
 from cloud.ledger_store import load_devices, load_held, write_group
@@ -55,8 +62,9 @@ from protocol import (
 
 log = logging.getLogger(__name__)
 
-CONFLICT_RETRIES = 3
-_KEY_CHUNK = 300  # batch keys per IN (...) list: 900 bound parameters
+CONFLICT_RETRIES = 5
+# PostgreSQL SQLSTATEs after which the transaction is simply run again.
+_RETRY_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +102,9 @@ class Outcome:
     seq: int | None = None
     reason: RejectReason | None = None
     detail: str = ""
+    # The device's cumulative accepted ballots once this message was decided (None: the
+    # message was refused before a device could be known). Read by the rules engine.
+    device_ballots: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +119,17 @@ class GroupResult:
 
 
 @dataclass(frozen=True, slots=True)
-class _Rejection:
+class Rejection:
+    """A message refused before its batch could be decided (bad topic, signature, JSON...)."""
+
     reason: RejectReason
     detail: str
     election: str | None = None
     device: str | None = None
     seq: int | None = None
+
+
+Checked = VerifiedBatch | Rejection  # what verification made of one inbound message
 
 
 class Ledger:
@@ -135,21 +151,21 @@ class Ledger:
         definition = canonical.dumps(election.to_mapping()).decode("utf-8")
         now = datetime.now(UTC)
         with translate_errors("storing the election"), self._engine.begin() as conn:
+            # Several workers may start together on an empty database: whoever inserts first
+            # wins, the others find its row (ON CONFLICT waits for it to commit), then compare.
+            row = {
+                "election": election.id,
+                "name": election.name,
+                "definition": definition,
+                "stored_at": now,
+            }
+            insert_missing(conn, models.elections, [row], key=("election",))
             stored = conn.execute(
                 select(models.elections.c.definition).where(
                     models.elections.c.election == election.id
                 )
-            ).scalar_one_or_none()
-            if stored is None:
-                conn.execute(
-                    models.elections.insert().values(
-                        election=election.id,
-                        name=election.name,
-                        definition=definition,
-                        stored_at=now,
-                    )
-                )
-            elif stored != definition:
+            ).scalar_one()
+            if stored != definition:
                 raise ElectionMismatch(
                     f"the database holds another definition of election {election.id!r};"
                     " use a fresh database for a changed election"
@@ -180,34 +196,58 @@ class Ledger:
         ]
 
     # -- recording ---------------------------------------------------------------------
-    def record(self, messages: Sequence[Inbound]) -> GroupResult:
-        """Verify and record ``messages`` in one transaction; return what became of each.
+    def check(self, messages: Sequence[Inbound]) -> list[Checked]:
+        """Verify each message (no I/O; safe to call from several threads at once)."""
+        return [self._verify(m) for m in messages]
 
+    def record(
+        self,
+        messages: Sequence[Inbound],
+        checked: Sequence[Checked] | None = None,
+        then: Callable[[Connection, GroupResult], None] | None = None,
+    ) -> GroupResult:
+        """Record ``messages`` in one transaction; return what became of each.
+
+        ``checked`` is :meth:`check` of the same messages, if already done. ``then`` runs in
+        the same transaction once the group is written, before the commit (the rules engine's
+        actions); it runs again each time the group is decided again, so it must keep no
+        state of its own between calls.
         Raises :class:`DatabaseUnavailable` (retry later: nothing was committed) or
         :class:`DatabaseError`.
         """
-        checked = [self._verify(m) for m in messages]
+        if checked is None:
+            checked = self.check(messages)
+        if len(checked) != len(messages):
+            raise ValueError("checked must hold one entry per message")
         with translate_errors("recording a group"):
             for attempt in range(1, CONFLICT_RETRIES + 1):
                 try:
                     with self._engine.begin() as conn:
                         result = self._record(conn, messages, checked)
-                except exc.IntegrityError as err:
-                    # Another worker inserted one of our keys first: decide again.
+                        if then is not None:
+                            then(conn, result)
+                except exc.DBAPIError as err:
+                    # Another worker inserted one of our keys first, or PostgreSQL chose this
+                    # transaction as a deadlock victim: nothing committed, decide again.
+                    if not _is_race(err):
+                        raise
                     log.warning(
-                        "group of %d hit a concurrent insert (attempt %d): %s",
+                        "group of %d lost a race with a concurrent writer (attempt %d): %s",
                         len(messages),
                         attempt,
-                        err.orig,
+                        str(err.orig).strip().splitlines()[0] if err.orig else err,
                     )
                     continue
                 _log_outcomes(result.outcomes)  # committed: now it is true
                 return result
-        raise DatabaseError(f"a group of {len(messages)} kept conflicting with concurrent writers")
+        # Contention is transient: the worker retries the group later, with backoff.
+        raise DatabaseUnavailable(
+            f"a group of {len(messages)} kept conflicting with concurrent writers"
+        )
 
-    def _verify(self, message: Inbound) -> VerifiedBatch | _Rejection:
+    def _verify(self, message: Inbound) -> Checked:
         if message.refused is not None:
-            return _Rejection(message.refused.reason, str(message.refused))
+            return Rejection(message.refused.reason, str(message.refused))
         try:
             topic = parse_batch_topic(message.topic)
             batch = verify(
@@ -218,9 +258,9 @@ class Ledger:
                 topic_election=topic.election,
             )
         except BadTopic as err:
-            return _Rejection(err.reason, str(err))
+            return Rejection(err.reason, str(err))
         except ProtocolError as err:
-            return _Rejection(err.reason, str(err), *self._identify(message.payload))
+            return Rejection(err.reason, str(err), *self._identify(message.payload))
         return batch
 
     def _identify(self, payload: bytes) -> tuple[str | None, str | None, int | None]:
@@ -235,7 +275,7 @@ class Ledger:
         self,
         conn: Connection,
         messages: Sequence[Inbound],
-        checked: Sequence[VerifiedBatch | _Rejection],
+        checked: Sequence[Checked],
     ) -> GroupResult:
         batches = [c for c in checked if isinstance(c, VerifiedBatch)]
         plan = GroupPlan(load_devices(conn, batches, self._device_rows), {})
@@ -244,14 +284,24 @@ class Ledger:
         rejections: list[dict[str, Any]] = []
         arrivals: dict[BatchKey, datetime] = {}
         for message, item in zip(messages, checked, strict=True):
+            ballots: int | None = None
             if isinstance(item, VerifiedBatch):
                 body = item.body
                 decision = plan.decide(item)
+                ballots = plan.devices[(body.election, body.device)].ballots
                 if decision.verdict is not Verdict.REJECTED:
                     arrivals.setdefault(body.key, message.received_at)
-                    outcomes.append(Outcome(decision.verdict, body.election, body.device, body.seq))
+                    outcomes.append(
+                        Outcome(
+                            decision.verdict,
+                            body.election,
+                            body.device,
+                            body.seq,
+                            device_ballots=ballots,
+                        )
+                    )
                     continue
-                item = _Rejection(
+                item = Rejection(
                     decision.reason or RejectReason.CONFLICT,
                     decision.detail,
                     body.election,
@@ -260,7 +310,13 @@ class Ledger:
                 )
             outcomes.append(
                 Outcome(
-                    Verdict.REJECTED, item.election, item.device, item.seq, item.reason, item.detail
+                    Verdict.REJECTED,
+                    item.election,
+                    item.device,
+                    item.seq,
+                    item.reason,
+                    item.detail,
+                    ballots,
                 )
             )
             rejections.append(_rejection_row(message, item))
@@ -269,7 +325,14 @@ class Ledger:
         return GroupResult(tuple(outcomes), tuple(plan.receipts()))
 
 
-def _rejection_row(message: Inbound, rejection: _Rejection) -> dict[str, Any]:
+def _is_race(err: exc.DBAPIError) -> bool:
+    """A unique-key race or a PostgreSQL deadlock/serialization failure: run the group again."""
+    if isinstance(err, exc.IntegrityError):
+        return True
+    return getattr(err.orig, "sqlstate", None) in _RETRY_SQLSTATES
+
+
+def _rejection_row(message: Inbound, rejection: Rejection) -> dict[str, Any]:
     return {
         "election": rejection.election,
         "device": rejection.device,

@@ -1,6 +1,9 @@
 """Reading and writing one group's rows: the ledger's storage half (see cloud/ledger.py).
 
 Everything here runs inside the group's one transaction, on SQLite and PostgreSQL alike.
+It is the hot path of the cloud: statements are few per group (one read of the device rows,
+one of the ledger rows the decisions need, one multi-row statement per table written; see
+cloud/db.py for the bulk statements) and the per-row work is plain tuples and dicts.
 """
 
 from __future__ import annotations
@@ -9,19 +12,20 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, select, tuple_, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql.elements import ColumnElement
 
 from cloud import models
 from cloud.chain import BatchKey, DeviceKey, DeviceState, GroupPlan, HeldBatch
-from cloud.db import insert_missing, upsert_add
+from cloud.db import insert_missing, insert_rows, placeholder, update_rows, upsert_add
+from cloud.windows import write_windows
 from protocol import VerifiedBatch
 from protocol.election import parse_timestamp
 from protocol.keys import b64encode
 
-_KEY_CHUNK = 300  # batch keys per IN (...) list: 900 bound parameters
-_CONDITIONS_PER_QUERY = 50
+_CONDITIONS_PER_QUERY = 200  # device ranges per query: 800 bound parameters
+_DEVICE_COLUMNS = (
+    "election, device, precinct, contiguous_seq, contiguous_hash, final_seq, max_seq, ballots"
+)
 
 
 def load_devices(
@@ -36,32 +40,26 @@ def load_devices(
     keys = sorted({(b.body.election, b.body.device) for b in batches})
     if not keys:
         return {}
-    d = models.devices.c
-    # Locked in key order (PostgreSQL): concurrent workers serialise per device, no deadlock.
-    query = (
-        select(models.devices)
-        .where(tuple_(d.election, d.device).in_(keys))
-        .order_by(d.election, d.device)
-        .with_for_update()
-    )
-    rows = conn.execute(query).all()
+    if conn.dialect.name == "postgresql":
+        # Locked in key order: concurrent workers serialise per device and cannot deadlock.
+        sql = (
+            f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE (election, device) IN"
+            " (SELECT * FROM unnest(%b::text[], %b::text[]))"
+            " ORDER BY election, device FOR UPDATE"
+        )
+        params: tuple[Any, ...] = ([e for e, _ in keys], [d for _, d in keys])
+    else:  # SQLite: BEGIN IMMEDIATE already serialises writers
+        mark = placeholder(conn.dialect)
+        where = " OR ".join([f"(election = {mark} AND device = {mark})"] * len(keys))
+        sql = f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE {where} ORDER BY election, device"
+        params = tuple(v for key in keys for v in key)
+    rows = conn.exec_driver_sql(sql, params).all()
     if len(rows) < len(keys):  # prepare() seeds every registered device; be safe anyway
-        known = {(r.election, r.device) for r in rows}
+        known = {(r[0], r[1]) for r in rows}
         missing = [device for election, device in keys if (election, device) not in known]
         insert_missing(conn, models.devices, seed(missing), key=("election", "device"))
-        rows = conn.execute(query).all()
-    return {
-        (r.election, r.device): DeviceState(
-            r.election,
-            r.device,
-            r.precinct,
-            r.contiguous_seq,
-            r.contiguous_hash,
-            r.final_seq,
-            r.max_seq,
-        )
-        for r in rows
-    }
+        rows = conn.exec_driver_sql(sql, params).all()
+    return {(r[0], r[1]): DeviceState(*r) for r in rows}
 
 
 def load_held(
@@ -69,27 +67,52 @@ def load_held(
     batches: Sequence[VerifiedBatch],
     devices: dict[DeviceKey, DeviceState],
 ) -> dict[BatchKey, HeldBatch]:
-    """Ledger rows at each batch's key and its neighbours, and above each contiguous seq."""
-    lc = models.ledger.c
-    columns = (lc.election, lc.device, lc.seq, lc.body_hash, lc.prev)
-    wanted = sorted(
-        {(b.body.election, b.body.device, b.body.seq + k) for b in batches for k in (-1, 0, 1)}
-    )
-    conditions: list[ColumnElement[bool]] = [
-        tuple_(lc.election, lc.device, lc.seq).in_(wanted[i : i + _KEY_CHUNK])
-        for i in range(0, len(wanted), _KEY_CHUNK)
-    ]
-    conditions += [
-        and_(lc.election == s.election, lc.device == s.device, lc.seq > s.contiguous_seq)
-        for s in devices.values()
-        if s.max_seq > s.contiguous_seq
-    ]
+    """The ledger rows the group's decisions read, one index range per device.
+
+    For each device: the rows from its lowest seq in the group - 1 to its highest + 1 (each
+    batch's key and both neighbours). A device whose contiguous seq this group can advance
+    (it brings seq contiguous + 1; the ledger never holds that row, or contiguous would be
+    past it) also needs every row above, for :meth:`GroupPlan.finish` to walk: its range is
+    open-ended. One range per device keeps each condition on the unique index.
+    """
+    seqs: dict[DeviceKey, list[int]] = {}
+    for b in batches:
+        seqs.setdefault((b.body.election, b.body.device), []).append(b.body.seq)
+    if not seqs:
+        return {}
+    ranges: list[tuple[str, str, int, int | None]] = []
+    for key in sorted(seqs):
+        low, high = min(seqs[key]) - 1, max(seqs[key]) + 1
+        state = devices.get(key)
+        open_ended = state is not None and state.contiguous_seq + 1 in seqs[key]
+        ranges.append((*key, low, None if open_ended else high))
     held: dict[BatchKey, HeldBatch] = {}
+    if conn.dialect.name == "postgresql":
+        sql = (
+            "SELECT l.election, l.device, l.seq, l.body_hash, l.prev FROM ledger AS l"
+            " JOIN unnest(%b::text[], %b::text[], %b::int[], %b::int[]) AS r(e, d, low, high)"
+            " ON l.election = r.e AND l.device = r.d AND l.seq >= r.low"
+            " AND (r.high IS NULL OR l.seq <= r.high)"
+        )
+        columns = tuple(list(column) for column in zip(*ranges, strict=True))
+        for election, device, seq, digest, prev in conn.exec_driver_sql(sql, columns):
+            held[(election, device, seq)] = HeldBatch(digest, prev)
+        return held
+    mark = placeholder(conn.dialect)
+    bounded = f"(election = {mark} AND device = {mark} AND seq >= {mark} AND seq <= {mark})"
+    unbounded = f"(election = {mark} AND device = {mark} AND seq >= {mark})"
+    conditions = [
+        (unbounded, (e, d, low)) if high is None else (bounded, (e, d, low, high))
+        for e, d, low, high in ranges
+    ]
     for i in range(0, len(conditions), _CONDITIONS_PER_QUERY):
-        for row in conn.execute(
-            select(*columns).where(or_(*conditions[i : i + _CONDITIONS_PER_QUERY]))
-        ):
-            held[(row.election, row.device, row.seq)] = HeldBatch(row.body_hash, row.prev)
+        chunk = conditions[i : i + _CONDITIONS_PER_QUERY]
+        sql = "SELECT election, device, seq, body_hash, prev FROM ledger WHERE " + " OR ".join(
+            c for c, _ in chunk
+        )
+        params = tuple(v for _, values in chunk for v in values)
+        for election, device, seq, digest, prev in conn.exec_driver_sql(sql, params):
+            held[(election, device, seq)] = HeldBatch(digest, prev)
     return held
 
 
@@ -101,32 +124,23 @@ def write_group(
 ) -> None:
     now = datetime.now(UTC)
     accepted = plan.accepted
-    if accepted:
-        conn.execute(
-            models.ledger.insert(),
-            [
-                _ledger_row(b, plan.held[b.body.key].duplicates, arrivals[b.body.key], now)
-                for b in accepted
-            ],
-        )
+    insert_rows(
+        conn,
+        models.ledger,
+        [_ledger_row(b, plan.held[b.body.key].duplicates, arrivals[b.body.key], now) for b in accepted],
+    )
     bumped = [(key, h.duplicates) for key, h in plan.held.items() if not h.new and h.duplicates]
-    if bumped:
-        lc = models.ledger.c
-        conn.execute(
-            update(models.ledger)
-            .where(
-                lc.election == bindparam("k_election"),
-                lc.device == bindparam("k_device"),
-                lc.seq == bindparam("k_seq"),
-            )
-            .values(
-                duplicates=lc.duplicates + bindparam("k_n"), last_duplicate_at=bindparam("k_at")
-            ),
-            [
-                {"k_election": e, "k_device": d, "k_seq": s, "k_n": n, "k_at": now}
-                for (e, d, s), n in bumped
-            ],
-        )
+    update_rows(
+        conn,
+        models.ledger,
+        [
+            {"election": e, "device": d, "seq": s, "duplicates": n, "last_duplicate_at": now}
+            for (e, d, s), n in sorted(bumped)
+        ],
+        key=("election", "device", "seq"),
+        set_=("last_duplicate_at",),
+        add=("duplicates",),
+    )
     tallies: dict[tuple[str, str, str, str], int] = {}
     ballots: dict[tuple[str, str], list[int]] = {}
     for batch in accepted:
@@ -158,42 +172,34 @@ def write_group(
         key=("election", "precinct"),
         add=("ballots", "batches"),
     )
+    write_windows(conn, accepted)  # trend windows (cloud/windows.py), same transaction
     _write_devices(conn, plan, now)
-    if rejections:
-        conn.execute(models.rejections.insert(), rejections)
+    insert_rows(conn, models.rejections, rejections)
 
 
 def _write_devices(conn: Connection, plan: GroupPlan, now: datetime) -> None:
-    changed = [s for s in plan.devices.values() if s.touched]
-    if not changed:
-        return
-    dc = models.devices.c
-    conn.execute(
-        update(models.devices)
-        .where(dc.election == bindparam("k_election"), dc.device == bindparam("k_device"))
-        .values(
-            contiguous_seq=bindparam("k_contiguous_seq"),
-            contiguous_hash=bindparam("k_contiguous_hash"),
-            final_seq=bindparam("k_final_seq"),
-            max_seq=bindparam("k_max_seq"),
-            batches=dc.batches + bindparam("k_batches"),
-            duplicates=dc.duplicates + bindparam("k_duplicates"),
-            updated_at=bindparam("k_at"),
-        ),
+    changed = sorted((s for s in plan.devices.values() if s.touched), key=lambda s: s.key)
+    update_rows(
+        conn,
+        models.devices,
         [
             {
-                "k_election": s.election,
-                "k_device": s.device,
-                "k_contiguous_seq": s.contiguous_seq,
-                "k_contiguous_hash": s.contiguous_hash,
-                "k_final_seq": s.final_seq,
-                "k_max_seq": s.max_seq,
-                "k_batches": s.batches_added,
-                "k_duplicates": s.duplicates_added,
-                "k_at": now,
+                "election": s.election,
+                "device": s.device,
+                "contiguous_seq": s.contiguous_seq,
+                "contiguous_hash": s.contiguous_hash,
+                "final_seq": s.final_seq,
+                "max_seq": s.max_seq,
+                "updated_at": now,
+                "batches": s.batches_added,
+                "duplicates": s.duplicates_added,
+                "ballots": s.ballots_added,
             }
-            for s in sorted(changed, key=lambda s: s.key)
+            for s in changed
         ],
+        key=("election", "device"),
+        set_=("contiguous_seq", "contiguous_hash", "final_seq", "max_seq", "updated_at"),
+        add=("batches", "duplicates", "ballots"),
     )
 
 

@@ -7,9 +7,16 @@ test checks that they agree with what the migrations build.
     ledger            every accepted batch, once: key (election, device, seq)
     tallies           votes per (election, contest, choice, precinct)
     precinct_ballots  ballots and accepted batches per (election, precinct)
-    devices           per device: contiguous seq and hash (what receipts say), final seq
+    devices           per device: contiguous seq and hash (what receipts say), final seq,
+                      accepted ballots (what the rules' device_ballots() reads)
     rejections        every refused message, with reason, detail, topic and exact payload
     gateway_status    the latest status of each gateway (protocol/gateway_status.py), upserted
+    settings          named settings stored with the data (the trend window width)
+    window_tallies    votes per (election, window start, precinct, contest, choice), on issued_at
+    window_ballots    ballots and accepted batches per (election, window start, precinct)
+    alerts            rows of the rules' alert actions (cloud/actions.py), exactly-once per message
+    stored_rows       rows of the rules' store actions, one physical table keyed by table_name
+    dead_letters      rows whose action failed, and their error action too (or had none)
 """
 
 from __future__ import annotations
@@ -136,6 +143,7 @@ devices = Table(
     Column("batches", Integer, nullable=False, server_default="0"),  # accepted batches
     Column("duplicates", Integer, nullable=False, server_default="0"),
     Column("updated_at", UTCDateTime, nullable=True),
+    Column("ballots", BigInteger, nullable=False, server_default="0"),  # accepted, cumulative
 )
 
 rejections = Table(
@@ -177,4 +185,90 @@ gateway_status = Table(
     Column("version", String(32), nullable=False),
     Column("received_at", UTCDateTime, nullable=False),  # when the cloud stored it
     Column("status", Text, nullable=False),  # the status message exactly as received
+)
+
+settings = Table(
+    "settings",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Tumbling windows of the signed ``issued_at`` (cloud/windows.py); the width is the setting
+# ``window_seconds``, so every row of these tables has the same width.
+window_tallies = Table(
+    "window_tallies",
+    metadata,
+    Column("election", ID, primary_key=True),
+    Column("window_start", UTCDateTime, primary_key=True),
+    Column("precinct", ID, primary_key=True),
+    Column("contest", ID, primary_key=True),
+    Column("choice", ID, primary_key=True),
+    Column("votes", BigInteger, nullable=False),
+)
+
+window_ballots = Table(
+    "window_ballots",
+    metadata,
+    Column("election", ID, primary_key=True),
+    Column("window_start", UTCDateTime, primary_key=True),
+    Column("precinct", ID, primary_key=True),
+    Column("ballots", BigInteger, nullable=False),
+    Column("batches", Integer, nullable=False),
+)
+
+# The rules engine's output (cloud/actions.py). ``dedup_key`` (SHA-256 of rule, action, the
+# message's body hash, its ledger outcome and the row's index) makes a redelivered message add
+# nothing; ``row`` is the rule's row as JSON.
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("rule", String(64), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("election", ID, nullable=True),
+    Column("device", ID, nullable=True),
+    Column("seq", Integer, nullable=True),
+    Column("topic", Text, nullable=False),
+    Column("row", Text, nullable=False),
+    Column("raised_at", UTCDateTime, nullable=False),
+    Column("dedup_key", HASH, nullable=False),
+    UniqueConstraint("dedup_key"),
+    Index(None, "election", "device", "seq"),
+)
+
+stored_rows = Table(
+    "stored_rows",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("table_name", String(64), nullable=False),
+    Column("rule", String(64), nullable=False),
+    Column("election", ID, nullable=True),
+    Column("device", ID, nullable=True),
+    Column("seq", Integer, nullable=True),
+    Column("topic", Text, nullable=False),
+    Column("row", Text, nullable=False),
+    Column("stored_at", UTCDateTime, nullable=False),
+    Column("dedup_key", HASH, nullable=False),
+    UniqueConstraint("dedup_key"),
+    Index(None, "table_name", "id"),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("rule", String(64), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("error", Text, nullable=False),
+    Column("election", ID, nullable=True),
+    Column("device", ID, nullable=True),
+    Column("seq", Integer, nullable=True),
+    Column("topic", Text, nullable=False),
+    Column("row", Text, nullable=False),
+    Column("failed_at", UTCDateTime, nullable=False),
+    Column("dedup_key", HASH, nullable=False),
+    UniqueConstraint("dedup_key"),
 )

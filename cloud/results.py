@@ -1,44 +1,84 @@
-"""Results from the cloud database alone: totals per contest, ballots, batches, duplicates,
-rejections; as a mapping for ``--json`` and as rich tables for people.
+"""Results from the cloud database alone, at any reporting unit (default: the root); as a
+mapping for ``--json`` and as rich tables for people.
 
-The JSON shape matches ``edgetally devices expected --json`` where the two overlap::
+Every figure is read per precinct (tallies, precinct_ballots, devices, rejections) and rolled
+up the election's tree (cloud/rollups.py), so a unit's figures are exactly its children's sum.
+The JSON shape keeps the keys of ``edgetally devices expected --json`` where the two overlap::
 
     {"election": id, "ballots": n, "batches": n, "contests": {contest: {choice: n}},
-     "ballots_by_precinct": {precinct: n}, "duplicates": n, "rejections": n, "devices_final": n}
+     "ballots_by_precinct": {precinct: n}, "duplicates": n, "rejections": n, "devices_final": n,
+     "unit": {"id", "name", "kind", "parent"}, "registered": n, "turnout": ratio | null,
+     "precincts_reporting": n, "precincts_total": n, "devices_total": n,
+     "rejections_by_reason": {reason: n}, "children": [child summary, ...]}
 
-``contests`` lists every contest and choice of the election, zeros included.
+all of them for the unit shown. ``contests`` lists every contest and choice, zeros included;
+``ballots_by_precinct`` the unit's precincts that have accepted batches. ``rejections`` at the
+root counts every rejection of the election, including those that name no device (a payload
+that did not parse); below the root, those naming a device of the unit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
 from cloud import models
 from cloud._exceptions import DatabaseError, ResultsError
 from cloud.db import check_schema, translate_errors
-from protocol import Election, ElectionModelError, canonical
+from cloud.rollups import PrecinctFigures, Rollup, roll_up
+from protocol import Election, ElectionModelError, Unit, canonical
 
 
 @dataclass(frozen=True)
 class Results:
     election: Election
-    ballots: int
-    batches: int
-    contests: dict[str, dict[str, int]]
-    ballots_by_precinct: dict[str, int]
-    duplicates: int
+    rollup: Rollup  # the unit shown
+    children: tuple[Rollup, ...]
     rejections: int
     rejections_by_reason: dict[str, int]
-    devices_final: int
-    devices_total: int
+
+    @property
+    def unit(self) -> Unit:
+        return self.rollup.unit
+
+    @property
+    def ballots(self) -> int:
+        return self.rollup.ballots
+
+    @property
+    def batches(self) -> int:
+        return self.rollup.batches
+
+    @property
+    def contests(self) -> dict[str, dict[str, int]]:
+        return self.rollup.contests
+
+    @property
+    def ballots_by_precinct(self) -> dict[str, int]:
+        return self.rollup.ballots_by_precinct
+
+    @property
+    def duplicates(self) -> int:
+        return self.rollup.duplicates
+
+    @property
+    def devices_final(self) -> int:
+        return self.rollup.devices_final
+
+    @property
+    def devices_total(self) -> int:
+        return self.rollup.devices_total
 
     def to_mapping(self) -> dict[str, Any]:
+        unit = self.rollup.unit
         return {
             "election": self.election.id,
             "ballots": self.ballots,
@@ -48,21 +88,42 @@ class Results:
             "duplicates": self.duplicates,
             "rejections": self.rejections,
             "devices_final": self.devices_final,
+            "unit": {"id": unit.id, "name": unit.name, "kind": unit.kind, "parent": unit.parent},
+            "registered": self.rollup.registered,
+            "turnout": self.rollup.turnout,
+            "precincts_reporting": self.rollup.precincts_reporting,
+            "precincts_total": self.rollup.precincts_total,
+            "devices_total": self.devices_total,
+            "rejections_by_reason": self.rejections_by_reason,
+            "children": [child.summary() for child in self.children],
         }
 
 
-def load_results(engine: Engine, election_id: str | None = None) -> Results:
-    """Read the results of ``election_id`` (default: the only election in the database)."""
+@contextmanager
+def read_snapshot(engine: Engine, what: str) -> Iterator[Connection]:
+    """A read-only transaction in which every query sees the same committed state."""
     check_schema(engine)
-    with translate_errors("reading results"), engine.connect() as conn:
-        if conn.dialect.name == "postgresql":  # one snapshot for every query below
+    with translate_errors(what), engine.connect() as conn:
+        if conn.dialect.name == "postgresql":  # one snapshot for every query
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        # SQLite (WAL): a read transaction sees one snapshot from its first read on.
         with conn.begin():
-            election = _election(conn, election_id)
-            return _read(conn, election)
+            yield conn
 
 
-def _election(conn: Connection, election_id: str | None) -> Election:
+def load_results(
+    engine: Engine, election_id: str | None = None, unit_id: str | None = None
+) -> Results:
+    """Read the results of ``election_id`` (default: the only election in the database) at
+    ``unit_id`` (default: the root). Raises :class:`ResultsError` for an unknown unit."""
+    with read_snapshot(engine, "reading results") as conn:
+        election = stored_election(conn, election_id)
+        unit = find_unit(election, unit_id)
+        return _read(conn, election, unit)
+
+
+def stored_election(conn: Connection, election_id: str | None) -> Election:
+    """The election stored in the database (the only one, or ``election_id``)."""
     e = models.elections.c
     rows = conn.execute(select(e.election, e.definition).order_by(e.election)).all()
     if not rows:
@@ -89,83 +150,170 @@ def _election(conn: Connection, election_id: str | None) -> Election:
         ) from err
 
 
-def _read(conn: Connection, election: Election) -> Results:
-    contests = {c.id: dict.fromkeys(c.choice_ids, 0) for c in election.contests}
+def find_unit(election: Election, unit_id: str | None) -> Unit:
+    if unit_id is None:
+        return election.units[election.root]
+    unit = election.units.get(unit_id)
+    if unit is None:
+        top = election.units[election.root]
+        below = ", ".join(top.children[:8]) + (", ..." if len(top.children) > 8 else "")
+        raise ResultsError(
+            f"election {election.id!r} has no reporting unit {unit_id!r}"
+            f" (the root is {top.id!r}; below it: {below or 'nothing'})"
+        )
+    return unit
+
+
+def _read(conn: Connection, election: Election, unit: Unit) -> Results:
+    eid = election.id
+    votes: dict[str, dict[str, dict[str, int]]] = {}
     t = models.tallies.c
-    for contest, choice, votes in conn.execute(
-        select(t.contest, t.choice, func.sum(t.votes))
-        .where(t.election == election.id)
-        .group_by(t.contest, t.choice)
+    for precinct, contest, choice, n in conn.execute(
+        select(t.precinct, t.contest, t.choice, t.votes).where(t.election == eid)
     ):
-        contests.setdefault(contest, {})[choice] = int(votes)
+        votes.setdefault(precinct, {}).setdefault(contest, {})[choice] = int(n)
     p = models.precinct_ballots.c
-    by_precinct = {
-        precinct: int(ballots)
-        for precinct, ballots in conn.execute(
-            select(p.precinct, p.ballots).where(p.election == election.id).order_by(p.precinct)
-        )
-    }
-    lc = models.ledger.c
-    batches, duplicates = conn.execute(
-        select(func.count(), func.coalesce(func.sum(lc.duplicates), 0)).where(
-            lc.election == election.id
-        )
-    ).one()
-    r = models.rejections.c
-    by_reason = {
-        reason: int(n)
-        for reason, n in conn.execute(
-            select(r.reason, func.count())
-            .where((r.election == election.id) | r.election.is_(None))
-            .group_by(r.reason)
-            .order_by(r.reason)
-        )
+    ballots = {
+        row.precinct: (int(row.ballots), int(row.batches))
+        for row in conn.execute(select(p.precinct, p.ballots, p.batches).where(p.election == eid))
     }
     d = models.devices.c
-    devices_total, devices_final = conn.execute(
-        select(func.count(), func.count(d.final_seq)).where(d.election == election.id)
-    ).one()
+    finals: dict[str, int] = {}
+    duplicates: dict[str, int] = {}
+    for device, final_seq, dups in conn.execute(
+        select(d.device, d.final_seq, d.duplicates).where(d.election == eid)
+    ):
+        precinct = election.precinct_of(device)
+        if precinct is None:
+            continue
+        finals[precinct] = finals.get(precinct, 0) + (final_seq is not None)
+        duplicates[precinct] = duplicates.get(precinct, 0) + int(dups)
+    r = models.rejections.c
+    by_device: dict[str | None, dict[str, int]] = {}
+    for device, reason, n in conn.execute(
+        select(r.device, r.reason, func.count())
+        .where((r.election == eid) | r.election.is_(None))
+        .group_by(r.device, r.reason)
+    ):
+        by_device.setdefault(device, {})[reason] = int(n)
+    rejected: dict[str, int] = {}
+    for device, reasons in by_device.items():
+        precinct = election.precinct_of(device) if device else None
+        if precinct is not None:
+            rejected[precinct] = rejected.get(precinct, 0) + sum(reasons.values())
+    figures = {
+        precinct: PrecinctFigures(
+            votes=votes.get(precinct, {}),
+            ballots=ballots.get(precinct, (0, 0))[0],
+            batches=ballots.get(precinct, (0, 0))[1],
+            counted=precinct in ballots,
+            devices_final=finals.get(precinct, 0),
+            duplicates=duplicates.get(precinct, 0),
+            rejections=rejected.get(precinct, 0),
+        )
+        for precinct in {*votes, *ballots, *finals, *duplicates, *rejected}
+    }
+    rollups = roll_up(election, figures)
+    # Rejections of this unit: at the root every one; below it, those naming its devices.
+    devices = {dv for u in election.walk(unit.id) for dv in u.devices}
+    by_reason: dict[str, int] = {}
+    for device, reasons in by_device.items():
+        if unit.id == election.root or device in devices:
+            for reason, n in reasons.items():
+                by_reason[reason] = by_reason.get(reason, 0) + n
     return Results(
         election=election,
-        ballots=sum(by_precinct.values()),
-        batches=int(batches),
-        contests=contests,
-        ballots_by_precinct=by_precinct,
-        duplicates=int(duplicates),
+        rollup=rollups[unit.id],
+        children=tuple(rollups[c] for c in unit.children),
         rejections=sum(by_reason.values()),
-        rejections_by_reason=by_reason,
-        devices_final=int(devices_final),
-        devices_total=int(devices_total),
+        rejections_by_reason=dict(sorted(by_reason.items())),
     )
+
+
+# -- for people --------------------------------------------------------------------------
+
+
+def percent(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.2f}%" if whole else "-"
 
 
 def render(results: Results, console: Console) -> None:
-    """Print the results as rich tables: a summary, then one table per contest."""
-    election = results.election
-    summary = Table(title=f"{election.name} ({election.id})", show_header=False)
+    """A summary of the unit, one table per contest with shares, and its child units."""
+    election, rollup = results.election, results.rollup
+    unit = rollup.unit
+    console.print(
+        Text(f"{election.name} ({election.id})\n{unit.name} [{unit.kind} {unit.id}]", "bold")
+    )
+    summary = Table(show_header=False)
     summary.add_column("what")
     summary.add_column("n", justify="right")
-    summary.add_row("ballots", f"{results.ballots:,}")
-    summary.add_row("batches in the ledger", f"{results.batches:,}")
-    summary.add_row("duplicates (not counted)", f"{results.duplicates:,}")
-    summary.add_row("rejections", f"{results.rejections:,}")
+    summary.add_row("ballots", f"{rollup.ballots:,}")
+    summary.add_row("registered voters", f"{rollup.registered:,}")
+    summary.add_row("turnout", percent(rollup.ballots, rollup.registered))
     summary.add_row(
-        "devices with their final batch", f"{results.devices_final} of {results.devices_total}"
+        "precincts reporting",
+        f"{rollup.precincts_reporting} of {rollup.precincts_total}"
+        f" ({percent(rollup.precincts_reporting, rollup.precincts_total)})",
     )
+    summary.add_row(
+        "devices with their final batch", f"{rollup.devices_final} of {rollup.devices_total}"
+    )
+    summary.add_row("batches in the ledger", f"{rollup.batches:,}")
+    summary.add_row("duplicates (not counted)", f"{rollup.duplicates:,}")
+    summary.add_row("rejections", f"{results.rejections:,}")
     for reason, n in results.rejections_by_reason.items():
         summary.add_row(f"  rejected: {reason}", f"{n:,}")
     console.print(summary)
     for contest in election.contests:
-        votes = results.contests.get(contest.id, {})
+        votes = rollup.contests.get(contest.id, {})
         total = sum(votes.values())
-        table = Table(title=f"{contest.name} [{contest.id}]")
+        title = f"{contest.name} [{contest.id}]"
+        table = Table(title=Text(title), min_width=len(title) + 4)
         table.add_column("choice")
         table.add_column("votes", justify="right")
         table.add_column("share", justify="right")
         for choice in contest.choices:
             n = votes.get(choice.id, 0)
-            share = f"{100 * n / total:.2f}%" if total else "-"
-            table.add_row(f"{choice.name} ({choice.id})", f"{n:,}", share)
+            table.add_row(Text(f"{choice.name} ({choice.id})"), f"{n:,}", percent(n, total))
         table.add_section()
         table.add_row("total", f"{total:,}", "100.00%" if total else "-")
         console.print(table)
+    if results.children:
+        _render_children(results, console)
+
+
+def _render_children(results: Results, console: Console) -> None:
+    election = results.election
+    table = Table(title=Text(f"Units in {results.unit.name}"))
+    table.add_column("unit", no_wrap=True)
+    table.add_column("name", max_width=24, no_wrap=True, overflow="ellipsis")
+    table.add_column("kind")
+    table.add_column("ballots", justify="right")
+    table.add_column("registered", justify="right")
+    table.add_column("turnout", justify="right")
+    table.add_column("precincts reporting", justify="right")
+    table.add_column("devices final", justify="right")
+    for contest in election.contests:
+        table.add_column(Text(f"{contest.id} leader"), no_wrap=True)
+    for child in results.children:
+        leaders: list[Text | str] = []
+        for contest in election.contests:
+            votes = child.contests.get(contest.id, {})
+            total = sum(votes.values())
+            if not total:
+                leaders.append("-")
+                continue
+            best = max(contest.choice_ids, key=lambda c: votes.get(c, 0))
+            leaders.append(Text(f"{best} {percent(votes.get(best, 0), total)}"))
+        table.add_row(
+            Text(child.unit.id),
+            Text(child.unit.name),
+            Text(child.unit.kind),
+            f"{child.ballots:,}",
+            f"{child.registered:,}",
+            percent(child.ballots, child.registered),
+            f"{child.precincts_reporting}/{child.precincts_total}",
+            f"{child.devices_final}/{child.devices_total}",
+            *leaders,
+        )
+    console.print(table)

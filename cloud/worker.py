@@ -3,15 +3,32 @@
 Threads:
 
 - the caller's thread runs the connection loop: one fresh paho client (a :class:`Session`)
-  per connection attempt, clean_session=False and manual acks, so the broker keeps the
-  subscription and every unacknowledged message across reconnects and worker crashes;
-  reconnects use capped exponential backoff with jitter;
+  per connection attempt, with manual acks; by default clean_session=False, so the broker
+  keeps the subscription and every unacknowledged message across reconnects and worker
+  crashes; reconnects use capped exponential backoff with jitter;
 - paho's network thread puts each message on a bounded queue (policy when full: block, which
   holds the broker back; nothing is dropped);
-- the commit thread takes whatever is queued (up to ``group_max`` envelopes), records it in
-  ONE transaction, then publishes the receipts and acknowledges each message, but only on the
+- the commit thread takes whatever is queued (up to ``group_max`` envelopes) and hands it to
+  ``verify_threads`` verification threads, then records the group verified before it in ONE
+  transaction (so verification of group N+1 overlaps the commit of group N; groups commit in
+  arrival order), then publishes the receipts and acknowledges each message, but only on the
   session it arrived on: a packet id from a previous connection is never acknowledged (the
   broker redelivers those messages anyway, and the ledger counts them as duplicates).
+
+Rules: with a :class:`cloud.engine.RulesEngine` (``cloud run`` always passes one: ``--rules FILE``
+or the default rules) a group goes through the engine instead of straight to the ledger: the
+ledger rule's messages are recorded and the other rules' alerts, stored rows and dead letters
+are written in the same transaction; republishes are published after the commit, then the
+receipts, then the acknowledgements.
+
+Scale-out (``share_group``): batches and bundles are subscribed as
+``$share/GROUP/edgetally/v1/+/+/batch`` and ``$share/GROUP/edgetally/v1/_gateway/+/bundle``, so
+the broker hands each message to one of the group's workers; correctness rests on the ledger's
+unique key, never on which worker got a message. Gateway statuses stay a plain subscription.
+With a clean session (the default with ``--share``), a graceful stop first unsubscribes, so the
+broker routes nothing new here, and commits what was already routed (up to
+``drain_timeout_s``) before disconnecting: a clean session's unacknowledged messages are
+dropped by the broker at disconnect, and only device resends would bring them back.
 
 Subscriptions: device batches (``edgetally/v1/+/+/batch``), gateway bundles
 (``edgetally/v1/_gateway/+/bundle``: unwrapped by :func:`cloud.ledger.unwrap`, every entry
@@ -30,7 +47,9 @@ import os
 import queue
 import random
 import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,25 +59,21 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from cloud import faults
 from cloud._exceptions import DatabaseUnavailable
 from cloud.chain import Verdict
 from cloud.config import CloudConfig
-from cloud.ledger import Inbound, Ledger, unwrap
+from cloud.engine import EngineResult, RulesEngine
+from cloud.ledger import Checked, GroupResult, Inbound, Ledger, unwrap
 from cloud.receipts import ReceiptSender
 from cloud.status import StatusStore, StatusUpdate
-from protocol import (
-    BATCH_FILTER,
-    GATEWAY_BUNDLE_FILTER,
-    GATEWAY_STATUS_FILTER,
-    ProtocolError,
-    parse_gateway_topic,
-)
+from protocol import ProtocolError, parse_gateway_topic
 from protocol.gateway_status import GatewayStatus
 
 log = logging.getLogger(__name__)
 
-SUBSCRIPTIONS = [(BATCH_FILTER, 1), (GATEWAY_BUNDLE_FILTER, 1), (GATEWAY_STATUS_FILTER, 1)]
 _POLL_S = 0.2  # how often blocked waits look at the stop flag
+_DRAIN_QUIET_S = 0.5  # a clean-session drain ends after this long with nothing left to commit
 T = TypeVar("T")
 
 
@@ -100,6 +115,18 @@ class Delivery:
         return max(1, len(self.messages))
 
 
+@dataclass(frozen=True, slots=True)
+class _Taken:
+    """A group taken off the queue, its envelopes being verified in the pool."""
+
+    group: list[Delivery]
+    inbound: list[Inbound]
+    futures: list[Future[list[Checked]]]
+
+    def checked(self) -> list[Checked]:
+        return [item for future in self.futures for item in future.result()]
+
+
 class Session:
     """One connection attempt to the broker, with its own paho client. Constructing does no I/O."""
 
@@ -113,7 +140,7 @@ class Session:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=config.client_id,
-            clean_session=False,
+            clean_session=config.clean_session,
             protocol=mqtt.MQTTv311,
             manual_ack=True,
             reconnect_on_failure=False,  # a new Session per connection instead
@@ -143,9 +170,11 @@ class Session:
         )
         self.connected.set()
         # Every time: a broker restarted without persistence has forgotten the subscription.
-        rc, _ = client.subscribe(SUBSCRIPTIONS)
+        rc, _ = client.subscribe(self._config.subscriptions)
         if rc != mqtt.MQTT_ERR_SUCCESS:
-            log.error("subscribe to %s failed: %s", _filters(), mqtt.error_string(rc))
+            log.error(
+                "subscribe to %s failed: %s", _filters(self._config), mqtt.error_string(rc)
+            )
             client.disconnect()
 
     def _on_subscribe(
@@ -157,10 +186,12 @@ class Session:
         properties: Any,
     ) -> None:
         if any(r.is_failure for r in reasons):
-            log.error("broker refused the subscription to %s: %s", _filters(), reasons)
+            log.error(
+                "broker refused the subscription to %s: %s", _filters(self._config), reasons
+            )
             client.disconnect()
             return
-        log.info("subscribed to %s (QoS 1)", _filters())
+        log.info("subscribed to %s (QoS 1)", _filters(self._config))
         self.subscribed = True
         self._worker.subscribed()
 
@@ -197,7 +228,21 @@ class Session:
         self.connected.clear()
         self.ended.set()
 
+    def stop_intake(self) -> bool:
+        """Unsubscribe the shared filters: the broker routes no new batch here. True if sent."""
+        if not self.connected.is_set():
+            return False
+        rc, _ = self.client.unsubscribe(self._config.shared_filters)
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            log.warning("unsubscribe before stopping failed: %s", mqtt.error_string(rc))
+            return False
+        return True
+
     # used by the commit thread -------------------------------------------------------------
+    def publish(self, topic: str, payload: bytes, qos: int) -> int:
+        """A rules republish (never retained); paho's rc, for the engine to check."""
+        return self.client.publish(topic, payload, qos=qos, retain=False).rc
+
     def ack(self, delivery: Delivery) -> bool:
         if delivery.qos == 0:
             return True
@@ -212,13 +257,19 @@ class CloudWorker:
     """Runs until ``stop`` is set. Constructing it does no I/O; :meth:`run` does."""
 
     def __init__(
-        self, config: CloudConfig, ledger: Ledger, statuses: StatusStore | None = None
+        self,
+        config: CloudConfig,
+        ledger: Ledger,
+        statuses: StatusStore | None = None,
+        rules: RulesEngine | None = None,
     ) -> None:
         self._config = config
         self._ledger = ledger
+        self._rules = rules  # None: every message straight to the ledger, no rules
         self._statuses = statuses
         self._queue: queue.Queue[Delivery] = queue.Queue(maxsize=config.queue_size)
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # asked to stop: no new connection, no DB retries
+        self._closed = threading.Event()  # intake closed: the commit loop ends
         self._session_lock = threading.Lock()
         self._session: Session | None = None
         self._ready_written = False
@@ -239,8 +290,12 @@ class CloudWorker:
             self._connection_loop()
         finally:
             stop.set()
-            committer.join()
-            self._shutdown_session()
+            try:
+                self._drain()
+            finally:
+                self._closed.set()
+                committer.join()
+                self._shutdown_session()
             log.info(
                 "cloud worker stopped: %d accepted, %d duplicates, %d rejected, %d stale acks dropped",
                 self._totals[Verdict.ACCEPTED],
@@ -248,6 +303,8 @@ class CloudWorker:
                 self._totals[Verdict.REJECTED],
                 self._stale_acks,
             )
+            if self._rules is not None:
+                log.info("rules engine: %s", self._rules.stats.summary())
 
     def _connection_loop(self) -> None:
         backoff = Backoff(self._config.backoff_initial_s, self._config.backoff_max_s)
@@ -279,6 +336,32 @@ class CloudWorker:
             log.info("reconnecting to %s in %.1fs", broker.url, delay)
             self._stop.wait(delay)
 
+    def _drain(self) -> None:
+        """Clean session: stop intake, commit what the broker already routed here, then return.
+
+        A persistent session needs none of it: what is not acknowledged stays in the session
+        for the next run, so the commit loop only finishes the group it is committing.
+        """
+        if not self._config.clean_session:
+            return
+        with self._session_lock:
+            session = self._session
+        if session is None or not session.stop_intake():
+            return
+        deadline = time.monotonic() + self._config.drain_timeout_s
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            if self._queue.unfinished_tasks:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= _DRAIN_QUIET_S:
+                return
+            time.sleep(0.05)
+        log.warning(
+            "stopping with %d messages uncommitted: the broker drops them with this clean"
+            " session, device resends bring them back",
+            self._queue.unfinished_tasks,
+        )
+
     def _shutdown_session(self) -> None:
         with self._session_lock:
             session = self._session
@@ -304,7 +387,7 @@ class CloudWorker:
     def enqueue(self, delivery: Delivery) -> None:
         """Queue a message for commit. When the queue is full, block (backpressure)."""
         warned = False
-        while not self._stop.is_set():
+        while not self._closed.is_set():
             try:
                 self._queue.put(delivery, timeout=_POLL_S)
                 return
@@ -320,52 +403,93 @@ class CloudWorker:
     def _supervise_commits(self) -> None:
         """Restart the commit loop after an unexpected failure (the one broad except)."""
         backoff = Backoff(self._config.backoff_initial_s, self._config.backoff_max_s)
-        while not self._stop.is_set():
+        while not self._closed.is_set():
             try:
                 self._commit_loop()
             except Exception:
                 delay = backoff.next()
                 log.exception("commit loop failed; restarting in %.1fs after a reconnect", delay)
                 self._force_redelivery()
-                self._stop.wait(delay)
+                self._closed.wait(delay)
 
     def _force_redelivery(self) -> None:
-        """Drop what is queued and reconnect: the broker redelivers every unacked message."""
+        """Drop what is queued and reconnect: the broker redelivers every unacked message
+        (a persistent session's; a clean session's are dropped, and devices resend them)."""
         while True:
             try:
                 self._queue.get_nowait()
             except queue.Empty:
                 break
+            self._queue.task_done()
         with self._session_lock:
             session = self._session
         if session is not None:
             session.client.disconnect()
 
     def _commit_loop(self) -> None:
-        while not self._stop.is_set():
+        """Take group N+1 and start verifying it, then commit group N: two stages overlap."""
+        threads = self._config.verify_threads
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cloud-verify") as pool:
+            ahead: _Taken | None = None
             try:
-                first = self._queue.get(timeout=_POLL_S)
-            except queue.Empty:
-                continue
-            group = [first]
-            weight = first.weight
-            while weight < self._config.group_max:  # a bundle is never split across groups
-                try:
-                    delivery = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                group.append(delivery)
-                weight += delivery.weight
-            self._commit(group)
+                while not self._closed.is_set():
+                    group = self._take_group(block=ahead is None)
+                    if group is None and ahead is None:
+                        continue
+                    following = None if group is None else self._verify_async(pool, group)
+                    current, ahead = ahead, following
+                    if current is not None:
+                        self._commit(current)
+            finally:
+                if ahead is not None:  # stopping, or failed: left to the broker to redeliver
+                    for _ in ahead.group:
+                        self._queue.task_done()
 
-    def _commit(self, group: list[Delivery]) -> None:
+    def _take_group(self, *, block: bool) -> list[Delivery] | None:
+        """Up to ``group_max`` queued envelopes (a bundle is never split); None if none."""
+        try:
+            first = self._queue.get(timeout=_POLL_S) if block else self._queue.get_nowait()
+        except queue.Empty:
+            return None
+        group = [first]
+        weight = first.weight
+        while weight < self._config.group_max:
+            try:
+                delivery = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            group.append(delivery)
+            weight += delivery.weight
+        return group
+
+    def _verify_async(self, pool: ThreadPoolExecutor, group: list[Delivery]) -> _Taken:
         inbound = [m for d in group for m in d.messages]
+        size = max(1, -(-len(inbound) // self._config.verify_threads))
+        futures = [
+            pool.submit(self._ledger.check, inbound[i : i + size])
+            for i in range(0, len(inbound), size)
+        ]
+        return _Taken(group, inbound, futures)
+
+    def _commit(self, taken: _Taken) -> None:
+        """Commit and acknowledge a verified group; whatever happens, it leaves the queue."""
+        try:
+            self._commit_group(taken.group, taken.inbound, taken.checked())
+        finally:
+            for _ in taken.group:
+                self._queue.task_done()
+
+    def _commit_group(
+        self, group: list[Delivery], inbound: list[Inbound], checked: list[Checked]
+    ) -> None:
         updates = [d.status for d in group if d.status is not None]
-        result = None
+        result: GroupResult | EngineResult | None = None
         if inbound:
-            result = self._retry(lambda: self._ledger.record(inbound), len(group))
+            record = self._ledger.record if self._rules is None else self._rules.record
+            result = self._retry(lambda: record(inbound, checked), len(group))
             if result is None:
                 return
+            faults.checkpoint("committed")  # test-only (cloud/faults.py)
         if updates and self._statuses is not None:
             statuses = self._statuses
             if self._retry(lambda: statuses.record(updates), len(updates)) is None:
@@ -375,8 +499,12 @@ class CloudWorker:
         if result is not None:
             for verdict in Verdict:
                 self._totals[verdict] += result.count(verdict)
-            if session is not None and session.connected.is_set():
-                session.receipts.publish(result.receipts)
+            live = session if session is not None and session.connected.is_set() else None
+            if isinstance(result, EngineResult) and self._rules is not None:
+                # republish actions, after the commit (a failure goes to the error action)
+                self._rules.after_commit(result, None if live is None else live.publish)
+            if live is not None:
+                live.receipts.publish(result.receipts)
         for delivery in group:
             if delivery.session is session and session.connected.is_set():
                 session.ack(delivery)
@@ -395,7 +523,11 @@ class CloudWorker:
             )
 
     def _retry(self, commit: Callable[[], T], messages: int) -> T | None:
-        """``commit()`` until it succeeds; ``None`` if the worker stops first (nothing acked)."""
+        """``commit()`` until it succeeds; ``None`` if intake closes first (nothing acked).
+
+        A clean session's drain keeps intake open while it waits, so a group held back by a
+        busy database still commits if the database returns within ``drain_timeout_s``.
+        """
         backoff = Backoff(self._config.backoff_initial_s, self._config.backoff_max_s)
         while True:
             try:
@@ -408,7 +540,7 @@ class CloudWorker:
                     err,
                     delay,
                 )
-                if self._stop.wait(delay):
+                if self._closed.wait(delay):
                     log.warning(
                         "stopping: %d uncommitted messages left to the broker to redeliver",
                         messages,
@@ -416,8 +548,8 @@ class CloudWorker:
                     return None
 
 
-def _filters() -> str:
-    return ", ".join(topic for topic, _qos in SUBSCRIPTIONS)
+def _filters(config: CloudConfig) -> str:
+    return ", ".join(topic for topic, _qos in config.subscriptions)
 
 
 def _status(topic: str, payload: bytes) -> StatusUpdate | None:

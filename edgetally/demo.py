@@ -192,6 +192,8 @@ class Demo:
         self.console.print()
         results = self.stack.results()
         buffer = self.stack.buffer_stats()
-        verdict = compare(registry.election, expected, results, self.stack.fleet_summary(), buffer)
+        verdict = compare(
+            registry.election, expected, results, self.stack.fleet_summary(), buffer, self.stack.alerts()
+        )
         render(verdict, registry.election, self.console)
         return verdict

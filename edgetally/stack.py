@@ -2,6 +2,11 @@
 
 Used by ``edgetally demo`` and by the integration tests. Every piece is a real process that
 can be stopped, SIGKILLed and restarted; constructing a :class:`Stack` does no I/O.
+
+Scale-out: ``workers`` > 1 runs that many cloud workers (``--share GROUP``, ids cloud1,
+cloud2, ...) against the one cloud broker; ``postgres_admin_url`` makes the stack create a
+fresh PostgreSQL database for its cloud on :meth:`Stack.start` and drop it on
+:meth:`Stack.stop` (workers sharing one SQLite file also work, serialised by its lock).
 """
 
 from __future__ import annotations
@@ -10,9 +15,13 @@ import json
 import logging
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from devices.election_file import load_election
 from devices.generator import ExpectedTotals, expected_totals
@@ -34,8 +43,13 @@ class StackConfig:
     resend_after: float = 3.0
     fleet_timeout: float = 300.0
     embedded_brokers: bool | None = None  # None: Mosquitto when installed, else amqtt
-    db_url: str | None = None  # default: SQLite file in workdir
+    db_url: str | None = None  # default: SQLite file in workdir (or see postgres_admin_url)
     gateway_id: str = "gw1"
+    workers: int = 1  # cloud workers; several share the load (--share)
+    share_group: str = "edgetally"
+    # A PostgreSQL URL with the right to CREATE DATABASE: the stack's cloud gets a database of
+    # its own there (created by start(), dropped by stop()). Ignored when db_url is given.
+    postgres_admin_url: str | None = None
 
 
 class Stack:
@@ -44,17 +58,35 @@ class Stack:
         work = config.workdir
         self.keys = work / "keys"
         self.buffer_path = work / "gateway-buffer.db"
-        self.db_url = config.db_url or f"sqlite:///{work / 'cloud.db'}"
+        self._pg_database: str | None = None
+        self._pg_created = False
+        if config.db_url:
+            self.db_url = config.db_url
+        elif config.postgres_admin_url:
+            self._pg_database = f"edgetally_stack_{uuid.uuid4().hex[:12]}"
+            self.db_url = (
+                make_url(config.postgres_admin_url)
+                .set(database=self._pg_database)
+                .render_as_string(hide_password=False)
+            )
+        else:
+            self.db_url = f"sqlite:///{work / 'cloud.db'}"
         self.summary_path = work / "fleet-summary.json"
         self.edge = BrokerProcess(work / "edge-broker", name="edge-broker", embedded=config.embedded_brokers)
         self.cloud_broker = BrokerProcess(
             work / "cloud-broker", name="cloud-broker", embedded=config.embedded_brokers
         )
-        self.cloud = Component(
-            "cloud",
-            ["cloud", "run", "--broker", self.cloud_broker.url, "--db", self.db_url, "--keys", str(self.keys)],
-            work,
-        )
+        if config.workers < 1:
+            raise ValueError("a stack needs at least one cloud worker")
+        cloud_args = ["cloud", "run", "--broker", self.cloud_broker.url, "--db", self.db_url, "--keys", str(self.keys)]
+        if config.workers == 1:
+            self.clouds = [Component("cloud", cloud_args, work)]
+        else:
+            self.clouds = [
+                Component(f"cloud{i}", [*cloud_args, "--id", f"cloud{i}", "--share", config.share_group], work)
+                for i in range(1, config.workers + 1)
+            ]
+        self.cloud = self.clouds[0]
         self.gateway = Component(
             "gateway",
             [
@@ -100,11 +132,16 @@ class Stack:
         self.config.workdir.mkdir(parents=True, exist_ok=True)
         if not (self.keys / "registry.json").exists():
             self.provision()
+        self._create_database()
         self.edge.start()
         self.cloud_broker.start()
-        self.cloud.start()
+        self.clouds[0].start()
+        self.clouds[0].wait_ready()  # it migrates the schema; the others find it done
+        for worker in self.clouds[1:]:
+            worker.start()
         self.gateway.start()
-        self.cloud.wait_ready()
+        for worker in self.clouds[1:]:
+            worker.wait_ready()
         self.gateway.wait_ready()
 
     def start_fleet(self) -> None:
@@ -113,10 +150,31 @@ class Stack:
 
     def stop(self) -> None:
         """Stop everything that runs, fleet first, brokers last. Safe to call twice."""
-        for component in (self.fleet, self.gateway, self.cloud):
+        for component in (self.fleet, self.gateway, *self.clouds):
             component.stop()
         for broker in (self.edge, self.cloud_broker):
             broker.stop()
+        self._drop_database()
+
+    def _admin(self, statement: str) -> None:
+        assert self.config.postgres_admin_url is not None
+        admin = create_engine(self.config.postgres_admin_url, isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(statement))
+        finally:
+            admin.dispose()
+
+    def _create_database(self) -> None:
+        if self._pg_database is not None and not self._pg_created:
+            self._admin(f'CREATE DATABASE "{self._pg_database}"')
+            self._pg_created = True
+            log.info("created PostgreSQL database %s", self._pg_database)
+
+    def _drop_database(self) -> None:
+        if self._pg_database is not None and self._pg_created:
+            self._admin(f'DROP DATABASE IF EXISTS "{self._pg_database}" WITH (FORCE)')
+            self._pg_created = False
 
     def __enter__(self) -> Stack:
         return self
@@ -156,6 +214,11 @@ class Stack:
 
     def results(self) -> dict[str, Any]:
         return self._cli_json("cloud", "results", "--db", self.db_url)
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """Every alert the cloud's rules raised (the default rules raise none for an honest fleet)."""
+        found: Any = self._cli_json("cloud", "alerts", "--db", self.db_url, "--limit", "0")
+        return list(found)
 
     def buffer_stats(self) -> dict[str, Any]:
         return self._cli_json("gateway", "buffer", "stats", "--buffer", str(self.buffer_path))

@@ -58,6 +58,7 @@ def compare(
     results: dict[str, Any],
     fleet: dict[str, Any] | None = None,
     buffer: dict[str, Any] | None = None,
+    alerts: list[dict[str, Any]] | None = None,
 ) -> Verdict:
     rows = tuple(
         ChoiceRow(
@@ -101,6 +102,15 @@ def compare(
         confirmed = int(fleet.get("confirmed_devices", 0))
         checks.append(
             Check("devices confirmed by receipt", bool(fleet.get("ok")) and confirmed == devices, f"{confirmed}/{devices}")
+        )
+    if alerts is not None:
+        rules = sorted({str(a.get("rule")) for a in alerts})
+        checks.append(
+            Check(
+                "no anomaly alert",
+                not alerts,
+                f"{len(alerts)} alerts ({', '.join(rules)})" if alerts else "the rules raised none",
+            )
         )
     if buffer is not None:
         states = buffer.get("states", {})

@@ -3,18 +3,19 @@ a prepared ledger, and signed envelopes of the sample election.
 
 PostgreSQL: one fresh database ``edgetally_test_<random>`` per test session on the server at
 127.0.0.1:5432 (override the admin URL with EDGETALLY_TEST_PG_URL), emptied before each test
-and dropped at the end. Tests parametrized over ``backend`` run once per database.
+and dropped at the end. Tests parametrized over ``backend`` run once per database. They skip
+only when no server answers there (tests/support/postgres.py); one that refuses is an error.
+Under CI (``CI=true``) a missing server fails: the PostgreSQL tests must run there.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, exc, text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 
 from cloud import models
@@ -22,23 +23,17 @@ from cloud.db import make_engine, upgrade
 from cloud.ledger import Ledger
 from protocol import Registry
 from tests.cloud.support import Envelopes
-
-PG_ADMIN_URL = os.environ.get(
-    "EDGETALLY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+from tests.support.postgres import PG_ADMIN_URL, require_server
 
 
 @pytest.fixture(scope="session")
 def pg_database_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session; dropped at the end."""
+    require_server(PG_ADMIN_URL)
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     name = f"edgetally_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except exc.OperationalError as err:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {err.orig}")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
         yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     finally:

@@ -1,20 +1,17 @@
-"""`edgetally cloud run` as a real process against a real Mosquitto broker and SQLite file."""
+"""`edgetally cloud run` as a real process against a real Mosquitto broker; the tests whose
+subject is the database (commit, crash, ack after commit) run on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
 import json
-import re
-import signal
-import sqlite3
 import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import Engine
 
-from cloud.db import make_engine
-from cloud.results import load_results
 from devices.generator import expected_totals
 from edgetally.brokers import BrokerProcess
 from protocol import RECEIPT_FILTER, Receipt, receipt_topic
@@ -23,91 +20,29 @@ from tests.cloud.support import (
     Envelopes,
     Publisher,
     hash_of,
-    ledger_rows,
     retained,
     take_over_session,
 )
-from tests.helpers import run_cli, start_cli, wait_until
+from tests.cloud.worker_support import Cloud, writes_held
+from tests.helpers import run_cli, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-class Cloud:
-    """One `edgetally cloud run` that can be started, SIGKILLed and started again."""
-
-    def __init__(
-        self,
-        tmp_path: Path,
-        broker: BrokerProcess,
-        keys_dir: Path,
-        processes: list[subprocess.Popen[bytes]],
-        *,
-        debug: bool = False,
-    ) -> None:
-        self.db_path = tmp_path / "cloud.db"
-        self.db_url = f"sqlite:///{self.db_path}"
-        self.log = tmp_path / "cloud.log"
-        self.ready = tmp_path / "cloud.ready"
-        self._broker = broker
-        self._keys = keys_dir
-        self._processes = processes
-        self._debug = debug
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, *, wait: bool = True) -> None:
-        self.ready.unlink(missing_ok=True)
-        level = ["--log-level", "DEBUG"] if self._debug else []
-        self.proc = start_cli(
-            *level, "cloud", "run", "--broker", self._broker.url, "--db", self.db_url,
-            "--keys", str(self._keys), "--ready-file", str(self.ready), log=self.log,
-        )  # fmt: skip
-        self._processes.append(self.proc)
-        if wait:
-            wait_until(self._ready_or_dead, 30, "the cloud's ready file")
-            assert self.ready.exists(), f"cloud exited {self.proc.poll()}:\n{self.text()}"
-
-    def _ready_or_dead(self) -> bool:
-        return self.ready.exists() or (self.proc is not None and self.proc.poll() is not None)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def terminate(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(20)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def count(self, pattern: str) -> int:
-        return len(re.findall(pattern, self.text()))
-
-    def ledger(self) -> int:
-        engine = make_engine(self.db_url, create=False, writer=False)
-        try:
-            return ledger_rows(engine)
-        finally:
-            engine.dispose()
-
-    def results(self) -> dict[str, object]:
-        engine = make_engine(self.db_url, create=False, writer=False)
-        try:
-            return load_results(engine).to_mapping()
-        finally:
-            engine.dispose()
 
 
 @pytest.fixture
 def cloud_factory(
     tmp_path: Path, keys_dir: Path, processes: list[subprocess.Popen[bytes]]
 ) -> Callable[..., Cloud]:
-    def make(broker: BrokerProcess, *, debug: bool = False) -> Cloud:
-        return Cloud(tmp_path, broker, keys_dir, processes, debug=debug)
+    """Workers on a SQLite file in tmp_path, or on ``db_url`` (e.g. the ``engine`` fixture's)."""
+
+    def make(broker: BrokerProcess, *, debug: bool = False, db_url: str | None = None) -> Cloud:
+        return Cloud(tmp_path, broker, keys_dir, processes, debug=debug, db_url=db_url)
 
     return make
+
+
+def _url(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=False)
 
 
 def _receipts_are(port: int, expected: dict[str, Receipt]) -> bool:
@@ -128,9 +63,10 @@ def test_cloud_commits_batches_publishes_retained_receipts_and_stops_cleanly(
     broker_factory: Callable[..., BrokerProcess],
     cloud_factory: Callable[..., Cloud],
     envelopes: Envelopes,
+    engine: Engine,
 ) -> None:
     broker = broker_factory("cloud")
-    cloud = cloud_factory(broker)
+    cloud = cloud_factory(broker, db_url=_url(engine))
     cloud.start()
     devices = envelopes.devices(8)
     publisher = Publisher(broker.port)
@@ -157,9 +93,10 @@ def test_cloud_sigkilled_mid_stream_loses_nothing_and_counts_nothing_twice(
     broker_factory: Callable[..., BrokerProcess],
     cloud_factory: Callable[..., Cloud],
     envelopes: Envelopes,
+    engine: Engine,
 ) -> None:
     broker = broker_factory("cloud")
-    cloud = cloud_factory(broker)
+    cloud = cloud_factory(broker, db_url=_url(engine))
     cloud.start()
     devices = list(envelopes.election.devices)
     batches = 30
@@ -210,14 +147,13 @@ def test_cloud_acks_only_after_commit(
     broker_factory: Callable[..., BrokerProcess],
     cloud_factory: Callable[..., Cloud],
     envelopes: Envelopes,
+    engine: Engine,
 ) -> None:
     broker = broker_factory("cloud")
-    cloud = cloud_factory(broker, debug=True)
+    cloud = cloud_factory(broker, debug=True, db_url=_url(engine))
     cloud.start()
     messages = envelopes.messages(envelopes.devices(10), 4)
-    lock = sqlite3.connect(cloud.db_path, isolation_level=None)
-    lock.execute("BEGIN IMMEDIATE")  # the worker can receive but not commit
-    try:
+    with writes_held(cloud.db_url):  # the worker can receive but not commit
         publisher = Publisher(broker.port)
         publisher.publish_all(messages)
         wait_until(
@@ -226,9 +162,6 @@ def test_cloud_acks_only_after_commit(
             "the worker to receive every message",
         )
         cloud.kill()
-    finally:
-        lock.execute("ROLLBACK")
-        lock.close()
     assert cloud.ledger() == 0
 
     cloud.start()  # nothing is published again: only the broker still has them, unacked
@@ -254,9 +187,7 @@ def test_cloud_never_acks_a_message_of_a_previous_connection(
     messages = envelopes.messages(devices, 4)
     n = len(messages)
     publisher = Publisher(broker.port)
-    lock = sqlite3.connect(cloud.db_path, isolation_level=None)
-    lock.execute("BEGIN IMMEDIATE")
-    try:
+    with writes_held(cloud.db_url):
         publisher.publish_all(messages)
         wait_until(
             lambda: cloud.count(r"received mid=") >= n, 20, "the worker to receive every message"
@@ -269,9 +200,6 @@ def test_cloud_never_acks_a_message_of_a_previous_connection(
         wait_until(
             lambda: cloud.count(redelivered) >= n, 30, "the redelivery on a later connection"
         )
-    finally:
-        lock.execute("ROLLBACK")
-        lock.close()
 
     wait_until(
         lambda: cloud.results()["duplicates"] == n,

@@ -55,3 +55,15 @@ def test_unconfirmed_devices_and_undrained_buffer_fail(sample_election: Election
     )
     failed = {c.name for c in verdict.checks if not c.ok}
     assert failed == {"devices confirmed by receipt", "gateway buffer drained"}
+
+
+def test_an_alert_of_the_rules_fails_the_verdict_naming_the_rule(sample_election: Election) -> None:
+    expected = expected_totals(sample_election, 1, 3)
+    results = _results_from(expected)
+    assert compare(sample_election, expected, results, alerts=[]).ok
+    verdict = compare(
+        sample_election, expected, results, alerts=[{"rule": "rate-spike", "device": "x"}]
+    )
+    assert not verdict.ok
+    [failed] = [c for c in verdict.checks if not c.ok]
+    assert (failed.name, failed.detail) == ("no anomaly alert", "1 alerts (rate-spike)")
