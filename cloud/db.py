@@ -24,17 +24,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 from sqlalchemy import Column, Table, create_engine, event, exc, inspect, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeEngine
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 from cloud._exceptions import (
     ConfigError,
@@ -132,7 +131,12 @@ def _configure_sqlite(engine: Engine, *, writer: bool) -> None:
 # -- migrations ------------------------------------------------------------------------
 
 
+# Alembic is imported where it is used: it costs ~0.2 s, and most commands only read.
+
+
 def _alembic_config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     if connection is not None:
@@ -141,6 +145,8 @@ def _alembic_config(connection: Connection | None = None) -> Config:
 
 
 def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     if head is None:
         raise MigrationError("the cloud package ships no migrations")
@@ -149,6 +155,9 @@ def head_revision() -> str:
 
 def upgrade(engine: Engine) -> str:
     """Bring the schema to the newest migration (idempotent); return the revision."""
+    from alembic import command
+    from alembic.util import CommandError
+
     with translate_errors("migrating the cloud database"), engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # Two workers starting together must not both create the tables.

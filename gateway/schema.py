@@ -24,8 +24,10 @@ SQLite connection. A missing, foreign, truncated, damaged or too-new file raises
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import stat
+import time
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 from functools import cache
@@ -257,11 +259,7 @@ def recognise(
         raise ForeignFile(f"{path} is not a regular file, so it is not a gateway buffer")
     if info.st_size == 0:
         return Recognised(FileKind.EMPTY, None)
-    try:
-        with open(path, "rb") as file:
-            header = file.read(100)
-    except OSError as exc:
-        raise StoreError(f"cannot read {path}: {exc.strerror}") from exc
+    header, size = _read_header(path)
     if not header.startswith(SQLITE_MAGIC):
         raise ForeignFile(
             f"{path} is not an SQLite database, so it is not a gateway buffer; it was left unchanged"
@@ -272,7 +270,15 @@ def recognise(
             f"{path} is an SQLite database of another application (application_id {app_id:#x},"
             f" a gateway buffer has {APPLICATION_ID:#x}); it was left unchanged"
         )
-    problem = header_problem(header, info.st_size)
+    problem = header_problem(header, size)
+    live = path.with_name(path.name + "-wal").exists()
+    deadline = time.monotonic() + _SETTLE_S
+    while problem is not None and live and time.monotonic() < deadline:
+        # A running gateway's checkpoint writes page 1 (the new page count) before the pages
+        # that extend the file: a truncation seen mid-checkpoint must outlast it to be real.
+        time.sleep(_SETTLE_POLL_S)
+        header, size = _read_header(path)
+        problem = header_problem(header, size)
     if problem is not None:
         raise CorruptBuffer(f"buffer {path} is damaged: {problem}; {recovery_hint(path, keys_dir)}")
     revision = _read_revision(path, deep=deep, keys_dir=keys_dir, wait_s=wait_s)
@@ -289,6 +295,20 @@ def recognise(
             f" `edgetally gateway buffer recover --buffer {path} --out NEW`"
         )
     return Recognised(FileKind.BUFFER, revision)
+
+
+_SETTLE_S = 1.0  # how long a live buffer's header may disagree with its size (a checkpoint)
+_SETTLE_POLL_S = 0.02
+
+
+def _read_header(path: Path) -> tuple[bytes, int]:
+    """The first 100 bytes and the size of the file, the size taken after the header was read."""
+    try:
+        with open(path, "rb") as file:
+            header = file.read(100)
+            return header, os.fstat(file.fileno()).st_size
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror}") from exc
 
 
 def header_problem(header: bytes, size: int) -> str | None:

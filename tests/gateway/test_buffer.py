@@ -26,6 +26,7 @@ from gateway._exceptions import (
     StoreError,
 )
 from gateway.buffer import Buffer, NewMessage, Usage
+from gateway import schema
 from gateway.schema import APPLICATION_ID, MIGRATIONS, State, metadata
 from tests.gateway.buffer_support import (
     PAGE,
@@ -491,3 +492,35 @@ def test_a_damaged_buffer_is_refused_with_the_recover_command_and_left_unchanged
         in message
     )
     assert snapshot_dir(tmp_path) == before  # not even a lock file or a write-ahead log appeared
+
+
+def test_a_live_buffer_seen_mid_checkpoint_is_not_called_truncated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running gateway's checkpoint writes page 1 (the new page count) before the pages that
+    extend the file; an inspection command reading the header in between must not cry damage."""
+    path = tmp_path / "b.db"
+    with Buffer(path) as opened:
+        opened.put_many([batch(seq) for seq in range(300)])
+    path.with_name("b.db-wal").write_bytes(b"")  # the gateway runs: its write-ahead log exists
+    real = schema._read_header
+    reads: list[int] = []
+
+    def mid_checkpoint(p: Path) -> tuple[bytes, int]:
+        header, size = real(p)
+        reads.append(size)
+        return (header, size - PAGE) if len(reads) == 1 else (header, size)
+
+    monkeypatch.setattr(schema, "_read_header", mid_checkpoint)
+    assert schema.recognise(path).kind is schema.FileKind.BUFFER
+    assert len(reads) >= 2
+
+
+def test_a_truncated_buffer_is_damaged_even_with_a_write_ahead_log_beside_it(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    with Buffer(path) as opened:
+        opened.put_many([batch(seq, payload=b"x" * 600) for seq in range(300)])
+    truncate_pages(path, len(path.read_bytes()) // PAGE // 2)
+    path.with_name("b.db-wal").write_bytes(b"")
+    with pytest.raises(CorruptBuffer, match="truncated: the header says"):
+        schema.recognise(path)
