@@ -2,7 +2,7 @@
 paho-mqtt QoS 1 rate of one subscriber draining the same pre-filled queue, in one run.
 
     .venv/bin/python -m benchmarks.cloud [--messages 20000] [--backends sqlite,postgresql]
-                                         [--workers 1,3] [--repeat 1]
+                                         [--workers 1,3] [--shapes envelopes,bundles] [--repeat 1]
 
 For each database and worker count:
   1. a fresh Mosquitto and a fresh database (SQLite file; or a PostgreSQL database created on
@@ -16,6 +16,12 @@ For each database and worker count:
      so process start-up is not counted; peak RSS of each worker is read from /proc.
 The baseline: one paho subscriber (persistent session, QoS 1, automatic acks, counting only)
 draining N envelopes pre-filled the same way, first arrival to last.
+
+Shapes (--shapes): "envelopes" pre-fills one MQTT message per signed batch, as devices
+publishing straight to the cloud broker would; "bundles" pre-fills what the cloud broker carries
+behind an EdgeTally gateway: the same envelopes framed 64 to a message (protocol/bundle.py,
+the gateway's default --bundle-max), on the gateway's bundle topic. Rates are batches/s either
+way; the baselines are MQTT messages/s of one raw subscriber on envelope-sized messages.
 
 Rules: "ingest" runs the workers with a rules file holding only the ledger rule (verify, ledger,
 tallies, windows, receipts: no anomaly rule); "with default rules" drains the same envelopes
@@ -52,7 +58,8 @@ from devices.election_file import load_election, sample_election_path
 from devices.generator import iter_batches
 from edgetally.brokers import BrokerProcess, mosquitto_binary
 from edgetally.processes import Component
-from protocol import Election, batch_topic, load_signing_key, provision, seal
+from protocol import Election, batch_topic, gateway_bundle_topic, load_signing_key, provision, seal
+from protocol import bundle as bundles
 
 console = Console(width=max(Console().width, 120))
 LEDGER_ONLY_RULES = """rules:
@@ -63,10 +70,14 @@ LEDGER_ONLY_RULES = """rules:
 PG_ADMIN_URL = os.environ.get("EDGETALLY_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
+BUNDLE_MAX = 64  # the gateway's default --bundle-max
+
+
 @dataclass
 class Run:
     backend: str
     workers: int
+    shape: str = "envelopes"
     rate: float = 0.0
     raw_rate: float = 0.0
     live_rate: float = 0.0
@@ -84,6 +95,15 @@ def fleet_envelopes(election: Election, keys: Path, total: int, seed: int) -> li
         topic = batch_topic(election.id, device)
         streams.append([(topic, seal(b, key).to_bytes()) for b in iter_batches(election, seed, device, per_device)])
     return [stream[i] for i in range(per_device) for stream in streams][:total]
+
+
+def as_bundles(envelopes: Sequence[Envelope]) -> list[Envelope]:
+    """The envelopes in order, ``BUNDLE_MAX`` to a message, as a gateway forwards them."""
+    topic = gateway_bundle_topic("bench-gw")
+    return [
+        (topic, bundles.encode(envelopes[i : i + BUNDLE_MAX]))
+        for i in range(0, len(envelopes), BUNDLE_MAX)
+    ]
 
 
 def raw_live(work: Path, envelopes: Sequence[Envelope]) -> float:
@@ -162,9 +182,10 @@ class Database:
 
 
 def cloud_drain(
-    work: Path, keys: Path, envelopes: Sequence[Envelope], backend: str, workers: int, admin_url: str,
-    rules: Path | None = None,
+    work: Path, keys: Path, messages: Sequence[Envelope], batches: int, backend: str, workers: int,
+    admin_url: str, rules: Path | None = None,
 ) -> Run:  # fmt: skip
+    """Pre-fill ``messages`` (envelopes or bundles holding ``batches`` batches), then drain."""
     run = Run(backend, workers)
     work.mkdir(parents=True)
     broker = BrokerProcess(work / "broker", name="cloud-broker")
@@ -189,15 +210,15 @@ def cloud_drain(
                 if comp.stop() != 0:
                     raise RuntimeError(f"{comp.name} did not stop cleanly: {comp.tail()}")
             # 3: pre-fill
-            publish_all(broker.port, envelopes)
+            publish_all(broker.port, messages)
             # 4: drain
             for comp in comps:
                 comp.start()
             deadline = time.monotonic() + 900
             count, first = 0, None
-            while count < len(envelopes):
+            while count < batches:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"only {count} of {len(envelopes)} in the ledger")
+                    raise RuntimeError(f"only {count} of {batches} in the ledger")
                 for comp in comps:
                     if not comp.running:
                         raise RuntimeError(f"{comp.name} exited: {comp.tail()}")
@@ -205,7 +226,7 @@ def cloud_drain(
                 count, first = db.progress()
             done = time.time()
             assert first is not None
-            run.rate = len(envelopes) / (done - first)
+            run.rate = batches / (done - first)
             run.rss_mib = [peak_rss_kib(c.pid) / 1024 for c in comps if c.pid is not None]
             for comp in comps:
                 comp.stop()
@@ -219,6 +240,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20_000, help="envelopes pre-filled per run")
     parser.add_argument("--backends", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql")
     parser.add_argument("--workers", default="1,3", help="comma-separated worker counts")
+    parser.add_argument("--shapes", default="envelopes,bundles", help="comma-separated: envelopes, bundles")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each configuration (medians shown)")
     parser.add_argument("--pg-admin-url", default=PG_ADMIN_URL, help="PostgreSQL URL to create databases with")
     args = parser.parse_args()
@@ -226,6 +248,9 @@ def main() -> None:
         raise SystemExit("the benchmark needs mosquitto (apt-get install mosquitto)")
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     counts = [int(w) for w in args.workers.split(",") if w.strip()]
+    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    if not shapes or set(shapes) - {"envelopes", "bundles"}:
+        raise SystemExit(f"--shapes takes envelopes and/or bundles, not {args.shapes!r}")
     version = subprocess.run([mosquitto_binary() or "mosquitto", "-h"], capture_output=True, text=True).stdout.splitlines()[0]
     console.print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {version},"
@@ -249,42 +274,47 @@ def main() -> None:
                 drains.append(raw_drain(work / f"raw-drain-{r}", envelopes))
                 lives.append(raw_live(work / f"raw-live-{r}", envelopes))
             console.print(f"  run {r + 1} raw subscriber: drain {drains[-1]:,.0f}/s, live {lives[-1]:,.0f}/s")
-            for backend in backends:
-                for workers in counts:
-                    with console.status(f"run {r + 1}: {backend}, {workers} worker(s), {len(envelopes):,} batches"):
-                        run = cloud_drain(work / f"cloud-{r}-{backend}-{workers}", keys, envelopes, backend, workers, args.pg_admin_url, ledger_only)
-                    with console.status(f"run {r + 1}: {backend}, {workers} worker(s), default rules"):
-                        ruled = cloud_drain(work / f"rules-{r}-{backend}-{workers}", keys, envelopes, backend, workers, args.pg_admin_url)
-                    run.rules_rate = ruled.rate
-                    run.rss_mib += ruled.rss_mib
-                    run.raw_rate = drains[-1]
-                    run.live_rate = lives[-1]
-                    runs.append(run)
-                    console.print(
-                        f"  run {r + 1} {backend:10} {workers} worker(s): {run.rate:,.0f}/s"
-                        f" = {run.rate / run.raw_rate:.2f} x drain, {run.rate / run.live_rate:.2f} x live;"
-                        f" default rules {run.rules_rate:,.0f}/s = {run.rules_rate / run.rate:.2f} x ingest;"
-                        f" peak RSS {', '.join(f'{m:.0f}' for m in run.rss_mib)} MiB"
-                    )
+            for shape in shapes:
+                messages = envelopes if shape == "envelopes" else as_bundles(envelopes)
+                for backend in backends:
+                    for workers in counts:
+                        what = f"run {r + 1}: {shape}, {backend}, {workers} worker(s)"
+                        with console.status(f"{what}, {len(envelopes):,} batches"):
+                            run = cloud_drain(work / f"cloud-{r}-{shape}-{backend}-{workers}", keys, messages,
+                                              len(envelopes), backend, workers, args.pg_admin_url, ledger_only)  # fmt: skip
+                        with console.status(f"{what}, default rules"):
+                            ruled = cloud_drain(work / f"rules-{r}-{shape}-{backend}-{workers}", keys, messages,
+                                                len(envelopes), backend, workers, args.pg_admin_url)  # fmt: skip
+                        run.shape = shape
+                        run.rules_rate = ruled.rate
+                        run.rss_mib += ruled.rss_mib
+                        run.raw_rate = drains[-1]
+                        run.live_rate = lives[-1]
+                        runs.append(run)
+                        console.print(
+                            f"  run {r + 1} {shape:9} {backend:10} {workers} worker(s): {run.rate:,.0f}/s"
+                            f" = {run.rate / run.raw_rate:.2f} x drain, {run.rate / run.live_rate:.2f} x live;"
+                            f" default rules {run.rules_rate:,.0f}/s = {run.rules_rate / run.rate:.2f} x ingest;"
+                            f" peak RSS {', '.join(f'{m:.0f}' for m in run.rss_mib)} MiB"
+                        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     table = Table(title=f"Cloud ingest ({args.messages:,} pre-filled {size} B envelopes, medians of {args.repeat})")
-    for column in ("database", "workers", "ingest batches/s", "/ raw drain", "/ raw live",
+    for column in ("shape", "database", "workers", "ingest batches/s", "/ raw drain", "/ raw live",
                    "with default rules, batches/s", "peak RSS per worker, MiB"):  # fmt: skip
         table.add_column(column, justify="right")
-    for backend in backends:
-        for workers in counts:
-            same = [r for r in runs if r.backend == backend and r.workers == workers]
+    for shape, backend, workers in ((s, b, w) for s in shapes for b in backends for w in counts):
+            same = [r for r in runs if (r.shape, r.backend, r.workers) == (shape, backend, workers)]
             rate = statistics.median(r.rate for r in same)
             to_drain = statistics.median(r.rate / r.raw_rate for r in same)
             to_live = statistics.median(r.rate / r.live_rate for r in same)
             rss = max(m for r in same for m in r.rss_mib)
             ruled = statistics.median(r.rules_rate for r in same)
-            table.add_row(backend, str(workers), f"{rate:,.0f}", f"{to_drain:.2f}", f"{to_live:.2f}",
+            table.add_row(shape, backend, str(workers), f"{rate:,.0f}", f"{to_drain:.2f}", f"{to_live:.2f}",
                           f"{ruled:,.0f}", f"{rss:.0f}")  # fmt: skip
-    table.add_row("raw paho drain", "1 subscriber", f"{statistics.median(drains):,.0f}", "1.00", "", "", "")
-    table.add_row("raw paho live", "1 pub + 1 sub", f"{statistics.median(lives):,.0f}", "", "1.00", "", "")
+    table.add_row("", "raw paho drain", "1 subscriber", f"{statistics.median(drains):,.0f}", "1.00", "", "", "")
+    table.add_row("", "raw paho live", "1 pub + 1 sub", f"{statistics.median(lives):,.0f}", "", "1.00", "", "")
     console.print(table)
     console.print(
         "raw drain: one paho subscriber (QoS 1, automatic acks, counting only) draining the same"

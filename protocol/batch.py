@@ -230,7 +230,7 @@ def check_against_election(body: BatchBody, election: Election) -> None:
             contest = election.contest(contest_id)
             if contest is None:
                 raise UnknownContest(f"{where}: unknown contest {contest_id!r}")
-            known = contest.choice_ids
+            known = contest.known_choices
             for choice in choices:
                 if choice not in known:
                     raise UnknownChoice(f"{where}: contest {contest_id!r} has no choice {choice!r}")

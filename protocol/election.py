@@ -79,10 +79,13 @@ class Contest:
     name: str
     kind: str
     choices: tuple[Choice, ...]
+    choice_ids: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    known_choices: frozenset[str] = field(init=False, repr=False, compare=False)
 
-    @property
-    def choice_ids(self) -> tuple[str, ...]:
-        return tuple(c.id for c in self.choices)
+    def __post_init__(self) -> None:
+        # computed once: every verified batch checks its choices against them
+        object.__setattr__(self, "choice_ids", tuple(c.id for c in self.choices))
+        object.__setattr__(self, "known_choices", frozenset(self.choice_ids))
 
 
 @dataclass(frozen=True, slots=True)

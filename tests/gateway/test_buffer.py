@@ -17,6 +17,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
 
+from gateway import schema
 from gateway._exceptions import (
     BufferLocked,
     CorruptBuffer,
@@ -26,7 +27,6 @@ from gateway._exceptions import (
     StoreError,
 )
 from gateway.buffer import Buffer, NewMessage, Usage
-from gateway import schema
 from gateway.schema import APPLICATION_ID, MIGRATIONS, State, metadata
 from tests.gateway.buffer_support import (
     PAGE,
