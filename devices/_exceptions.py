@@ -3,7 +3,12 @@
     DeviceError             root
     ├── ElectionFileError   an election file that cannot be read or does not hold together
     ├── ProvisionError      keys or registry missing or inconsistent with the election
-    └── FleetError          the fleet could not run (broker unreachable, bad options)
+    ├── FleetError          the fleet could not run (broker unreachable, bad options)
+    │   └── ConnectionFailed    an MQTT connection (devices/connection.py) failed or was lost
+    │       └── ConnectRefused  the broker answered CONNECT with a non-zero return code
+    └── StateError          the device state store (--state-dir) cannot be read or written
+        └── StateMismatch   the stored state would make a device send a different batch for a
+                            seq it already sent (other election, seed, batch count or key)
 """
 
 from __future__ import annotations
@@ -23,3 +28,19 @@ class ProvisionError(DeviceError):
 
 class FleetError(DeviceError):
     pass
+
+
+class StateError(DeviceError):
+    pass
+
+
+class StateMismatch(StateError):
+    pass
+
+
+class ConnectionFailed(FleetError):
+    """An MQTT connection could not be made, was lost, or timed out waiting for the broker."""
+
+
+class ConnectRefused(ConnectionFailed):
+    """The broker refused CONNECT (CONNACK return code != 0)."""

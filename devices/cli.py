@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -16,6 +19,8 @@ from devices._exceptions import DeviceError
 from devices.election_file import load_election, sample_election_path
 from devices.fleet import Fleet, FleetConfig, FleetSummary
 from devices.generator import expected_totals
+from devices.shards import parse_shard, pick, run_shards
+from devices.synth import synth_mapping
 from protocol import ProtocolError, Registry, parse_broker_url, provision
 
 app = typer.Typer(help="Provision tabulators, compute expected totals, run a device fleet.", no_args_is_help=True)
@@ -90,10 +95,27 @@ def expected_cmd(
         out.print(table)
 
 
+@app.command("synth")
+def synth_cmd(
+    devices: int = typer.Option(..., "--devices", min=1, help="Devices in the election"),
+    precincts: int = typer.Option(0, "--precincts", min=0, help="Precincts (default: devices / 3)"),
+    seed: int = typer.Option(1, "--seed", help="Seed for the registered-voter counts"),
+    out_file: Path = typer.Option(..., "--out", help="Election YAML file to write"),
+) -> None:
+    """Write a synthetic election of any size (for load tests and the fleet benchmark)."""
+    try:
+        mapping = synth_mapping(devices, precincts or max(1, devices // 3), seed)
+        out_file.write_text(yaml.safe_dump(mapping, sort_keys=False))
+    except (ValueError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    out.print(f"wrote {out_file}: {devices:,} devices in {precincts or max(1, devices // 3):,} precincts")
+
+
 def _summary_table(summary: FleetSummary) -> Table:
     table = Table(title="Fleet summary")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    per_device = summary.connection_kib_per_device
     rows = [
         ("devices", summary.devices),
         ("batches", summary.batches),
@@ -102,13 +124,49 @@ def _summary_table(summary: FleetSummary) -> Table:
         ("devices confirmed", f"{summary.confirmed_devices}/{summary.devices}" if summary.confirm else "-"),
         ("publishes (incl. resends)", summary.publishes),
         ("resends", summary.resends),
+        ("most devices connected at once", summary.max_connected),
+        ("time until all connected", f"{summary.all_connected_s:.1f}s" if summary.all_connected_s is not None else "-"),
+        ("connect failures", summary.connect_failures),
+        ("connections lost", summary.connections_lost),
         ("reconnects", summary.reconnects),
+        ("last full reconnection", f"{summary.full_reconnect_s:.1f}s" if summary.full_reconnect_s is not None else "-"),
+        ("RSS per connection", f"{per_device:.1f} KiB" if per_device is not None else "-"),
         ("elapsed", f"{summary.elapsed_s:.1f}s"),
         ("acked/s", f"{summary.acked / summary.elapsed_s:.0f}" if summary.elapsed_s else "-"),
+        ("steady acked/s", f"{summary.steady_acked_per_s:.0f}" if summary.steady_acked_per_s else "-"),
     ]
     for name, value in rows:
         table.add_row(name, str(value))
     return table
+
+
+def _run_sharded(
+    child_args: Callable[[int, Path], list[str]],
+    processes: int,
+    timeout: float,
+    confirm: bool,
+    summary_file: Path | None,
+    as_json: bool,
+) -> None:
+    last_write = [0.0]
+
+    def tick(summary: FleetSummary) -> None:
+        if summary_file is not None and time.monotonic() - last_write[0] >= 0.5:
+            last_write[0] = time.monotonic()
+            _write_summary(summary_file, summary, running=True)
+
+    with tempfile.TemporaryDirectory(prefix="edgetally-shards-") as tmp, err.status(f"{processes} fleet shards running"):
+        try:
+            summary = run_shards(child_args, processes, Path(tmp), timeout, confirm, on_tick=tick)
+        except DeviceError as exc:
+            raise _fail(str(exc)) from exc
+    if summary_file is not None:
+        _write_summary(summary_file, summary, running=False)
+    if as_json:
+        typer.echo(json.dumps({**summary.to_mapping(), "processes": processes}, indent=2))
+    else:
+        out.print(_summary_table(summary))
+    raise typer.Exit(0 if summary.ok else 1)
 
 
 def _write_summary(path: Path, summary: FleetSummary, *, running: bool) -> None:
@@ -130,6 +188,13 @@ def run_cmd(
     confirm: bool = typer.Option(True, "--confirm/--no-confirm", help="Keep batches until the cloud receipts them"),
     resend_after: float = typer.Option(5.0, "--resend-after", min=0.1, help="Seconds without receipt progress before resending"),
     timeout: float = typer.Option(600.0, "--timeout", min=1.0, help="Give up after this many seconds"),
+    connect_rate: float = typer.Option(200.0, "--connect-rate", min=0.0, help="New connections per second, fleet-wide (0 = unpaced)"),
+    keepalive: int = typer.Option(30, "--keepalive", min=1, max=65535, help="MQTT keepalive of every device, seconds"),
+    reconnect_min: float = typer.Option(0.5, "--reconnect-min", min=0.01, help="First reconnect backoff ceiling, seconds (full jitter)"),
+    reconnect_max: float = typer.Option(30.0, "--reconnect-max", min=0.01, help="Reconnect backoff cap, seconds"),
+    hold: bool = typer.Option(False, "--hold", help="Publish only once every device is connected; stay connected until all are done"),
+    processes: int = typer.Option(1, "--processes", min=1, help="Shard the devices across N child processes"),
+    shard: str | None = typer.Option(None, "--shard", hidden=True, help="K/N: run only shard K of N (set by --processes)"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
     summary_file: Path | None = typer.Option(None, "--summary", help="Also write the JSON summary to this file"),
 ) -> None:
@@ -142,6 +207,25 @@ def run_cmd(
             if election.to_mapping() != registry.election.to_mapping():
                 raise _fail(f"{election_file} is not the election the keys in {keys} were provisioned for")
         chosen = registry.election.devices[:devices] if devices else None
+        if shard is not None:
+            chosen = pick(chosen or registry.election.devices, parse_shard(shard))
+        if processes > 1:
+            if shard is not None:
+                raise _fail("--processes and --shard do not mix")
+
+            def child_args(k: int, file: Path) -> list[str]:
+                return [
+                    "devices", "run", "--broker", broker, "--keys", str(keys), "--seed", str(seed),
+                    "--batches-per-device", str(batches), "--rate", str(rate / processes),
+                    "--devices", str(devices), "--confirm" if confirm else "--no-confirm",
+                    "--resend-after", str(resend_after), "--timeout", str(timeout),
+                    "--connect-rate", str(connect_rate / processes), "--keepalive", str(keepalive),
+                    "--reconnect-min", str(reconnect_min), "--reconnect-max", str(reconnect_max),
+                    *(["--hold"] if hold else []), "--shard", f"{k}/{processes}", "--summary", str(file), "--json",
+                ]  # fmt: skip
+
+            _run_sharded(child_args, processes, timeout, confirm, summary_file, as_json)
+            return
         config = FleetConfig(
             broker=address,
             keys=keys,
@@ -152,6 +236,11 @@ def run_cmd(
             resend_after=resend_after,
             timeout=timeout,
             devices=chosen,
+            connect_rate=connect_rate,
+            keepalive=keepalive,
+            reconnect_min=reconnect_min,
+            reconnect_max=max(reconnect_max, reconnect_min),
+            hold=hold,
         )
         fleet = Fleet(config, registry)
         fleet.prepare()
@@ -167,12 +256,14 @@ def run_cmd(
         transient=False,
     )
     total = fleet.stats.batches
+    connected_task = progress.add_task("connected", total=fleet.stats.devices)
     acked_task = progress.add_task("acked by broker", total=total)
     receipt_task = progress.add_task("receipted by cloud", total=total, visible=confirm)
 
     last_write = [0.0]
 
     def tick(f: Fleet) -> None:
+        progress.update(connected_task, completed=f.stats.connected)
         progress.update(acked_task, completed=f.acked)
         progress.update(receipt_task, completed=f.receipted)
         if summary_file is not None and time.monotonic() - last_write[0] >= 0.5:

@@ -5,6 +5,13 @@ status message and a last will, QoS 1 publishes awaited until the broker's PUBAC
 batch last. With ``confirm`` on (the default) a device also keeps every batch until the cloud's
 receipt covers it and resends what stays unreceipted, with capped exponential backoff; it is
 *confirmed* when its final batch is receipted.
+
+Scale (issue 5): connections are :mod:`devices.connection` (a lean MQTT 3.1.1 protocol, one
+keepalive timer wheel for the whole fleet), opened at most ``connect_rate`` per second
+fleet-wide (a token bucket; reconnects go through it too). A lost connection is retried after
+a capped exponential backoff with full jitter, per device, so a broker restart is not met by
+a thundering herd; the fleet counts reconnects, connect failures and the time from the first
+loss to every device connected again.
 """
 
 from __future__ import annotations
@@ -15,18 +22,20 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-import aiomqtt
 import orjson
 
-from devices._exceptions import FleetError
+from devices._exceptions import ConnectionFailed, FleetError
+from devices.connection import ConnectOptions, KeepaliveWheel, MqttConnection, Will, connect
 from devices.tabulator import SignedBatch, Tabulator
 from protocol import BrokerAddress, ProtocolError, Receipt, Registry, receipt_topic, status_topic
 
 log = logging.getLogger(__name__)
+
+MAX_RATE_SAMPLES = 20_000  # progress samples kept for the steady-rate window (a bound, not a limit hit in practice)
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,12 @@ class FleetConfig:
     keepalive: int = 30
     devices: tuple[str, ...] | None = None  # a subset; None = every device of the election
     client_prefix: str = "edgetally-dev-"
+    connect_rate: float = 200.0  # new connections per second, fleet-wide (0 = unpaced)
+    connect_burst: int = 0  # token bucket size; 0 = a tenth of a second's worth
+    reconnect_min: float = 0.5  # first reconnect backoff ceiling (full jitter below it)
+    reconnect_max: float = 30.0  # backoff cap
+    connect_timeout: float = 10.0
+    hold: bool = False  # publish only once every device is connected; stay connected until all are done
 
 
 @dataclass
@@ -53,12 +68,32 @@ class FleetStats:
     resends: int = 0
     reconnects: int = 0
     connect_failures: int = 0
+    connections_lost: int = 0
+    connected: int = 0
+    max_connected: int = 0
+    all_connected_s: float | None = None  # from start until every device first connected
+    full_reconnect_s: float | None = None  # last outage: first loss -> every device back
+    rss_prepared_kib: int = 0
+    rss_connected_kib: int = 0
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
+    down: int = 0  # devices that lost their connection and are not back yet
+    outage_started: float | None = None
+    samples: list[tuple[float, int]] = field(default_factory=list)  # (monotonic, publishes)
 
     @property
     def elapsed(self) -> float:
         return (self.finished or time.monotonic()) - self.started
+
+    def steady_rate(self, low: float = 0.1, high: float = 0.9) -> float | None:
+        """Publishes acked per second between ``low`` and ``high`` of all batches published."""
+        if not self.batches or len(self.samples) < 2:
+            return None
+        lo = next((s for s in self.samples if s[1] >= low * self.batches), None)
+        hi = next((s for s in self.samples if s[1] >= high * self.batches), None)
+        if lo is None or hi is None or hi[0] <= lo[0]:
+            return None
+        return (hi[1] - lo[1]) / (hi[0] - lo[0])
 
 
 @dataclass(frozen=True)
@@ -74,6 +109,15 @@ class FleetSummary:
     reconnects: int
     elapsed_s: float
     confirm: bool
+    connected: int = 0
+    max_connected: int = 0
+    connect_failures: int = 0
+    connections_lost: int = 0
+    all_connected_s: float | None = None
+    full_reconnect_s: float | None = None
+    rss_prepared_kib: int = 0
+    rss_connected_kib: int = 0
+    steady_acked_per_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -81,7 +125,14 @@ class FleetSummary:
             return not self.unconfirmed_devices
         return self.acked == self.batches
 
+    @property
+    def connection_kib_per_device(self) -> float | None:
+        if not self.rss_connected_kib or not self.max_connected:
+            return None
+        return (self.rss_connected_kib - self.rss_prepared_kib) / self.max_connected
+
     def to_mapping(self) -> dict[str, object]:
+        per_device = self.connection_kib_per_device
         return {
             "ok": self.ok,
             "devices": self.devices,
@@ -93,30 +144,66 @@ class FleetSummary:
             "publishes": self.publishes,
             "resends": self.resends,
             "reconnects": self.reconnects,
+            "connect_failures": self.connect_failures,
+            "connections_lost": self.connections_lost,
+            "connected": self.connected,
+            "max_connected": self.max_connected,
+            "all_connected_s": _round(self.all_connected_s),
+            "full_reconnect_s": _round(self.full_reconnect_s),
+            "rss_prepared_kib": self.rss_prepared_kib,
+            "rss_connected_kib": self.rss_connected_kib,
+            "connection_kib_per_device": round(per_device, 2) if per_device is not None else None,
             "elapsed_s": round(self.elapsed_s, 3),
             "acked_per_s": round(self.acked / self.elapsed_s, 1) if self.elapsed_s else None,
+            "steady_acked_per_s": _round(self.steady_acked_per_s, 1),
         }
 
 
-class RateLimiter:
-    """Paces publishes fleet-wide: at most ``rate`` per second (0 = no pacing)."""
+def _round(value: float | None, digits: int = 3) -> float | None:
+    return round(value, digits) if value is not None else None
 
-    def __init__(self, rate: float) -> None:
+
+def rss_kib() -> int:
+    """This process's resident memory (VmRSS), KiB; 0 where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class TokenBucket:
+    """At most ``rate`` acquisitions per second, after a burst of ``burst`` (rate 0 = no limit).
+
+    Callers reserve the next free slot and sleep until it: waiting is FIFO and needs no task.
+    """
+
+    def __init__(self, rate: float, burst: int = 1) -> None:
         self._interval = 1.0 / rate if rate > 0 else 0.0
+        self._burst = max(1, burst)
         self._next = 0.0
 
     async def acquire(self) -> None:
         if not self._interval:
             return
         now = asyncio.get_running_loop().time()
-        at = max(now, self._next)
+        at = max(self._next, now - (self._burst - 1) * self._interval)
         self._next = at + self._interval
         if at > now:
             await asyncio.sleep(at - now)
 
 
+class RateLimiter(TokenBucket):
+    """Paces publishes fleet-wide: at most ``rate`` per second (0 = no pacing)."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__(rate, 1)
+
+
 class Backoff:
-    """Capped exponential backoff with full jitter."""
+    """Capped exponential backoff with full jitter: uniform(0, min(cap, first * 2**attempt))."""
 
     def __init__(self, first: float, cap: float, rng: random.Random) -> None:
         self.first, self.cap, self._rng = first, cap, rng
@@ -126,9 +213,9 @@ class Backoff:
         self._attempt = 0
 
     def next(self) -> float:
-        ceiling = min(self.cap, self.first * (2**self._attempt))
+        ceiling = min(self.cap, self.first * (2 ** min(self._attempt, 30)))
         self._attempt += 1
-        return self._rng.uniform(ceiling / 2, ceiling)
+        return self._rng.uniform(0, ceiling)
 
 
 def _status(device: str, state: str, seq: int) -> bytes:
@@ -140,88 +227,107 @@ def _status(device: str, state: str, seq: int) -> bytes:
 class DeviceRunner:
     """Drives one tabulator over MQTT until it is done (confirmed, or all acked)."""
 
-    def __init__(self, tab: Tabulator, config: FleetConfig, limiter: RateLimiter, stats: FleetStats) -> None:
+    __slots__ = ("_down", "_progress", "_receipt_topic", "_status_topic", "config", "fleet", "stats", "tab")
+
+    def __init__(self, tab: Tabulator, fleet: Fleet) -> None:
         self.tab = tab
-        self.config = config
-        self.limiter = limiter
-        self.stats = stats
-        self._progress = asyncio.Event()
-        self._rng = random.Random(tab.device)
+        self.fleet = fleet
+        self.config = fleet.config
+        self.stats = fleet.stats
+        self._progress: asyncio.Future[None] | None = None
         election = tab.election.id
         self._receipt_topic = receipt_topic(election, tab.device)
         self._status_topic = status_topic(election, tab.device)
+        self._down = False
 
     def done(self) -> bool:
         return self.tab.confirmed if self.config.confirm else self.tab.all_acked
 
+    def _options(self) -> ConnectOptions:
+        return ConnectOptions(
+            host=self.config.broker.host,
+            port=self.config.broker.port,
+            client_id=f"{self.config.client_prefix}{self.tab.device}",
+            keepalive=self.config.keepalive,
+            clean_session=False,
+            will=Will(self._status_topic, _status(self.tab.device, "lost", 0), qos=1, retain=True),
+            timeout=self.config.connect_timeout,
+        )
+
     async def run(self) -> None:
-        backoff = Backoff(0.2, 5.0, self._rng)
+        backoff = Backoff(self.config.reconnect_min, self.config.reconnect_max, random.Random(self.tab.device))
         connected_once = False
-        while not self.done():
-            client = aiomqtt.Client(
-                self.config.broker.host,
-                self.config.broker.port,
-                identifier=f"{self.config.client_prefix}{self.tab.device}",
-                clean_session=False,
-                protocol=aiomqtt.ProtocolVersion.V311,
-                keepalive=self.config.keepalive,
-                will=aiomqtt.Will(self._status_topic, _status(self.tab.device, "lost", 0), qos=1, retain=True),
-                timeout=10,
-                logger=logging.getLogger(f"{__name__}.mqtt"),
-            )
-            failure: BaseException | None = None
-            try:
-                async with client:
-                    if connected_once:
-                        self.stats.reconnects += 1
-                    connected_once = True
-                    backoff.reset()
-                    await self._session(client)
-            except* aiomqtt.MqttError as group:
-                failure = group.exceptions[0]
-            if failure is not None:
-                if not connected_once:
+        try:
+            while not self.done():
+                await self.fleet.connect_limiter.acquire()
+                try:
+                    conn = await connect(self._options(), self.fleet.wheel, self._on_message)
+                except ConnectionFailed as exc:
                     self.stats.connect_failures += 1
-                delay = backoff.next()
-                log.info("device=%s connection lost (%s); retrying in %.1fs", self.tab.device, failure, delay)
-                await asyncio.sleep(delay)
+                    delay = backoff.next()
+                    log.debug("device=%s connect failed (%s); retrying in %.2fs", self.tab.device, exc, delay)
+                    await asyncio.sleep(delay)
+                    continue
+                if connected_once:
+                    self.stats.reconnects += 1
+                connected_once = True
+                backoff.reset()
+                self.fleet.on_connected(self)
+                try:
+                    await self._session(conn)
+                except ConnectionFailed as exc:
+                    self.fleet.on_lost(self)
+                    delay = backoff.next()
+                    log.info("device=%s connection lost (%s); reconnecting in %.2fs", self.tab.device, exc, delay)
+                    await asyncio.sleep(delay)
+                    continue
+                finally:
+                    self.stats.connected -= 1
+                    conn.abort()
+        finally:
+            self.fleet.on_exit(self)
 
-    async def _session(self, client: aiomqtt.Client) -> None:
-        await client.subscribe(self._receipt_topic, qos=1)
-        await client.publish(
-            self._status_topic, _status(self.tab.device, "online", self.tab.receipted), qos=1, retain=True
-        )
-        async with asyncio.TaskGroup() as tasks:
-            receiver = tasks.create_task(self._receive(client), name=f"receipts-{self.tab.device}")
-            try:
-                await self._send_until_done(client)
-            finally:
-                receiver.cancel()
+    async def _session(self, conn: MqttConnection) -> None:
+        await conn.subscribe(self._receipt_topic, qos=1)
+        await conn.publish(self._status_topic, _status(self.tab.device, "online", self.tab.receipted), retain=True)
+        if self.config.hold:
+            await self._until(conn, self.fleet.all_connected)
+        await self._send_until_done(conn)
         state = "confirmed" if self.tab.confirmed else "sent"
-        await client.publish(
-            self._status_topic, _status(self.tab.device, state, self.tab.receipted), qos=1, retain=True
-        )
+        await conn.publish(self._status_topic, _status(self.tab.device, state, self.tab.receipted), retain=True)
+        if self.config.hold:
+            await self._until(conn, self.fleet.all_done)
+        await conn.disconnect()
 
-    async def _receive(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            payload = message.payload
-            if not isinstance(payload, bytes | bytearray):
-                continue
-            try:
-                receipt = Receipt.parse(bytes(payload))
-            except ProtocolError as exc:
-                log.warning("device=%s ignoring bad receipt: %s", self.tab.device, exc)
-                continue
-            if self.tab.apply_receipt(receipt):
-                log.debug("device=%s receipted up to seq=%d", self.tab.device, receipt.seq)
-                self._progress.set()
+    @staticmethod
+    async def _until(conn: MqttConnection, gate: asyncio.Future[None]) -> None:
+        """Wait for ``gate``; raise ConnectionFailed if the connection is lost first."""
+        if not gate.done():
+            await asyncio.wait((gate, conn.lost), return_when=asyncio.FIRST_COMPLETED)
+        if conn.lost.done():
+            conn.lost.result()  # raises the ConnectionFailed it holds
 
-    async def _publish(self, client: aiomqtt.Client, batches: list[SignedBatch], *, resend: bool) -> None:
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        try:
+            receipt = Receipt.parse(payload)
+        except ProtocolError as exc:
+            log.warning("device=%s ignoring bad receipt on %s: %s", self.tab.device, topic, exc)
+            return
+        if self.tab.apply_receipt(receipt):
+            log.debug("device=%s receipted up to seq=%d", self.tab.device, receipt.seq)
+            if self._progress is not None and not self._progress.done():
+                self._progress.set_result(None)
+            if self.done():
+                self.fleet.on_done(self)
+
+    async def _publish(self, conn: MqttConnection, batches: list[SignedBatch], *, resend: bool) -> None:
+        limiter = self.fleet.limiter
         for batch in batches:
             if batch.seq <= self.tab.receipted:
                 continue
-            await self.limiter.acquire()
-            await client.publish(self.tab.topic, batch.payload, qos=1, timeout=30)
+            await limiter.acquire()
+            payload = self.tab.record_sent(batch.seq).payload  # write-ahead when a state store is attached
+            await conn.publish(self.tab.topic, payload, qos=1)
             self.tab.mark_acked(batch.seq)
             self.tab.publishes += 1
             self.stats.publishes += 1
@@ -229,26 +335,45 @@ class DeviceRunner:
                 self.tab.resends += 1
                 self.stats.resends += 1
             log.debug("device=%s seq=%d acked by broker", self.tab.device, batch.seq)
+        if self.done():
+            self.fleet.on_done(self)
 
-    async def _send_until_done(self, client: aiomqtt.Client) -> None:
-        await self._publish(client, self.tab.unacked(), resend=False)
+    async def _send_until_done(self, conn: MqttConnection) -> None:
+        await self._publish(conn, self.tab.unacked(), resend=False)
         delay = self.config.resend_after
+        loop = asyncio.get_running_loop()
         while not self.done():
-            self._progress.clear()
-            try:
-                await asyncio.wait_for(self._progress.wait(), timeout=delay)
+            self._progress = loop.create_future()
+            await asyncio.wait((self._progress, conn.lost), timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            if conn.lost.done():
+                conn.lost.result()
+            if self._progress.done():
                 delay = self.config.resend_after
-            except TimeoutError:
-                missing = self.tab.unreceipted()
-                log.info(
-                    "device=%s no receipt progress in %.1fs: resending %d batch(es) from seq=%d",
-                    self.tab.device,
-                    delay,
-                    len(missing),
-                    missing[0].seq if missing else 0,
-                )
-                await self._publish(client, missing, resend=True)
-                delay = min(delay * 2, self.config.resend_cap)
+                continue
+            missing = self.tab.unreceipted()
+            log.info(
+                "device=%s no receipt progress in %.1fs: resending %d batch(es) from seq=%d",
+                self.tab.device,
+                delay,
+                len(missing),
+                missing[0].seq if missing else 0,
+            )
+            await self._publish(conn, missing, resend=True)
+            delay = min(delay * 2, self.config.resend_cap)
+        self._progress = None
+
+
+def _compact(tab: Tabulator) -> None:
+    """Copy each signed payload into an exact-size bytes object.
+
+    Measured here: a ``bytes`` returned by ``orjson.dumps`` keeps its ~4 KiB working buffer
+    (``sys.getsizeof`` says 557 B, tracemalloc says 4,900 B), so 10,000 devices x 5 batches
+    held ~230 MB more than their payloads. ``memoryview(...).tobytes()`` makes a tight copy.
+    (Belongs in Tabulator itself; done here until devices/tabulator.py takes it.)
+    """
+    tab.batches = [
+        b if len(b.payload) > 2048 else replace(b, payload=memoryview(b.payload).tobytes()) for b in tab.batches
+    ]
 
 
 class Fleet:
@@ -259,48 +384,118 @@ class Fleet:
         self.registry = registry
         self.stats = FleetStats()
         self.tabulators: list[Tabulator] = []
+        self._done: set[str] = set()
+        # built in run(), inside the loop
+        self.wheel = KeepaliveWheel()
+        self.limiter = RateLimiter(0)
+        self.connect_limiter = TokenBucket(0)
+        self.all_connected: asyncio.Future[None]
+        self.all_done: asyncio.Future[None]
 
     def prepare(self) -> None:
         election = self.registry.election
         wanted = self.config.devices or election.devices
         unknown = [d for d in wanted if election.precinct_of(d) is None]
         if unknown:
-            raise FleetError(f"devices not in election {election.id!r}: {', '.join(unknown)}")
-        self.tabulators = [
-            Tabulator.load(election, self.config.keys, device, self.config.seed, self.config.batches_per_device)
-            for device in wanted
-        ]
+            raise FleetError(f"devices not in election {election.id!r}: {', '.join(unknown[:10])}")
+        self.tabulators = []
+        for device in wanted:
+            tab = Tabulator.load(election, self.config.keys, device, self.config.seed, self.config.batches_per_device)
+            _compact(tab)
+            self.tabulators.append(tab)
         self.stats.devices = len(self.tabulators)
         self.stats.batches = sum(len(t.batches) for t in self.tabulators)
 
+    # -- events from the device runners ---------------------------------------------------
+    def on_connected(self, runner: DeviceRunner) -> None:
+        stats = self.stats
+        stats.connected += 1
+        if stats.connected > stats.max_connected:
+            stats.max_connected = stats.connected
+        if runner._down:
+            runner._down = False
+            self._back(runner)
+        if stats.connected >= stats.devices - len(self._done) and not self.all_connected.done():
+            stats.all_connected_s = time.monotonic() - stats.started
+            stats.rss_connected_kib = rss_kib()
+            self.all_connected.set_result(None)
+            log.info("all %d devices connected in %.1fs", stats.connected, stats.all_connected_s)
+
+    def on_lost(self, runner: DeviceRunner) -> None:
+        stats = self.stats
+        stats.connections_lost += 1
+        if not runner._down:
+            runner._down = True
+            stats.down += 1
+            if stats.outage_started is None:
+                stats.outage_started = time.monotonic()
+
+    def _back(self, runner: DeviceRunner) -> None:
+        stats = self.stats
+        stats.down -= 1
+        if stats.down == 0 and stats.outage_started is not None:
+            stats.full_reconnect_s = time.monotonic() - stats.outage_started
+            stats.outage_started = None
+            log.info("every device reconnected %.1fs after the first loss", stats.full_reconnect_s)
+
+    def on_done(self, runner: DeviceRunner) -> None:
+        self._done.add(runner.tab.device)
+        if len(self._done) == self.stats.devices and not self.all_done.done():
+            self.all_done.set_result(None)
+
+    def on_exit(self, runner: DeviceRunner) -> None:
+        if runner._down:  # gave up (timeout) while disconnected
+            runner._down = False
+            self._back(runner)
+
+    # -- running --------------------------------------------------------------------------
     async def run(self, on_tick: Callable[[Fleet], None] | None = None) -> FleetSummary:
         if not self.tabulators:
             self.prepare()
-        limiter = RateLimiter(self.config.rate)
-        runners = [DeviceRunner(t, self.config, limiter, self.stats) for t in self.tabulators]
+        loop = asyncio.get_running_loop()
+        config = self.config
+        self.limiter = RateLimiter(config.rate)
+        burst = config.connect_burst or max(1, int(config.connect_rate / 10))
+        self.connect_limiter = TokenBucket(config.connect_rate, burst)
+        self.wheel = KeepaliveWheel()
+        self.all_connected = loop.create_future()
+        self.all_done = loop.create_future()
+        runners = [DeviceRunner(t, self) for t in self.tabulators]
+        for runner in runners:
+            if runner.done():
+                self.on_done(runner)
+        self.stats.rss_prepared_kib = rss_kib()
         self.stats.started = time.monotonic()
-        ticker: asyncio.Task[None] | None = None
-        if on_tick is not None:
-            ticker = asyncio.create_task(self._tick(on_tick), name="fleet-progress")
+        ticker = asyncio.create_task(self._tick(on_tick), name="fleet-progress")
         try:
-            async with asyncio.timeout(self.config.timeout):
+            async with asyncio.timeout(config.timeout):
                 async with asyncio.TaskGroup() as tasks:
                     for runner in runners:
                         tasks.create_task(runner.run(), name=f"device-{runner.tab.device}")
         except TimeoutError:
-            log.error("fleet timed out after %.0fs", self.config.timeout)
+            log.error("fleet timed out after %.0fs", config.timeout)
         finally:
             self.stats.finished = time.monotonic()
-            if ticker is not None:
-                ticker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await ticker
-                on_tick(self)  # type: ignore[misc]
+            self._sample()
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            self.wheel.close()
+            if on_tick is not None:
+                on_tick(self)
         return self.summary()
 
-    async def _tick(self, on_tick: Callable[[Fleet], None]) -> None:
+    def _sample(self) -> None:
+        samples = self.stats.samples
+        if len(samples) >= MAX_RATE_SAMPLES:
+            del samples[::2]  # keep the whole run, at half the resolution
+        samples.append((time.monotonic(), self.stats.publishes))
+
+    async def _tick(self, on_tick: Callable[[Fleet], None] | None) -> None:
         while True:
-            on_tick(self)
+            self._sample()
+            if on_tick is not None:
+                on_tick(self)
             await asyncio.sleep(0.2)
 
     @property
@@ -313,16 +508,26 @@ class Fleet:
 
     def summary(self) -> FleetSummary:
         unconfirmed = tuple(t.device for t in self.tabulators if not t.confirmed) if self.config.confirm else ()
+        stats = self.stats
         return FleetSummary(
-            devices=self.stats.devices,
-            batches=self.stats.batches,
+            devices=stats.devices,
+            batches=stats.batches,
             acked=self.acked,
             receipted=self.receipted,
             confirmed_devices=sum(1 for t in self.tabulators if t.confirmed),
             unconfirmed_devices=unconfirmed,
-            publishes=self.stats.publishes,
-            resends=self.stats.resends,
-            reconnects=self.stats.reconnects,
-            elapsed_s=self.stats.elapsed,
+            publishes=stats.publishes,
+            resends=stats.resends,
+            reconnects=stats.reconnects,
+            elapsed_s=stats.elapsed,
             confirm=self.config.confirm,
+            connected=stats.connected,
+            max_connected=stats.max_connected,
+            connect_failures=stats.connect_failures,
+            connections_lost=stats.connections_lost,
+            all_connected_s=stats.all_connected_s,
+            full_reconnect_s=stats.full_reconnect_s,
+            rss_prepared_kib=stats.rss_prepared_kib,
+            rss_connected_kib=stats.rss_connected_kib,
+            steady_acked_per_s=stats.steady_rate(),
         )

@@ -1,0 +1,236 @@
+"""Fleet at scale: connections, memory per device and signed-batch rate, against raw paho, in one run.
+
+    scripts/bench fleet [--devices 10000] [--batches-per-device 10] [--connect-rate 500] [--storm]
+
+  (a) ceiling: one raw paho QoS 1 publisher (1000 in flight) -> Mosquitto -> counting subscriber
+      (its own process), envelope-sized signed payloads.
+  (b) `edgetally devices run` (its own process) with N devices of a synthetic election: every
+      device its own connection, client id, persistent session and keepalive, opened at
+      --connect-rate. Printed: connected count, time to connect all, the fleet's RSS after
+      signing its batches and once every device is connected, per device.
+  (c) with every device connected (--hold), all publish their pre-signed batches QoS 1, awaiting
+      each PUBACK, while the same counting subscriber drains the broker: batches acked per second
+      over the steady window (10%..90% of all batches), and its ratio to the ceiling.
+  (d) --storm: a second fleet run, paced (--storm-rate), during which the broker is SIGKILLed and
+      restarted: reconnects, connect failures, time from the first loss to every device back.
+Every wait is bounded; the benchmark stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from benchmarks._mqtt import Sink, publish_all
+from devices.synth import synth_election
+from devices.tabulator import Tabulator
+from edgetally.brokers import BrokerProcess, mosquitto_binary
+from protocol import provision
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def ceiling(work: Path, keys: Path, messages: int) -> tuple[float, int]:
+    """Raw paho QoS 1 publisher -> Mosquitto -> counting subscriber: messages/s, payload size."""
+    election = synth_election(20, 10, 1)
+    provision(election, keys)
+    payloads = [
+        (b.payload, t.topic)
+        for t in (Tabulator.load(election, keys, d, 1, 10) for d in election.devices)
+        for b in t.batches
+    ]
+    envelopes = [(topic, payload) for payload, topic in (payloads[i % len(payloads)] for i in range(messages))]
+    broker = BrokerProcess(work / "ceiling-broker", name="ceiling")
+    broker.start()
+    try:
+        sink = Sink(broker.port, messages, client_id="ceiling-sink")
+        sink.start()
+        started = publish_all(broker.port, envelopes)
+        received, _first, last = sink.result(timeout=120)
+    finally:
+        broker.stop()
+    if received < messages:
+        raise RuntimeError(f"ceiling lost messages: {received}/{messages}")
+    return messages / (last - started), sum(len(p) for p, _ in payloads) // len(payloads)
+
+
+@dataclass
+class FleetRun:
+    summary: dict[str, Any]
+    peak_rss_kib: int
+    sink_rate: float | None
+
+
+def run_fleet(
+    console: Console,
+    broker: BrokerProcess,
+    keys: Path,
+    work: Path,
+    args: argparse.Namespace,
+    *,
+    label: str,
+    extra: list[str],
+    batches: int,
+    storm: bool = False,
+) -> FleetRun:
+    summary_file = work / f"{label}.json"
+    total = args.devices * batches
+    sink = Sink(broker.port, total, client_id=f"{label}-sink") if not storm else None
+    if sink is not None:
+        sink.start()
+    command = [
+        sys.executable, "-m", "edgetally", "--log-level", "WARNING", "devices", "run",
+        "--broker", broker.url, "--keys", str(keys), "--seed", "1", "--batches-per-device", str(batches),
+        "--no-confirm", "--connect-rate", str(args.connect_rate), "--timeout", str(args.timeout),
+        "--summary", str(summary_file), "--json", *extra,
+    ]  # fmt: skip
+    log = open(work / f"{label}.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"})
+    peak = 0
+    killed = False
+    deadline = time.monotonic() + args.timeout + 120
+    progress = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+    try:
+        with progress:
+            connected = progress.add_task(f"{label}: connected", total=args.devices)
+            acked = progress.add_task(f"{label}: acked by broker", total=total)
+            while proc.poll() is None:
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    raise RuntimeError(f"{label}: the fleet did not finish in time")
+                peak = max(peak, rss_kib(proc.pid))
+                snap = _read(summary_file)
+                progress.update(connected, completed=snap.get("connected", 0))
+                progress.update(acked, completed=snap.get("acked", 0))
+                if storm and not killed and snap.get("acked", 0) >= total * 0.3:
+                    console.print(f"[yellow]{label}: SIGKILL the broker at {snap.get('acked')} acked, restart it[/]")
+                    broker.kill()
+                    broker.start()
+                    killed = True
+                time.sleep(0.25)  # a progress display's refresh, not synchronisation
+    finally:
+        log.close()
+    summary = _read(summary_file)
+    if proc.returncode not in (0, 1) or not summary:
+        raise RuntimeError(f"{label}: fleet exited {proc.returncode}: {(work / f'{label}.log').read_text()[-2000:]}")
+    sink_rate = None
+    if sink is not None:
+        received, first, last = sink.result(timeout=60)
+        sink_rate = received / (last - first) if last > first else None
+    return FleetRun(summary, peak, sink_rate)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=10_000)
+    parser.add_argument("--batches-per-device", type=int, default=10)
+    parser.add_argument("--connect-rate", type=float, default=500.0)
+    parser.add_argument("--ceiling-messages", type=int, default=30_000)
+    parser.add_argument("--storm", action="store_true", help="also kill and restart the broker under a paced fleet")
+    parser.add_argument("--storm-rate", type=float, default=2000.0, help="fleet-wide batches/s during the storm run")
+    parser.add_argument("--timeout", type=float, default=300.0, help="each fleet run gives up after this many seconds")
+    args = parser.parse_args()
+    console = Console()
+    binary = mosquitto_binary()
+    if binary is None:
+        raise SystemExit("the benchmark needs mosquitto (apt-get install mosquitto)")
+    version = subprocess.run([binary, "-h"], capture_output=True, text=True).stdout.splitlines()[0]
+    console.print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {version}")
+    with tempfile.TemporaryDirectory(prefix="edgetally-bench-fleet-") as tmp:
+        work = Path(tmp)
+        with console.status("(a) ceiling: raw paho QoS 1 publisher -> Mosquitto -> subscriber"):
+            ceiling_rate, size = ceiling(work, work / "ceiling-keys", args.ceiling_messages)
+        console.print(f"ceiling: {ceiling_rate:,.0f} msg/s (payloads ~{size} B)")
+        with console.status(f"provisioning {args.devices:,} device keys"):
+            started = time.monotonic()
+            provision(synth_election(args.devices, max(1, args.devices // 3), 1), work / "keys")
+            provision_s = time.monotonic() - started
+        console.print(f"provisioned {args.devices:,} keys in {provision_s:.1f}s")
+        broker = BrokerProcess(work / "fleet-broker", name="fleet")
+        broker.start()
+        try:
+            main_run = run_fleet(console, broker, work / "keys", work, args, label="fleet", extra=["--hold"], batches=args.batches_per_device)
+            storm_run = None
+            if args.storm:
+                storm_run = run_fleet(
+                    console, broker, work / "keys", work, args, label="storm",
+                    extra=["--rate", str(args.storm_rate), "--reconnect-max", "10", "--resend-after", "30"],
+                    batches=args.batches_per_device, storm=True,
+                )  # fmt: skip
+        finally:
+            broker.kill()
+    console.print(_table(args, ceiling_rate, size, provision_s, main_run, storm_run))
+
+
+def _table(args: argparse.Namespace, ceiling_rate: float, size: int, provision_s: float, run: FleetRun, storm: FleetRun | None) -> Table:
+    s = run.summary
+    devices = args.devices
+    per_conn = s.get("connection_kib_per_device")
+    steady = s.get("steady_acked_per_s") or 0.0
+    table = Table(title=f"EdgeTally fleet: {devices:,} devices x {args.batches_per_device} signed batches (~{size} B), connect rate {args.connect_rate:,.0f}/s")
+    table.add_column("measurement")
+    table.add_column("value", justify="right")
+    table.add_column("target", justify="right")
+    rows = [
+        ("ceiling: raw paho QoS 1 -> mosquitto -> subscriber", f"{ceiling_rate:,.0f} msg/s", ""),
+        ("keys provisioned", f"{devices:,} in {provision_s:.1f}s", ""),
+        ("devices connected at once", f"{s.get('max_connected', 0):,}", f">= {devices:,}"),
+        ("time to connect all", f"{s.get('all_connected_s') or 0:.1f}s", f"~{devices / args.connect_rate:.1f}s at the rate"),
+        ("connect failures", f"{s.get('connect_failures', 0):,}", ""),
+        ("fleet RSS after signing (before connecting)", f"{s.get('rss_prepared_kib', 0) / 1024:,.1f} MiB", ""),
+        ("fleet RSS with every device connected", f"{s.get('rss_connected_kib', 0) / 1024:,.1f} MiB", ""),
+        ("RSS per connection (connected - before) / devices", f"{per_conn} KiB" if per_conn is not None else "-", ""),
+        ("RSS per device, whole process / devices", f"{s.get('rss_connected_kib', 0) / devices:.1f} KiB", "<= 50 KiB"),
+        ("fleet peak RSS (sampled) / devices", f"{run.peak_rss_kib / devices:.1f} KiB", ""),
+        ("batches acked by broker", f"{s.get('acked', 0):,} / {s.get('batches', 0):,}", ""),
+        ("fleet steady signed-batch rate (10%..90%)", f"{steady:,.0f} batches/s", f">= {0.5 * ceiling_rate:,.0f}"),
+        ("ratio to ceiling", f"{steady / ceiling_rate:.2f}", ">= 0.50"),
+        ("subscriber arrival rate during the fleet run", f"{run.sink_rate:,.0f} msg/s" if run.sink_rate else "-", ""),
+        ("subscriber arrival rate / ceiling", f"{run.sink_rate / ceiling_rate:.2f}" if run.sink_rate else "-", ""),
+    ]
+    if storm is not None:
+        t = storm.summary
+        rows += [
+            ("storm: batches acked", f"{t.get('acked', 0):,} / {t.get('batches', 0):,}", "all"),
+            ("storm: connections lost", f"{t.get('connections_lost', 0):,}", ""),
+            ("storm: reconnects", f"{t.get('reconnects', 0):,}", ""),
+            ("storm: connect failures", f"{t.get('connect_failures', 0):,}", ""),
+            ("storm: first loss -> every device back", f"{t.get('full_reconnect_s') or 0:.1f}s", f"~{devices / args.connect_rate:.1f}s at the rate"),
+        ]
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""The fleet with hundreds of devices: connect rate honoured, reconnect storm survived."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from devices.synth import synth_election, synth_mapping
+from edgetally.brokers import BrokerProcess
+from protocol import (
+    BATCH_FILTER,
+    GENESIS_HASH,
+    Receipt,
+    Registry,
+    parse_device_topic,
+    provision,
+    receipt_topic,
+    verify,
+)
+from tests.helpers import run_cli, start_cli, wait_until
+
+pytestmark = pytest.mark.integration
+
+CONNECTED_LINE = re.compile(r"^(\S+): New client connected from \S+ as edgetally-dev-")
+
+
+@pytest.fixture(scope="module")
+def synth_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("synth-keys")
+    provision(synth_election(300, 100, 7), directory)
+    return directory
+
+
+def connects_per_second(broker: BrokerProcess) -> Counter[str]:
+    """Broker-side: device connections accepted in each wall-clock second of its log."""
+    per_second: Counter[str] = Counter()
+    for line in broker.log_path.read_text().splitlines():
+        match = CONNECTED_LINE.match(line)
+        if match:
+            per_second[match.group(1)] += 1
+    return per_second
+
+
+def test_synth_election_is_deterministic_and_valid() -> None:
+    assert synth_mapping(1000, 40, 3) == synth_mapping(1000, 40, 3)
+    assert synth_mapping(1000, 40, 3) != synth_mapping(1000, 40, 4)
+    election = synth_election(1000, 40, 3)
+    assert len(election.devices) == len(set(election.devices)) == 1000
+    assert len(election.precincts) == 40
+    with pytest.raises(ValueError):
+        synth_mapping(10, 11, 1)
+
+
+def test_connect_rate_is_honoured_fleet_wide(broker: BrokerProcess, synth_keys: Path) -> None:
+    rate, burst, devices = 100, 10, 300
+    result = run_cli(
+        "devices", "run", "--broker", broker.url, "--keys", str(synth_keys), "--seed", "1",
+        "--batches-per-device", "1", "--no-confirm", "--hold", "--connect-rate", str(rate), "--json",
+    )  # fmt: skip
+    summary = json.loads(result.stdout)
+    assert summary["ok"] and summary["max_connected"] == devices
+    # fleet side: the token bucket allows `burst` at once, then `rate` per second
+    assert summary["all_connected_s"] >= (devices - burst) / rate * 0.95
+    # broker side: no wall-clock second saw more connections than the bucket allows
+    per_second = connects_per_second(broker)
+    assert sum(per_second.values()) == devices
+    assert max(per_second.values()) <= rate + burst + 1, per_second
+
+
+class PausableCloud:
+    """Verifies batches and keeps them; publishes receipts (retained, QoS 1) only once released."""
+
+    def __init__(self, broker: BrokerProcess, registry: Registry) -> None:
+        self.registry = registry
+        self.held: dict[str, dict[int, str]] = defaultdict(dict)
+        self.lock = threading.Lock()
+        self.connects = 0
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-cloud", protocol=mqtt.MQTTv311)
+        self.client.reconnect_delay_set(0.05, 0.2)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+
+    def _on_connect(self, client: mqtt.Client, *_: object) -> None:
+        client.subscribe(BATCH_FILTER, 1)
+        self.connects += 1
+
+    def _on_message(self, _client: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+        topic = parse_device_topic(message.topic)
+        assert topic is not None
+        batch = verify(message.payload, self.registry, topic_device=topic.device)
+        with self.lock:
+            self.held[batch.body.device][batch.body.seq] = batch.body_hash
+
+    @property
+    def batches(self) -> int:
+        with self.lock:
+            return sum(len(seqs) for seqs in self.held.values())
+
+    def release(self) -> None:
+        election = self.registry.election.id
+        with self.lock:
+            held = {device: dict(seqs) for device, seqs in self.held.items()}
+        for device, seqs in held.items():
+            top, top_hash = 0, GENESIS_HASH
+            while top + 1 in seqs:
+                top += 1
+                top_hash = seqs[top]
+            receipt = Receipt(election, device, top, top_hash)
+            info = self.client.publish(receipt_topic(election, device), receipt.to_bytes(), qos=1, retain=True)
+            assert info.rc == mqtt.MQTT_ERR_SUCCESS
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_reconnect_storm_every_device_reconnects_with_jitter_and_is_confirmed(
+    broker: BrokerProcess, synth_keys: Path, tmp_path: Path, processes: list
+) -> None:
+    devices, batches, rate = 200, 2, 400
+    registry = Registry.load(synth_keys)
+    cloud = PausableCloud(broker, registry)
+    summary_file = tmp_path / "summary.json"
+
+    def summary() -> dict[str, object]:
+        try:
+            return json.loads(summary_file.read_text())  # type: ignore[no-any-return]
+        except (OSError, ValueError):
+            return {}
+
+    try:
+        fleet = start_cli(
+            "devices", "run", "--broker", broker.url, "--keys", str(synth_keys), "--seed", "2",
+            "--devices", str(devices), "--batches-per-device", str(batches), "--connect-rate", str(rate),
+            "--reconnect-min", "0.2", "--reconnect-max", "2", "--resend-after", "60", "--keepalive", "5",
+            "--timeout", "60", "--summary", str(summary_file), "--json",
+            log=tmp_path / "fleet.log",
+        )  # fmt: skip
+        processes.append(fleet)
+        wait_until(lambda: summary().get("acked") == devices * batches and summary().get("connected") == devices,
+                   30, "every batch acked, every device connected")  # fmt: skip
+        wait_until(lambda: cloud.batches == devices * batches, 20, "every batch at the cloud")
+        cloud_connects = cloud.connects
+
+        broker.kill()
+        broker.start()
+
+        wait_until(lambda: summary().get("full_reconnect_s") is not None and summary().get("connected") == devices,
+                   30, "every device reconnected")  # fmt: skip
+        wait_until(lambda: cloud.connects > cloud_connects, 10, "the cloud back on the broker")
+        cloud.release()
+        assert fleet.wait(60) == 0, (tmp_path / "fleet.log").read_text()[-2000:]
+    finally:
+        cloud.close()
+
+    final = summary()
+    assert final["ok"] and final["confirmed_devices"] == devices and not final["running"]
+    assert final["connections_lost"] >= devices
+    assert final["reconnects"] >= devices
+    assert isinstance(final["full_reconnect_s"], float) and final["full_reconnect_s"] > 0
+    # no thundering herd: the restarted broker saw connections paced by the fleet's bucket
+    per_second = connects_per_second(broker)
+    assert max(per_second.values()) <= rate + rate // 10 + 1, per_second
+
+
+def test_processes_shard_the_devices_and_add_up_the_summaries(broker: BrokerProcess, synth_keys: Path) -> None:
+    result = run_cli(
+        "devices", "run", "--broker", broker.url, "--keys", str(synth_keys), "--seed", "3",
+        "--devices", "60", "--batches-per-device", "2", "--no-confirm", "--connect-rate", "0",
+        "--processes", "2", "--json",
+    )  # fmt: skip
+    summary = json.loads(result.stdout)
+    assert summary["ok"] and summary["processes"] == 2
+    assert summary["devices"] == 60 and summary["acked"] == 120 and summary["max_connected"] >= 30
+    # broker side: each of the 60 devices connected, under its own client id
+    clients = set(re.findall(r"New client connected from \S+ as (edgetally-dev-\S+) ", broker.log_path.read_text()))
+    assert clients == {f"edgetally-dev-{d}" for d in Registry.load(synth_keys).election.devices[:60]}
+
+
+def test_synth_command_writes_an_election_file_that_loads_back(tmp_path: Path) -> None:
+    from devices.election_file import load_election
+
+    out = tmp_path / "big.yaml"
+    run_cli("devices", "synth", "--devices", "50", "--precincts", "20", "--seed", "4", "--out", str(out))
+    assert load_election(out).to_mapping() == synth_election(50, 20, 4).to_mapping()
