@@ -50,6 +50,7 @@ class StackConfig:
     # A PostgreSQL URL with the right to CREATE DATABASE: the stack's cloud gets a database of
     # its own there (created by start(), dropped by stop()). Ignored when db_url is given.
     postgres_admin_url: str | None = None
+    fleet_args: tuple[str, ...] = ()  # more `devices run` options (e.g. --connect-rate 500)
 
 
 class Stack:
@@ -112,6 +113,7 @@ class Stack:
         ]
         if config.devices:
             fleet_args += ["--devices", str(config.devices)]
+        fleet_args += config.fleet_args
         self.fleet = Component("fleet", fleet_args, work, ready=False)
         self._registry: Registry | None = None
 
