@@ -4,8 +4,9 @@
     ├── ElectionFileError   an election file that cannot be read or does not hold together
     ├── ProvisionError      keys or registry missing or inconsistent with the election
     ├── FleetError          the fleet could not run (broker unreachable, bad options)
-    │   └── ConnectionFailed    an MQTT connection (devices/connection.py) failed or was lost
-    │       └── ConnectRefused  the broker answered CONNECT with a non-zero return code
+    │   ├── ConnectionFailed    an MQTT connection (devices/connection.py) failed or was lost
+    │   │   └── ConnectRefused  the broker answered CONNECT with a non-zero return code
+    │   └── MetricsError        the --metrics-port server could not start (port taken, ...)
     └── StateError          the device state store (--state-dir) cannot be read or written
         └── StateMismatch   the stored state would make a device send a different batch for a
                             seq it already sent (other election, seed, batch count or key)
@@ -44,3 +45,7 @@ class ConnectionFailed(FleetError):
 
 class ConnectRefused(ConnectionFailed):
     """The broker refused CONNECT (CONNACK return code != 0)."""
+
+
+class MetricsError(FleetError):
+    """The metrics endpoint (devices/metrics.py) could not be served."""

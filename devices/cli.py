@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -16,11 +17,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from devices._exceptions import DeviceError
+from devices.behaviours import EMPTY, assign, load_profile, profile_from_specs
 from devices.election_file import load_election, sample_election_path
 from devices.fleet import Fleet, FleetConfig, FleetSummary
 from devices.generator import expected_totals
+from devices.live import LiveView
+from devices.metrics import MetricsServer, linger
+from devices.preflight import check_fleet_inputs
 from devices.shards import parse_shard, pick, run_shards
+from devices.snapshot import FleetMonitor
+from devices.state import StateStore
 from devices.synth import synth_mapping
+from devices.truth import build_truth, write_truth
 from protocol import ProtocolError, Registry, parse_broker_url, provision
 
 app = typer.Typer(help="Provision tabulators, compute expected totals, run a device fleet.", no_args_is_help=True)
@@ -197,21 +205,37 @@ def run_cmd(
     shard: str | None = typer.Option(None, "--shard", hidden=True, help="K/N: run only shard K of N (set by --processes)"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
     summary_file: Path | None = typer.Option(None, "--summary", help="Also write the JSON summary to this file"),
+    live: bool | None = typer.Option(None, "--live/--no-live", help="Live table of the fleet (default: on when stdout is a terminal; never with --json or --processes)"),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", min=0, max=65535, help="Prometheus metrics on http://127.0.0.1:P/metrics (0 = a free port, printed on stderr); with --processes N, shard k serves P+k"),
+    metrics_linger: float = typer.Option(0.0, "--metrics-linger", min=0.0, help="After the run, keep serving the final metrics this many seconds (SIGTERM/SIGINT ends it)"),
+    state_dir: Path | None = typer.Option(None, "--state-dir", help="Keep each device's chain and unreceipted batches here (resume after a crash)"),
+    behaviour_specs: list[str] = typer.Option([], "--behaviour", help="NAME=SHARE (5% or a count), repeatable: flap, reboot, power_loss, duplicate, replay, tampered, wrong_key, clock_skew, slow, silent, after_final, burst"),
+    behaviours_file: Path | None = typer.Option(None, "--behaviours", help="YAML behaviour profile (per device and/or shares)"),
+    truth_file: Path | None = typer.Option(None, "--truth", help="Write the ground truth (what the cloud must accept and reject) to this JSON file"),
 ) -> None:
     """Run every device of the election: sign, publish QoS 1, keep until acknowledged/receipted."""
+    store: StateStore | None = None
     try:
         address = parse_broker_url(broker)
+        files_only = check_fleet_inputs(election_file, keys, [])  # election file and registry; no key read yet
+        everyone = files_only.devices[:devices] if devices else files_only.devices
+        chosen = pick(everyone, parse_shard(shard)) if shard is not None else (everyone if devices else None)
+        check_fleet_inputs(election_file, keys, chosen)  # every key that will sign, before any connection
         registry = Registry.load(keys)
-        if election_file is not None:
-            election = load_election(election_file)
-            if election.to_mapping() != registry.election.to_mapping():
-                raise _fail(f"{election_file} is not the election the keys in {keys} were provisioned for")
-        chosen = registry.election.devices[:devices] if devices else None
-        if shard is not None:
-            chosen = pick(chosen or registry.election.devices, parse_shard(shard))
+        profile = EMPTY.merged(profile_from_specs(behaviour_specs))
+        if behaviours_file is not None:
+            profile = profile.merged(load_profile(behaviours_file))
+        assigned = assign(everyone, profile, seed)  # over the whole fleet: the same whatever the sharding
+        if chosen is not None:
+            mine = set(chosen)
+            assigned = {d: b for d, b in assigned.items() if d in mine}
+        if truth_file is not None and processes > 1:
+            raise _fail("--truth is not supported with --processes yet (run one process)")
         if processes > 1:
             if shard is not None:
                 raise _fail("--processes and --shard do not mix")
+            if metrics_port == 0:
+                raise _fail("--metrics-port 0 (any free port) does not mix with --processes: give a port P (shard k serves P+k)")
 
             def child_args(k: int, file: Path) -> list[str]:
                 return [
@@ -222,6 +246,10 @@ def run_cmd(
                     "--connect-rate", str(connect_rate / processes), "--keepalive", str(keepalive),
                     "--reconnect-min", str(reconnect_min), "--reconnect-max", str(reconnect_max),
                     *(["--hold"] if hold else []), "--shard", f"{k}/{processes}", "--summary", str(file), "--json",
+                    *(["--state-dir", str(state_dir)] if state_dir is not None else []),
+                    *[a for spec in behaviour_specs for a in ("--behaviour", spec)],
+                    *(["--behaviours", str(behaviours_file)] if behaviours_file is not None else []),
+                    *(["--metrics-port", str(metrics_port + k), "--metrics-linger", str(metrics_linger)] if metrics_port is not None else []),
                 ]  # fmt: skip
 
             _run_sharded(child_args, processes, timeout, confirm, summary_file, as_json)
@@ -241,10 +269,17 @@ def run_cmd(
             reconnect_min=reconnect_min,
             reconnect_max=max(reconnect_max, reconnect_min),
             hold=hold,
+            behaviours=assigned,
         )
-        fleet = Fleet(config, registry)
-        fleet.prepare()
+        if state_dir is not None:
+            store = StateStore(state_dir).open()
+        fleet = Fleet(config, registry, store)
+        fleet.prepare()  # with a store: every tabulator opened and written ahead in one group (one fsync)
+        if truth_file is not None:
+            write_truth(truth_file, build_truth(fleet))  # before the first publish
     except (DeviceError, ProtocolError) as exc:
+        if store is not None:
+            store.close()
         raise _fail(str(exc)) from exc
 
     progress = Progress(
@@ -261,8 +296,18 @@ def run_cmd(
     receipt_task = progress.add_task("receipted by cloud", total=total, visible=confirm)
 
     last_write = [0.0]
+    monitor = FleetMonitor()
+    show_live = (live if live is not None else out.is_terminal) and not as_json
+    metrics = MetricsServer(metrics_port, lambda: monitor.latest) if metrics_port is not None else None
+    if metrics is not None:
+        try:
+            metrics.start()
+        except DeviceError as exc:
+            raise _fail(str(exc)) from exc
+        err.print(f"metrics: {metrics.url}", highlight=False, soft_wrap=True)
 
     def tick(f: Fleet) -> None:
+        monitor.observe(f)
         progress.update(connected_task, completed=f.stats.connected)
         progress.update(acked_task, completed=f.acked)
         progress.update(receipt_task, completed=f.receipted)
@@ -270,14 +315,25 @@ def run_cmd(
             last_write[0] = time.monotonic()
             _write_summary(summary_file, f.summary(), running=True)
 
-    with progress:
-        summary = asyncio.run(fleet.run(on_tick=tick))
-    if summary_file is not None:
-        _write_summary(summary_file, summary, running=False)
-    if as_json:
-        typer.echo(json.dumps(summary.to_mapping(), indent=2))
-    else:
-        out.print(_summary_table(summary))
-        if summary.unconfirmed_devices:
-            out.print(f"[red]unconfirmed:[/] {', '.join(summary.unconfirmed_devices)}")
+    try:
+        with LiveView(monitor, out) if show_live else progress:
+            summary = asyncio.run(fleet.run(on_tick=tick))
+        if truth_file is not None:
+            write_truth(truth_file, build_truth(fleet))  # again, with what each device published
+        if summary_file is not None:
+            _write_summary(summary_file, summary, running=False)
+        if as_json:
+            typer.echo(json.dumps(summary.to_mapping(), indent=2))
+        else:
+            out.print(_summary_table(summary))
+            if summary.unconfirmed_devices:
+                out.print(f"[red]unconfirmed:[/] {', '.join(summary.unconfirmed_devices)}")
+        if metrics is not None:
+            sys.stdout.flush()
+            linger(metrics_linger)
+    finally:
+        if metrics is not None:
+            metrics.close()
+        if store is not None:
+            store.close()
     raise typer.Exit(0 if summary.ok else 1)

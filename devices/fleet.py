@@ -21,17 +21,29 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 
+from devices import behaviours as bh
 from devices._exceptions import ConnectionFailed, FleetError
+from devices.behaviours import Behaviour
 from devices.connection import ConnectOptions, KeepaliveWheel, MqttConnection, Will, connect
+from devices.snapshot import batch_counts
+from devices.state import StateStore
 from devices.tabulator import SignedBatch, Tabulator
-from protocol import BrokerAddress, ProtocolError, Receipt, Registry, receipt_topic, status_topic
+from protocol import (
+    BrokerAddress,
+    ProtocolError,
+    Receipt,
+    Registry,
+    load_signing_key,
+    receipt_topic,
+    status_topic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +70,7 @@ class FleetConfig:
     reconnect_max: float = 30.0  # backoff cap
     connect_timeout: float = 10.0
     hold: bool = False  # publish only once every device is connected; stay connected until all are done
+    behaviours: Mapping[str, Behaviour] = field(default_factory=dict)  # device -> misbehaviour (devices/behaviours.py)
 
 
 @dataclass
@@ -80,6 +93,8 @@ class FleetStats:
     down: int = 0  # devices that lost their connection and are not back yet
     outage_started: float | None = None
     samples: list[tuple[float, int]] = field(default_factory=list)  # (monotonic, publishes)
+    exited: int = 0  # device runners that have ended (done, or gave up at the timeout)
+    behaviours: dict[str, int] = field(default_factory=dict)  # misbehaviours injected, by name
 
     @property
     def elapsed(self) -> float:
@@ -118,6 +133,9 @@ class FleetSummary:
     rss_prepared_kib: int = 0
     rss_connected_kib: int = 0
     steady_acked_per_s: float | None = None
+    sent: int = 0  # distinct batches written to the broker at least once
+    pending: int = 0  # sent and not receipted (still in device spools)
+    behaviours: Mapping[str, int] = field(default_factory=dict)  # misbehaviours injected
 
     @property
     def ok(self) -> bool:
@@ -156,6 +174,9 @@ class FleetSummary:
             "elapsed_s": round(self.elapsed_s, 3),
             "acked_per_s": round(self.acked / self.elapsed_s, 1) if self.elapsed_s else None,
             "steady_acked_per_s": _round(self.steady_acked_per_s, 1),
+            "sent": self.sent,
+            "pending": self.pending,
+            "behaviours": dict(sorted(self.behaviours.items())),
         }
 
 
@@ -227,7 +248,10 @@ def _status(device: str, state: str, seq: int) -> bytes:
 class DeviceRunner:
     """Drives one tabulator over MQTT until it is done (confirmed, or all acked)."""
 
-    __slots__ = ("_down", "_progress", "_receipt_topic", "_status_topic", "config", "fleet", "stats", "tab")
+    __slots__ = (
+        "_down", "_epilogue_done", "_progress", "_receipt_topic", "_status_topic", "_tripped",
+        "behaviour", "config", "fleet", "stats", "tab",
+    )  # fmt: skip
 
     def __init__(self, tab: Tabulator, fleet: Fleet) -> None:
         self.tab = tab
@@ -239,9 +263,42 @@ class DeviceRunner:
         self._receipt_topic = receipt_topic(election, tab.device)
         self._status_topic = status_topic(election, tab.device)
         self._down = False
+        self.behaviour: Behaviour | None = self.config.behaviours.get(tab.device)
+        self._tripped = False  # the once-only mid-run behaviour (flap, reboot, power loss, tampered) happened
+        self._epilogue_done = False  # replay / after_final sent
+
+    @property
+    def last_seq(self) -> int:
+        """The highest seq this device will ever publish (a silent device keeps its final)."""
+        return last_seq(self.tab, self.behaviour)
 
     def done(self) -> bool:
-        return self.tab.confirmed if self.config.confirm else self.tab.all_acked
+        if self.behaviour in (Behaviour.REPLAY, Behaviour.AFTER_FINAL):
+            return self._epilogue_done and self._own_batches_done()
+        return self._own_batches_done()
+
+    def _own_batches_done(self) -> bool:
+        tab, behaviour = self.tab, self.behaviour
+        if behaviour is None:
+            return tab.confirmed if self.config.confirm else tab.all_acked
+        if behaviour is Behaviour.WRONG_KEY:  # the cloud never receipts a batch it refuses
+            core = all(s in tab.acked for s in range(1, self.last_seq + 1))
+        elif self.config.confirm:
+            core = tab.receipted >= self.last_seq
+        else:
+            core = all(s in tab.acked for s in range(1, self.last_seq + 1))
+        return core
+
+    def _count_extra(self) -> None:
+        """A message a behaviour added (not one of the device's batches) was acknowledged."""
+        self.tab.publishes += 1
+        self.stats.publishes += 1
+
+    def _inject(self) -> None:
+        assert self.behaviour is not None
+        name = self.behaviour.value
+        self.stats.behaviours[name] = self.stats.behaviours.get(name, 0) + 1
+        log.info("device=%s behaviour %s injected", self.tab.device, name)
 
     def _options(self) -> ConnectOptions:
         return ConnectOptions(
@@ -273,17 +330,25 @@ class DeviceRunner:
                 connected_once = True
                 backoff.reset()
                 self.fleet.on_connected(self)
+                lost: ConnectionFailed | None = None
                 try:
                     await self._session(conn)
+                except _Reboot:
+                    self.fleet.on_lost(self)
+                    conn.abort()
+                    self.tab = self.fleet.reboot(self.tab)
+                    log.info("device=%s rebooted from its state store at seq=%d", self.tab.device, self.tab.sent_seq)
+                    continue
                 except ConnectionFailed as exc:
                     self.fleet.on_lost(self)
-                    delay = backoff.next()
-                    log.info("device=%s connection lost (%s); reconnecting in %.2fs", self.tab.device, exc, delay)
-                    await asyncio.sleep(delay)
-                    continue
+                    lost = exc
                 finally:
                     self.stats.connected -= 1
                     conn.abort()
+                if lost is not None:  # back off only once counted offline
+                    delay = backoff.next()
+                    log.info("device=%s connection lost (%s); reconnecting in %.2fs", self.tab.device, lost, delay)
+                    await asyncio.sleep(delay)
         finally:
             self.fleet.on_exit(self)
 
@@ -293,6 +358,7 @@ class DeviceRunner:
         if self.config.hold:
             await self._until(conn, self.fleet.all_connected)
         await self._send_until_done(conn)
+        await self._epilogue(conn)
         state = "confirmed" if self.tab.confirmed else "sent"
         await conn.publish(self._status_topic, _status(self.tab.device, state, self.tab.receipted), retain=True)
         if self.config.hold:
@@ -322,13 +388,26 @@ class DeviceRunner:
 
     async def _publish(self, conn: MqttConnection, batches: list[SignedBatch], *, resend: bool) -> None:
         limiter = self.fleet.limiter
+        behaviour = self.behaviour
+        last = self.last_seq
+        if behaviour is Behaviour.BURST and not resend:
+            await self._burst(conn, [b for b in batches if self.tab.receipted < b.seq <= last])
+            batches = []
         for batch in batches:
-            if batch.seq <= self.tab.receipted:
+            if batch.seq <= self.tab.receipted or batch.seq > last:
                 continue
+            if behaviour is not None:
+                await self._before(conn, batch)
             await limiter.acquire()
             payload = self.tab.record_sent(batch.seq).payload  # write-ahead when a state store is attached
             await conn.publish(self.tab.topic, payload, qos=1)
+            if behaviour is Behaviour.DUPLICATE:
+                await conn.publish(self.tab.topic, payload, qos=1)
+                self._inject()
+                self._count_extra()
             self.tab.mark_acked(batch.seq)
+            if behaviour is not None:
+                self._after(batch)
             self.tab.publishes += 1
             self.stats.publishes += 1
             if resend:
@@ -338,11 +417,73 @@ class DeviceRunner:
         if self.done():
             self.fleet.on_done(self)
 
+    async def _before(self, conn: MqttConnection, batch: SignedBatch) -> None:
+        """Behaviours that act before ``batch`` is published."""
+        behaviour = self.behaviour
+        if behaviour is Behaviour.SLOW:
+            await asyncio.sleep(bh.SLOW_DELAY_S)  # the behaviour itself, not synchronisation
+        if self._tripped or batch.seq != bh.mid_seq(self.tab.final_seq):
+            return
+        if behaviour is Behaviour.TAMPERED:
+            self._tripped = True
+            await conn.publish(self.tab.topic, bh.tampered(batch.payload), qos=1)
+            self._inject()
+            self._count_extra()
+        elif behaviour is Behaviour.POWER_LOSS:
+            self._tripped = True
+            payload = self.tab.record_sent(batch.seq).payload  # on disk before the network sees it
+            unacked = conn.publish(self.tab.topic, payload, qos=1)
+            unacked.add_done_callback(_consume)
+            self._inject()
+            raise _Reboot  # the power goes before the PUBACK can arrive
+
+    def _after(self, batch: SignedBatch) -> None:
+        """Behaviours that act once ``batch`` was acknowledged by the broker."""
+        if self._tripped or batch.seq != bh.mid_seq(self.tab.final_seq):
+            return
+        if self.behaviour is Behaviour.FLAP:
+            self._tripped = True
+            self._inject()
+            raise ConnectionFailed(f"device={self.tab.device}: network flap (behaviour)")
+        if self.behaviour is Behaviour.REBOOT:
+            self._tripped = True
+            self._inject()
+            raise _Reboot
+
+    async def _burst(self, conn: MqttConnection, batches: list[SignedBatch]) -> None:
+        """Every batch written at once; then wait for all the PUBACKs."""
+        if not batches:
+            return
+        self.tab.record_sent(batches[-1].seq)  # one write-ahead for the whole burst
+        futures = [conn.publish(self.tab.topic, b.payload, qos=1) for b in batches]
+        self._inject()
+        await asyncio.gather(*futures)
+        for batch in batches:
+            self.tab.mark_acked(batch.seq)
+            self.tab.publishes += 1
+            self.stats.publishes += 1
+
+    async def _epilogue(self, conn: MqttConnection) -> None:
+        """What a device does once its own batches are in: replay an old one, or send after final."""
+        if self._epilogue_done or self.behaviour not in (Behaviour.REPLAY, Behaviour.AFTER_FINAL):
+            return
+        tab = self.tab
+        if self.behaviour is Behaviour.REPLAY:
+            payload = tab.batches[0].payload
+        else:
+            payload = bh.after_final_payload(tab.batches[-1].payload, tab.key)
+        await conn.publish(tab.topic, payload, qos=1)
+        self._inject()
+        self._count_extra()
+        self._epilogue_done = True
+        if self.done():
+            self.fleet.on_done(self)
+
     async def _send_until_done(self, conn: MqttConnection) -> None:
         await self._publish(conn, self.tab.unacked(), resend=False)
         delay = self.config.resend_after
         loop = asyncio.get_running_loop()
-        while not self.done():
+        while not self._own_batches_done():
             self._progress = loop.create_future()
             await asyncio.wait((self._progress, conn.lost), timeout=delay, return_when=asyncio.FIRST_COMPLETED)
             if conn.lost.done():
@@ -350,7 +491,7 @@ class DeviceRunner:
             if self._progress.done():
                 delay = self.config.resend_after
                 continue
-            missing = self.tab.unreceipted()
+            missing = [b for b in self.tab.unreceipted() if b.seq <= self.last_seq]
             log.info(
                 "device=%s no receipt progress in %.1fs: resending %d batch(es) from seq=%d",
                 self.tab.device,
@@ -361,6 +502,21 @@ class DeviceRunner:
             await self._publish(conn, missing, resend=True)
             delay = min(delay * 2, self.config.resend_cap)
         self._progress = None
+
+
+class _Reboot(Exception):
+    """The device loses its memory (reboot, power loss) and reopens from its state store."""
+
+
+def _consume(future: asyncio.Future[int]) -> None:
+    """Retrieve a dropped publish's outcome (power loss): nobody waits for it any more."""
+    if not future.cancelled():
+        future.exception()
+
+
+def last_seq(tab: Tabulator, behaviour: Behaviour | None) -> int:
+    """The highest seq a device with ``behaviour`` publishes of its own batches."""
+    return tab.final_seq - 1 if behaviour is Behaviour.SILENT else tab.final_seq
 
 
 def _compact(tab: Tabulator) -> None:
@@ -379,9 +535,12 @@ def _compact(tab: Tabulator) -> None:
 class Fleet:
     """Builds the tabulators (signing every batch up front) and runs them."""
 
-    def __init__(self, config: FleetConfig, registry: Registry) -> None:
+    def __init__(self, config: FleetConfig, registry: Registry, store: StateStore | None = None) -> None:
+        """``store``: an open device state store (--state-dir); the caller closes it."""
         self.config = config
         self.registry = registry
+        self.store = store
+        self.runners: list[DeviceRunner] = []
         self.stats = FleetStats()
         self.tabulators: list[Tabulator] = []
         self._done: set[str] = set()
@@ -398,13 +557,45 @@ class Fleet:
         unknown = [d for d in wanted if election.precinct_of(d) is None]
         if unknown:
             raise FleetError(f"devices not in election {election.id!r}: {', '.join(unknown[:10])}")
+        needs_store = sorted({b.value for b in self.config.behaviours.values()} & {b.value for b in bh.NEEDS_STATE_DIR})
+        if needs_store and self.store is None:
+            raise FleetError(f"behaviour {', '.join(needs_store)} needs --state-dir (a device reopens from it)")
         self.tabulators = []
-        for device in wanted:
-            tab = Tabulator.load(election, self.config.keys, device, self.config.seed, self.config.batches_per_device)
-            _compact(tab)
-            self.tabulators.append(tab)
+        store = self.store
+        with store.group() if store is not None else contextlib.nullcontext():  # one fsync for the fleet
+            for device in wanted:
+                tab = self._build(device)
+                if store is not None and (last := last_seq(tab, self.config.behaviours.get(device))) >= 1:
+                    tab.record_sent(last)  # write-ahead of everything the device will send
+                self.tabulators.append(tab)
         self.stats.devices = len(self.tabulators)
         self.stats.batches = sum(len(t.batches) for t in self.tabulators)
+
+    def _build(self, device: str) -> Tabulator:
+        """The device's tabulator, as its behaviour makes it; resumed from the store if any."""
+        config, election = self.config, self.registry.election
+        behaviour = config.behaviours.get(device)
+        if behaviour is Behaviour.WRONG_KEY:
+            key = bh.wrong_key(config.seed, device)
+        else:
+            key = load_signing_key(config.keys, device)
+        adjust = bh.skew if behaviour is Behaviour.CLOCK_SKEW else None
+        if self.store is not None:
+            variant = behaviour.value if behaviour is Behaviour.CLOCK_SKEW else ""
+            tab = Tabulator.open(
+                election, device, key, config.seed, config.batches_per_device, self.store, adjust, variant
+            )
+        else:
+            tab = Tabulator(election, device, key, config.seed, config.batches_per_device, adjust)
+        _compact(tab)
+        return tab
+
+    def reboot(self, tab: Tabulator) -> Tabulator:
+        """A device lost its memory: a new tabulator reopened from the store replaces ``tab``."""
+        fresh = self._build(tab.device)
+        fresh.publishes, fresh.resends = tab.publishes, tab.resends
+        self.tabulators[self.tabulators.index(tab)] = fresh
+        return fresh
 
     # -- events from the device runners ---------------------------------------------------
     def on_connected(self, runner: DeviceRunner) -> None:
@@ -444,6 +635,7 @@ class Fleet:
             self.all_done.set_result(None)
 
     def on_exit(self, runner: DeviceRunner) -> None:
+        self.stats.exited += 1
         if runner._down:  # gave up (timeout) while disconnected
             runner._down = False
             self._back(runner)
@@ -460,7 +652,7 @@ class Fleet:
         self.wheel = KeepaliveWheel()
         self.all_connected = loop.create_future()
         self.all_done = loop.create_future()
-        runners = [DeviceRunner(t, self) for t in self.tabulators]
+        runners = self.runners = [DeviceRunner(t, self) for t in self.tabulators]
         for runner in runners:
             if runner.done():
                 self.on_done(runner)
@@ -507,7 +699,11 @@ class Fleet:
         return sum(t.receipted for t in self.tabulators)
 
     def summary(self) -> FleetSummary:
-        unconfirmed = tuple(t.device for t in self.tabulators if not t.confirmed) if self.config.confirm else ()
+        counts = batch_counts(self)
+        if self.runners:  # a misbehaving device is done by its behaviour's measure (silent: no final)
+            unconfirmed = tuple(r.tab.device for r in self.runners if not r.done()) if self.config.confirm else ()
+        else:
+            unconfirmed = tuple(t.device for t in self.tabulators if not t.confirmed) if self.config.confirm else ()
         stats = self.stats
         return FleetSummary(
             devices=stats.devices,
@@ -530,4 +726,7 @@ class Fleet:
             rss_prepared_kib=stats.rss_prepared_kib,
             rss_connected_kib=stats.rss_connected_kib,
             steady_acked_per_s=stats.steady_rate(),
+            sent=counts.sent,
+            pending=counts.pending,
+            behaviours=dict(stats.behaviours),
         )

@@ -56,6 +56,10 @@ def aggregate(parts: Sequence[dict[str, Any]], confirm: bool) -> FleetSummary:
         return max(values) if values else None
 
     steady = [float(p["steady_acked_per_s"]) for p in parts if p.get("steady_acked_per_s")]
+    behaviours: dict[str, int] = {}
+    for part in parts:
+        for name, count in (part.get("behaviours") or {}).items():
+            behaviours[name] = behaviours.get(name, 0) + int(count)
     return FleetSummary(
         devices=total("devices"),
         batches=total("batches"),
@@ -77,6 +81,9 @@ def aggregate(parts: Sequence[dict[str, Any]], confirm: bool) -> FleetSummary:
         rss_prepared_kib=total("rss_prepared_kib"),
         rss_connected_kib=total("rss_connected_kib"),
         steady_acked_per_s=sum(steady) if steady else None,
+        sent=total("sent"),
+        pending=total("pending"),
+        behaviours=behaviours,
     )
 
 

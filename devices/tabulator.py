@@ -18,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from devices._exceptions import StateMismatch
 from devices.generator import iter_batches
 from devices.state import DeviceState, StateStore
-from protocol import Election, Receipt, SigningKey, batch_topic, load_signing_key, seal
+from protocol import BatchBody, Election, Receipt, SigningKey, batch_topic, load_signing_key, seal
 from protocol.canonical import dumps as canonical_dumps
 from protocol.envelope import body_hash
 
@@ -52,20 +53,43 @@ def _election_digest(election: Election) -> str:
     return digest
 
 
-def state_fingerprint(election: Election, seed: int, batches: int, kid: str) -> str:
-    """What a device's batches are made of; stored state made of anything else is refused."""
-    return f"v1:{_election_digest(election)[:32]}:seed={seed}:batches={batches}:kid={kid}"
+def state_fingerprint(election: Election, seed: int, batches: int, kid: str, variant: str = "") -> str:
+    """What a device's batches are made of; stored state made of anything else is refused.
+
+    ``variant`` names a change to the generated bodies (``adjust``, e.g. a clock skew).
+    """
+    base = f"v1:{_election_digest(election)[:32]}:seed={seed}:batches={batches}:kid={kid}"
+    return f"{base}:{variant}" if variant else base
+
+
+Adjust = Callable[[BatchBody], BatchBody]  # rewrites a generated body before signing (behaviours)
 
 
 class Tabulator:
     """State of one device. Building it signs its batches; no network I/O (``open`` reads disk)."""
 
-    def __init__(self, election: Election, device: str, key: SigningKey, seed: int, batches: int) -> None:
+    def __init__(
+        self,
+        election: Election,
+        device: str,
+        key: SigningKey,
+        seed: int,
+        batches: int,
+        adjust: Adjust | None = None,
+    ) -> None:
+        """``adjust`` rewrites each generated body before it is signed; the chain (``prev``)
+        is then rebuilt over the rewritten bodies."""
         self.election = election
         self.device = device
+        self.key = key
         self.topic = batch_topic(election.id, device)
         self.batches: list[SignedBatch] = []
-        for body in iter_batches(election, seed, device, batches):
+        prev: str | None = None
+        for generated in iter_batches(election, seed, device, batches):
+            body = generated
+            if adjust is not None:
+                body = adjust(generated if prev is None else replace(generated, prev=prev))
+                prev = body_hash(body.to_bytes())
             envelope = seal(body, key)
             self.batches.append(
                 SignedBatch(body.seq, envelope.to_bytes(), body_hash(envelope.body), body.final)
@@ -91,14 +115,17 @@ class Tabulator:
         seed: int,
         batches: int,
         store: StateStore,
+        adjust: Adjust | None = None,
+        variant: str = "",
     ) -> Tabulator:
         """Build the device and resume it from ``store`` (which must be open).
 
+        ``adjust``/``variant``: see :meth:`__init__` and :func:`state_fingerprint`.
         Raises :class:`~devices._exceptions.StateMismatch` when the stored state was made of
         other inputs, or a stored batch is not the one these inputs produce at its seq.
         """
-        tab = cls(election, device, key, seed, batches)
-        state = store.bind(device, state_fingerprint(election, seed, batches, key.kid))
+        tab = cls(election, device, key, seed, batches, adjust)
+        state = store.bind(device, state_fingerprint(election, seed, batches, key.kid, variant))
         tab._restore(state, store)
         tab.store = store
         tab.restored = state

@@ -160,4 +160,4 @@ def test_bad_broker_url_is_a_clear_error(keys_dir: Path) -> None:
 def test_missing_keys_dir_is_a_clear_error(tmp_path: Path) -> None:
     result = run_cli("devices", "run", "--broker", "mqtt://127.0.0.1:1", "--keys", str(tmp_path / "none"), "--seed", "1", check=False)
     assert result.returncode == 2
-    assert "cannot read registry" in result.stderr
+    assert "keys directory does not exist" in result.stderr

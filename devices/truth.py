@@ -1,0 +1,162 @@
+"""The fleet's ground truth (``--truth FILE.json``): what the cloud must make of what was sent.
+
+Everything but the publish counters is decided before the first connection (the batches are
+deterministic, devices/behaviours.py says what each behaviour sends), so the file is written
+once after ``prepare`` and again at the end with what each device published.
+
+Per device::
+
+    behaviour   null or the behaviour's name
+    final_seq   the device's final seq
+    accept      [{seq, body_hash}]  each must be in the ledger exactly once, with that hash
+    reject      [{seq, payload_hash, reason, where}]  each such message must be refused with that
+                protocol RejectReason; ``where`` is who refuses it: ``gateway`` (stateless checks:
+                the gateway verifies and quarantines, so the message never reaches the cloud;
+                find it with ``gateway buffer quarantine``) or ``cloud`` (stateful: conflict,
+                broken_chain, after_final; a row in the cloud's rejections table)
+    duplicates  [{seq, body_hash, copies}]  extra copies of an accepted batch the device sends on
+                purpose. The cloud counts one as a duplicate only if it reaches it: the gateway
+                stores an envelope still buffered only once. So 0..copies, never a second row.
+    confirmed   whether the cloud's receipt must reach final_seq (silent, wrong_key: no)
+    ballots     ballots of the accepted batches
+    published / resends   what the device put on the wire (filled at the end of the run)
+
+Top level: ``expected`` totals over every accepted batch (ballots, contests, ballots per
+precinct, accepted batch count, rejections by reason and where), the seed, the election and the
+behaviour of each device.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from devices import behaviours as bh
+from devices.behaviours import Behaviour
+from devices.tabulator import Tabulator
+from protocol import RejectReason, parse_body, parse_envelope, sha256_hex
+
+if TYPE_CHECKING:
+    from devices.fleet import Fleet
+
+TRUTH_VERSION = 1
+STATEFUL = frozenset({RejectReason.CONFLICT, RejectReason.BROKEN_CHAIN, RejectReason.AFTER_FINAL})
+
+
+def where(reason: RejectReason) -> str:
+    """Who refuses a message for ``reason``: the gateway (stateless) or the cloud ledger."""
+    return "cloud" if reason in STATEFUL else "gateway"
+
+
+def device_truth(tab: Tabulator, behaviour: Behaviour | None) -> dict[str, Any]:
+    from devices.fleet import last_seq
+
+    last = last_seq(tab, behaviour)
+    own = [b for b in tab.batches if b.seq <= last]
+    accept: list[dict[str, Any]] = []
+    reject: list[dict[str, Any]] = []
+    duplicates: list[dict[str, Any]] = []
+
+    def refuse(seq: int, payload: bytes, reason: RejectReason) -> None:
+        reject.append(
+            {"seq": seq, "payload_hash": sha256_hex(payload), "reason": reason.value, "where": where(reason)}
+        )
+
+    if behaviour is Behaviour.WRONG_KEY:
+        for batch in own:
+            refuse(batch.seq, batch.payload, RejectReason.WRONG_KEY)
+    else:
+        accept = [{"seq": b.seq, "body_hash": b.body_hash} for b in own]
+    if behaviour is Behaviour.TAMPERED:
+        batch = tab.batches[bh.mid_seq(tab.final_seq) - 1]
+        refuse(batch.seq, bh.tampered(batch.payload), RejectReason.BAD_SIGNATURE)
+    elif behaviour is Behaviour.AFTER_FINAL:
+        refuse(tab.final_seq + 1, bh.after_final_payload(tab.batches[-1].payload, tab.key), RejectReason.AFTER_FINAL)
+    elif behaviour is Behaviour.DUPLICATE:
+        duplicates = [{"seq": b.seq, "body_hash": b.body_hash, "copies": 1} for b in own]
+    elif behaviour is Behaviour.REPLAY:
+        duplicates = [{"seq": 1, "body_hash": tab.batches[0].body_hash, "copies": 1}]
+    accepted_seqs = {a["seq"] for a in accept}
+    ballots = 0
+    counts: dict[str, dict[str, int]] = {}
+    for batch in tab.batches:
+        if batch.seq not in accepted_seqs:
+            continue
+        body = parse_body(parse_envelope(batch.payload).body)
+        ballots += body.ballots
+        for contest, choices in body.counts.items():
+            mine = counts.setdefault(contest, {})
+            for choice, votes in choices.items():
+                mine[choice] = mine.get(choice, 0) + votes
+    return {
+        "behaviour": behaviour.value if behaviour is not None else None,
+        "precinct": tab.election.precinct_of(tab.device),
+        "final_seq": tab.final_seq,
+        "accept": accept,
+        "reject": reject,
+        "duplicates": duplicates,
+        "confirmed": behaviour not in (Behaviour.SILENT, Behaviour.WRONG_KEY),
+        "ballots": ballots,
+        "counts": counts,
+        "published": tab.publishes,
+        "resends": tab.resends,
+    }
+
+
+def aggregate(devices: Mapping[str, Mapping[str, Any]], contests: Mapping[str, list[str]]) -> dict[str, Any]:
+    totals = {c: dict.fromkeys(choices, 0) for c, choices in contests.items()}
+    by_precinct: dict[str, int] = {}
+    rejected: dict[str, int] = {}
+    ballots = batches = 0
+    for entry in devices.values():
+        ballots += entry["ballots"]
+        batches += len(entry["accept"])
+        by_precinct[entry["precinct"]] = by_precinct.get(entry["precinct"], 0) + entry["ballots"]
+        for contest, choices in entry["counts"].items():
+            for choice, votes in choices.items():
+                totals[contest][choice] += votes
+        for item in entry["reject"]:
+            key = f"{item['where']}:{item['reason']}"
+            rejected[key] = rejected.get(key, 0) + 1
+    return {
+        "ballots": ballots,
+        "batches": batches,
+        "contests": totals,
+        "ballots_by_precinct": dict(sorted(by_precinct.items())),
+        "rejected": dict(sorted(rejected.items())),
+    }
+
+
+def build_truth(fleet: Fleet) -> dict[str, Any]:
+    election = fleet.registry.election
+    behaviours = fleet.config.behaviours
+    devices = {t.device: device_truth(t, behaviours.get(t.device)) for t in fleet.tabulators}
+    contests = {c.id: list(c.choice_ids) for c in election.contests}
+    return {
+        "version": TRUTH_VERSION,
+        "election": election.id,
+        "seed": fleet.config.seed,
+        "batches_per_device": fleet.config.batches_per_device,
+        "behaviours": {d: b.value for d, b in sorted(behaviours.items())},
+        "expected": aggregate(devices, contests),
+        "devices": devices,
+    }
+
+
+def write_truth(path: Path, truth: Mapping[str, Any]) -> None:
+    """Atomically (tmp + fsync + rename) write ``truth`` as JSON."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as out:
+        out.write(orjson.dumps(truth, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+
+
+def load_truth(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = orjson.loads(path.read_bytes())
+    return data
