@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -87,6 +88,22 @@ def aggregate(parts: Sequence[dict[str, Any]], confirm: bool) -> FleetSummary:
     )
 
 
+class _Stopped(FleetError):
+    pass
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise _Stopped("stopped by SIGTERM: every shard was stopped too")
+
+
+def _stop_on_sigterm() -> Any:
+    """SIGTERM becomes an exception, so that the shards are stopped with the parent (by default
+    SIGTERM ends the parent at once and leaves its children running)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_stopped)
+
+
 def run_shards(
     child_args: Callable[[int, Path], list[str]],
     processes: int,
@@ -99,6 +116,7 @@ def run_shards(
     workdir.mkdir(parents=True, exist_ok=True)
     files = [workdir / f"shard-{k}.json" for k in range(processes)]
     children: list[subprocess.Popen[bytes]] = []
+    previous = _stop_on_sigterm()
     try:
         for k, file in enumerate(files):
             with open(workdir / f"shard-{k}.log", "ab") as log:
@@ -118,6 +136,8 @@ def run_shards(
                 on_tick(aggregate([read_summary(f) for f in files], confirm))
             time.sleep(POLL_S)  # progress refresh while the children run
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         for child in children:
             if child.poll() is None:
                 with contextlib.suppress(ProcessLookupError):

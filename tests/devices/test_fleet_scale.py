@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
 import threading
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -191,3 +193,43 @@ def test_synth_command_writes_an_election_file_that_loads_back(tmp_path: Path) -
     out = tmp_path / "big.yaml"
     run_cli("devices", "synth", "--devices", "50", "--precincts", "20", "--seed", "4", "--out", str(out))
     assert load_election(out).to_mapping() == synth_election(50, 20, 4).to_mapping()
+
+
+def _children_of(pid: int) -> set[int]:
+    """Live child processes of ``pid``, from /proc (zombies not counted)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_sigterm_to_a_sharded_fleet_stops_its_shards_too(
+    broker: BrokerProcess, synth_keys: Path, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    parent = start_cli(
+        "devices", "run", "--broker", broker.url, "--keys", str(synth_keys), "--seed", "3",
+        "--devices", "40", "--batches-per-device", "3", "--no-confirm", "--rate", "2",
+        "--processes", "2", log=tmp_path / "fleet.log",
+    )  # fmt: skip
+    processes.append(parent)
+    shards = wait_until(lambda: len(c := _children_of(parent.pid)) == 2 and c, 30, "two shard processes")
+    wait_until(lambda: "New client connected" in broker.log_path.read_text(), 30, "a shard connected")
+
+    parent.send_signal(signal.SIGTERM)
+
+    assert parent.wait(30) != 0  # stopped, not finished
+    wait_until(lambda: not any(_alive(pid) for pid in shards), 15, "every shard stopped")
+    assert "stopped by SIGTERM" in (tmp_path / "fleet.log").read_text()
