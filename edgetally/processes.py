@@ -9,11 +9,38 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM until the block ends, then deliver them.
+
+    A Ctrl-C inside ``Popen`` (after the fork, before it returns) would leave a child running
+    whose pid nobody knows, so nothing would ever stop it; deferred, the signal arrives once
+    ``_proc`` is set and the caller's cleanup stops the child with everything else.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals are handled in the main thread only: they cannot interrupt this one
+        return
+    held: list[int] = []
+
+    def hold(signum: int, _frame: object) -> None:
+        held.append(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in held:
+            signal.raise_signal(sig)
 
 
 class ComponentError(Exception):
@@ -69,7 +96,7 @@ class Component:
         if self.ready_file is not None:
             self.ready_file.unlink(missing_ok=True)
         env = {**os.environ, "COLUMNS": "120", **(self.env or {})}
-        with open(self.log_path, "ab") as log_file:
+        with open(self.log_path, "ab") as log_file, _signals_deferred():
             log_file.write(f"--- start #{self.starts + 1}: {' '.join(self.command)}\n".encode())
             log_file.flush()
             self._proc = subprocess.Popen(

@@ -129,7 +129,7 @@ def test_fleet_sigkilled_and_restarted_on_its_state_dir_ends_with_exact_totals(
 ) -> None:
     truth_path = tmp_path / "truth.json"
     stack = _stack(
-        stacks, tmp_path, "--state-dir", str(tmp_path / "state"), "--truth", str(truth_path), rate=40.0
+        stacks, tmp_path, "--state-dir", str(tmp_path / "state"), "--truth", str(truth_path), rate=15.0  # ~7 s of sending: the kill lands mid-run
     )
     stack.start()
     stack.start_fleet()
