@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 POOL_BATCHES = 100  # per device, 30 devices: far more than the commands take to run
 ROUND = 30
-PAUSE_S = 0.1  # pacing of the publisher (load shape, not synchronisation)
+PAUSE_S = 0.25  # pacing (load shape, not synchronisation): >= 25 s of stream, stopped once the commands ran
 
 
 def buffer_cli(buffer: Path, *args: str) -> dict[str, object]:
