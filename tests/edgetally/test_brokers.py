@@ -19,8 +19,13 @@ def test_config_never_drops_queued_messages(tmp_path: Path) -> None:
     assert "listener 1883 127.0.0.1" in text.splitlines()
 
 
-def _session_client(port: int, client_id: str, received: list[bytes], topic: str, flags: list[bool]) -> mqtt.Client:
+def _session_client(
+    port: int, client_id: str, received: list[bytes], topic: str, flags: list[bool],
+    subscribed: threading.Event | None = None,
+) -> mqtt.Client:  # fmt: skip
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False, protocol=mqtt.MQTTv311)
+    if subscribed is not None:  # set before the network loop starts: a SUBACK can come at once
+        client.on_subscribe = lambda *_: subscribed.set()
 
     def on_connect(c: mqtt.Client, _u: object, f: mqtt.ConnectFlags, _rc: object, _p: object) -> None:
         flags.append(f.session_present)
@@ -42,8 +47,7 @@ def test_persistent_session_and_its_queue_survive_a_clean_broker_restart(
     received: list[bytes] = []
     flags: list[bool] = []
     subscribed = threading.Event()
-    sub = _session_client(broker.port, "persistent-sub", received, topic, flags)
-    sub.on_subscribe = lambda *_: subscribed.set()
+    sub = _session_client(broker.port, "persistent-sub", received, topic, flags, subscribed)
     assert subscribed.wait(10)
     sub.disconnect()
     sub.loop_stop()
