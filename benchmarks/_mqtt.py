@@ -11,6 +11,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from devices.generator import iter_batches
+from edgetally.brokers import BrokerProcess
 from protocol import Election, batch_topic, bundle, load_signing_key, parse_gateway_topic, seal
 
 Envelope = tuple[str, bytes]  # (topic, payload)
@@ -149,8 +150,33 @@ def bridge_config(remote_port: int) -> str:
     )
 
 
-def peak_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
+def proc_status_kib(pid: int, field: str) -> int:
+    """A ``/proc/PID/status`` size in KiB (``VmRSS``, ``VmHWM``...); 0 if the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
     return 0
+
+
+def peak_rss_kib(pid: int) -> int:
+    return proc_status_kib(pid, "VmHWM")
+
+
+def raw_ceiling(work: Path, envelopes: Sequence[Envelope], name: str = "ceiling", timeout: float = 300) -> float:
+    """Messages/s of one raw paho QoS 1 publisher -> a fresh Mosquitto -> one counting subscriber
+    (its own process), live: from the first publish to the last arrival."""
+    broker = BrokerProcess(work / f"{name}-broker", name=name)
+    broker.start()
+    try:
+        sink = Sink(broker.port, len(envelopes), client_id=f"{name}-sink")
+        sink.start()
+        started = publish_all(broker.port, envelopes)
+        received, _first, last = sink.result(timeout)
+    finally:
+        broker.stop()
+    if received < len(envelopes):
+        raise RuntimeError(f"{name}: the raw subscriber got {received} of {len(envelopes)}")
+    return len(envelopes) / (last - started)

@@ -51,7 +51,14 @@ from rich.table import Table
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
-from benchmarks._mqtt import Envelope, Sink, peak_rss_kib, publish_all, register_session
+from benchmarks._mqtt import (
+    Envelope,
+    Sink,
+    peak_rss_kib,
+    publish_all,
+    raw_ceiling,
+    register_session,
+)
 from cloud import models
 from cloud.db import make_engine
 from devices.election_file import load_election, sample_election_path
@@ -104,22 +111,6 @@ def as_bundles(envelopes: Sequence[Envelope]) -> list[Envelope]:
         (topic, bundles.encode(envelopes[i : i + BUNDLE_MAX]))
         for i in range(0, len(envelopes), BUNDLE_MAX)
     ]
-
-
-def raw_live(work: Path, envelopes: Sequence[Envelope]) -> float:
-    """Messages/s of one QoS 1 publisher -> Mosquitto -> one counting subscriber, live."""
-    broker = BrokerProcess(work, name="live-broker")
-    broker.start()
-    try:
-        sink = Sink(broker.port, len(envelopes), client_id="live-sink")
-        sink.start()
-        started = publish_all(broker.port, envelopes)
-        received, _first, last = sink.result(600)
-    finally:
-        broker.stop()
-    if received < len(envelopes):
-        raise RuntimeError(f"the live subscriber got {received} of {len(envelopes)}")
-    return len(envelopes) / (last - started)
 
 
 def raw_drain(work: Path, envelopes: Sequence[Envelope]) -> float:
@@ -272,7 +263,7 @@ def main() -> None:
         for r in range(args.repeat):
             with console.status(f"run {r + 1}: raw subscriber baselines"):
                 drains.append(raw_drain(work / f"raw-drain-{r}", envelopes))
-                lives.append(raw_live(work / f"raw-live-{r}", envelopes))
+                lives.append(raw_ceiling(work / f"raw-live-{r}", envelopes, "live"))
             console.print(f"  run {r + 1} raw subscriber: drain {drains[-1]:,.0f}/s, live {lives[-1]:,.0f}/s")
             for shape in shapes:
                 messages = envelopes if shape == "envelopes" else as_bundles(envelopes)

@@ -34,23 +34,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from benchmarks._mqtt import Sink, publish_all
+from benchmarks._mqtt import Sink, proc_status_kib, raw_ceiling
 from devices.synth import synth_election
 from devices.tabulator import Tabulator
 from edgetally.brokers import BrokerProcess, mosquitto_binary
 from protocol import provision
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def ceiling(work: Path, keys: Path, messages: int) -> tuple[float, int]:
@@ -63,18 +53,8 @@ def ceiling(work: Path, keys: Path, messages: int) -> tuple[float, int]:
         for b in t.batches
     ]
     envelopes = [(topic, payload) for payload, topic in (payloads[i % len(payloads)] for i in range(messages))]
-    broker = BrokerProcess(work / "ceiling-broker", name="ceiling")
-    broker.start()
-    try:
-        sink = Sink(broker.port, messages, client_id="ceiling-sink")
-        sink.start()
-        started = publish_all(broker.port, envelopes)
-        received, _first, last = sink.result(timeout=120)
-    finally:
-        broker.stop()
-    if received < messages:
-        raise RuntimeError(f"ceiling lost messages: {received}/{messages}")
-    return messages / (last - started), sum(len(p) for p, _ in payloads) // len(payloads)
+    rate = raw_ceiling(work, envelopes, timeout=120)
+    return rate, sum(len(p) for p, _ in payloads) // len(payloads)
 
 
 @dataclass
@@ -121,7 +101,7 @@ def run_fleet(
                 if time.monotonic() > deadline:
                     proc.kill()
                     raise RuntimeError(f"{label}: the fleet did not finish in time")
-                peak = max(peak, rss_kib(proc.pid))
+                peak = max(peak, proc_status_kib(proc.pid, "VmRSS"))
                 snap = _read(summary_file)
                 progress.update(connected, completed=snap.get("connected", 0))
                 progress.update(acked, completed=snap.get("acked", 0))

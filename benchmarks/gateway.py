@@ -35,6 +35,7 @@ from benchmarks._mqtt import (
     bridge_config,
     peak_rss_kib,
     publish_all,
+    raw_ceiling,
     register_session,
     signed_envelopes,
 )
@@ -63,21 +64,6 @@ def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
         time.sleep(0.05)
-
-
-def ceiling(work: Path, envelopes: Sequence[Envelope]) -> float:
-    broker = BrokerProcess(work / "ceiling", name="ceiling")
-    broker.start()
-    try:
-        sink = Sink(broker.port, len(envelopes), client_id="ceiling-sink")
-        sink.start()
-        started = publish_all(broker.port, envelopes)
-        received, _first, last = sink.result(300)
-    finally:
-        broker.stop()
-    if received < len(envelopes):
-        raise RuntimeError(f"ceiling run lost messages: {received}/{len(envelopes)}")
-    return len(envelopes) / (last - started)
 
 
 class Pair:
@@ -196,7 +182,7 @@ def main() -> None:
             forward = signed_envelopes(election, keys, args.messages, seed=2)
         size = sum(len(p) for _, p in forward) // len(forward)
         with console.status("ceiling: one QoS 1 publisher through one Mosquitto"):
-            top = ceiling(work, forward)
+            top = raw_ceiling(work, forward)
         gw = run_pair(work, keys, forward, backlog, bridge=False, gateway_args=args.gateway_arg)
         br = Figures() if args.skip_bridge else run_pair(work, keys, forward, backlog, bridge=True, gateway_args=[])
     finally:
