@@ -127,7 +127,7 @@ def write_group(
     insert_rows(
         conn,
         models.ledger,
-        [_ledger_row(b, plan.held[b.body.key].duplicates, arrivals[b.body.key], now) for b in accepted],
+        [ledger_row(b, plan.held[b.body.key].duplicates, arrivals[b.body.key], now) for b in accepted],
     )
     bumped = [(key, h.duplicates) for key, h in plan.held.items() if not h.new and h.duplicates]
     update_rows(
@@ -203,7 +203,7 @@ def _write_devices(conn: Connection, plan: GroupPlan, now: datetime) -> None:
     )
 
 
-def _ledger_row(
+def ledger_row(
     batch: VerifiedBatch, duplicates: int, received_at: datetime, now: datetime
 ) -> dict[str, Any]:
     body = batch.body

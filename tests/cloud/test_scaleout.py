@@ -12,7 +12,6 @@ import logging
 import random
 import threading
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
@@ -23,11 +22,10 @@ from cloud._exceptions import CloudError
 from cloud.chain import Verdict
 from cloud.db import insert_rows, make_engine
 from cloud.ledger import GroupResult, Inbound, Ledger
+from cloud.ledger_store import ledger_row
 from cloud.results import load_results
 from devices.generator import expected_totals
-from protocol import Registry, VerifiedBatch, canonical, parse_batch_topic, verify
-from protocol.election import parse_timestamp
-from protocol.keys import b64encode
+from protocol import Registry, canonical, parse_batch_topic, verify
 from tests.cloud.support import SEED, Envelopes
 from tests.helpers import wait_until
 
@@ -108,27 +106,6 @@ def test_three_writers_sharing_a_fleet_count_every_batch_once(
 # -- PostgreSQL: the races, made to happen --------------------------------------------------
 
 
-def _ledger_row(batch: VerifiedBatch) -> dict[str, Any]:
-    body = batch.body
-    now = datetime.now(UTC)
-    return {
-        "election": body.election,
-        "device": body.device,
-        "seq": body.seq,
-        "precinct": body.precinct,
-        "body": batch.envelope.body.decode("utf-8"),
-        "sig": b64encode(batch.envelope.sig),
-        "kid": batch.envelope.kid,
-        "body_hash": batch.body_hash,
-        "prev": body.prev,
-        "ballots": body.ballots,
-        "final": body.final,
-        "issued_at": parse_timestamp(body.issued_at, "issued_at"),
-        "received_at": now,
-        "duplicates": 0,
-    }
-
-
 def _waiting_on_a_lock(engine: Engine) -> bool:
     with engine.connect() as conn:
         return bool(
@@ -175,7 +152,8 @@ def test_a_group_that_loses_a_unique_key_race_is_decided_again(
     caplog.set_level(logging.WARNING, logger="cloud.ledger")
     with engine.connect() as rogue:  # inserts the same key without taking the device lock
         transaction = rogue.begin()
-        insert_rows(rogue, models.ledger, [_ledger_row(batch)])
+        now = datetime.now(UTC)
+        insert_rows(rogue, models.ledger, [ledger_row(batch, 0, now, now)])
         thread, out = _record_in_thread(ledger, [message])
         wait_until(lambda: _waiting_on_a_lock(engine), 20, "the group's insert to wait on the key")
         transaction.commit()
