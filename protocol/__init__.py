@@ -43,8 +43,10 @@ from protocol.envelope import (
 from protocol.keys import PublicKey, SigningKey
 from protocol.receipt import Receipt
 from protocol.registry import DeviceEntry, Registry, load_signing_key, provision
+from protocol.repair import RepairRequest, missing_ranges
 from protocol.topics import (
     BATCH_FILTER,
+    COMMAND_FILTER,
     GATEWAY_BUNDLE_FILTER,
     GATEWAY_STATUS_FILTER,
     RECEIPT_FILTER,
@@ -52,6 +54,7 @@ from protocol.topics import (
     DeviceTopic,
     DeviceTopicKind,
     batch_topic,
+    command_topic,
     gateway_bundle_topic,
     gateway_status_topic,
     parse_batch_topic,
@@ -64,6 +67,7 @@ from protocol.topics import (
 
 __all__ = [
     "BATCH_FILTER",
+    "COMMAND_FILTER",
     "DEFAULT_MAX_BYTES",
     "GATEWAY_BUNDLE_FILTER",
     "GATEWAY_STATUS_FILTER",
@@ -95,6 +99,7 @@ __all__ = [
     "Receipt",
     "Registry",
     "RejectReason",
+    "RepairRequest",
     "SchemaError",
     "SigningKey",
     "TopicMismatch",
@@ -111,9 +116,11 @@ __all__ = [
     "batch_topic",
     "body_hash",
     "check_against_election",
+    "command_topic",
     "gateway_bundle_topic",
     "gateway_status_topic",
     "load_signing_key",
+    "missing_ranges",
     "parse_batch_topic",
     "parse_body",
     "parse_broker_url",

@@ -3,6 +3,8 @@
     edgetally/v1/{election}/{device}/batch     device -> edge broker; forwarded unchanged to the cloud
     edgetally/v1/{election}/{device}/status    device status, retained, and the device's last will
     edgetally/v1/{election}/{device}/receipt   cloud -> device (relayed by the gateway), retained
+    edgetally/v1/{election}/{device}/command   cloud -> device (relayed by the gateway), NOT retained:
+                                               repair requests (protocol/repair.py)
     edgetally/v1/_gateway/{gateway}/status     gateway status, retained, and its last will
     edgetally/v1/_gateway/{gateway}/bundle     gateway -> cloud broker: several envelopes in one
                                                message (protocol/bundle.py)
@@ -25,11 +27,13 @@ class DeviceTopicKind(StrEnum):
     BATCH = "batch"
     STATUS = "status"
     RECEIPT = "receipt"
+    COMMAND = "command"
 
 
 BATCH_FILTER = f"{PREFIX}/+/+/{DeviceTopicKind.BATCH}"
 RECEIPT_FILTER = f"{PREFIX}/+/+/{DeviceTopicKind.RECEIPT}"
 STATUS_FILTER = f"{PREFIX}/+/+/{DeviceTopicKind.STATUS}"
+COMMAND_FILTER = f"{PREFIX}/+/+/{DeviceTopicKind.COMMAND}"
 GATEWAY_SEGMENT = "_gateway"  # not an identifier, so never mistaken for an election
 GATEWAY_STATUS_FILTER = f"{PREFIX}/{GATEWAY_SEGMENT}/+/status"
 GATEWAY_BUNDLE_FILTER = f"{PREFIX}/{GATEWAY_SEGMENT}/+/bundle"
@@ -49,6 +53,10 @@ def status_topic(election: str, device: str) -> str:
 
 def receipt_topic(election: str, device: str) -> str:
     return device_topic(election, device, DeviceTopicKind.RECEIPT)
+
+
+def command_topic(election: str, device: str) -> str:
+    return device_topic(election, device, DeviceTopicKind.COMMAND)
 
 
 def gateway_status_topic(gateway: str) -> str:
