@@ -52,6 +52,7 @@ from gateway.schema import State
 from protocol import (
     BATCH_FILTER,
     BadTopic,
+    DeviceTopicKind,
     ProtocolError,
     Registry,
     body_hash,
@@ -64,6 +65,7 @@ from protocol import (
 log = logging.getLogger(__name__)
 
 LINK = "edge"
+COMMAND_SUFFIX = f"/{DeviceTopicKind.COMMAND}"  # device commands are relayed, not retained
 RECONNECT_MIN_S = 1  # paho's own reconnect loop (whole seconds), doubling to the max
 RECONNECT_MAX_S = 5
 
@@ -245,15 +247,21 @@ class Ingress:
         )
 
     def relay(self, topic: str, payload: bytes) -> None:
-        """Republish a cloud receipt on the edge broker: same topic and bytes, QoS 1, retained."""
+        """Republish a cloud receipt or device command on the edge broker: same topic and
+        bytes, QoS 1; receipts retained, commands (repair requests) not, as the cloud sent them.
+
+        A command not relayed now is lost here; the cloud asks again while the gap stays open.
+        """
         with self._lock:
             client = self._client
         if client is None:
             return
-        info = client.publish(topic, payload, qos=1, retain=True)
+        retain = not topic.endswith(COMMAND_SUFFIX)
+        info = client.publish(topic, payload, qos=1, retain=retain)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             log.warning(
-                "receipt on %s not relayed now (rc=%s); it is relayed again when the edge link returns",
+                "%s on %s not relayed now (rc=%s); the cloud sends it again",
+                "receipt" if retain else "command",
                 topic,
                 info.rc,
             )

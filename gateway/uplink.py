@@ -26,8 +26,9 @@ rows in flight go back to pending and the pump reconnects. A connection attempt 
 CONNACK within ``connect_timeout_s`` (a blackhole accepts TCP and answers nothing) is
 abandoned and retried with backoff.
 
-Downlink: the same client subscribes to ``edgetally/v1/+/+/receipt`` and hands every message,
-uninterpreted, to ``relay`` (the ingress republishes it retained on the edge broker). Receipts
+Downlink: the same client subscribes to ``edgetally/v1/+/+/receipt`` and
+``edgetally/v1/+/+/command`` (repair requests) and hands every message, uninterpreted, to
+``relay`` (the ingress republishes it on the edge broker: receipts retained, commands not). Receipts
 are retained on the cloud broker, so subscribing again (at every connect, and whenever the
 edge link comes back) re-delivers the latest one of every device.
 
@@ -58,7 +59,13 @@ from gateway.buffer import PURGE_LIMIT, Buffer, OutboundMessage
 from gateway.config import GatewayConfig
 from gateway.links import OFFLINE, ONLINE, Backoff, new_client, publish_status, set_offline_will
 from gateway.status import CLOUD
-from protocol import RECEIPT_FILTER, BadBundle, gateway_bundle_topic, gateway_status_topic
+from protocol import (
+    COMMAND_FILTER,
+    RECEIPT_FILTER,
+    BadBundle,
+    gateway_bundle_topic,
+    gateway_status_topic,
+)
 from protocol import bundle as bundles
 
 log = logging.getLogger(__name__)
@@ -307,9 +314,10 @@ class Uplink:
         return None
 
     def _subscribe_receipts(self, link: _Link) -> bool:
-        rc, _mid = link.client.subscribe(RECEIPT_FILTER, qos=1)
+        """Receipts and device commands (repair requests): both are relayed down."""
+        rc, _mid = link.client.subscribe([(RECEIPT_FILTER, 1), (COMMAND_FILTER, 1)])
         if rc != mqtt.MQTT_ERR_SUCCESS:
-            log.warning("cloud subscribe to %s failed (rc=%s)", RECEIPT_FILTER, rc)
+            log.warning("cloud subscribe to %s, %s failed (rc=%s)", RECEIPT_FILTER, COMMAND_FILTER, rc)
             return False
         return True
 

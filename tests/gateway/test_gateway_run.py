@@ -16,12 +16,15 @@ from edgetally.brokers import BrokerProcess
 from gateway.buffer import Buffer
 from protocol import (
     BATCH_FILTER,
+    COMMAND_FILTER,
     GENESIS_HASH,
     RECEIPT_FILTER,
     Election,
     Envelope,
     Receipt,
+    RepairRequest,
     batch_topic,
+    command_topic,
     gateway_status_topic,
     load_signing_key,
     parse_device_topic,
@@ -248,6 +251,46 @@ def test_receipts_published_on_the_cloud_appear_retained_on_the_edge(
     assert {(g.topic, g.payload) for g in fresh.messages() if g.retain} == {early, late}
     live.stop()
     fresh.stop()
+
+
+def test_repair_requests_on_the_cloud_are_relayed_to_the_edge_not_retained(
+    tmp_path: Path,
+    edge: BrokerProcess,
+    cloud: BrokerProcess,
+    keys_dir: Path,
+    sample_election: Election,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    device = sample_election.devices[0]
+    receipt = (
+        receipt_topic(sample_election.id, device),
+        Receipt(sample_election.id, device, 0, GENESIS_HASH).to_bytes(),
+    )
+    request = (
+        command_topic(sample_election.id, device),
+        RepairRequest(sample_election.id, device, ((11, 12),)).to_bytes(),
+    )
+    receipts = Collector(edge.url, RECEIPT_FILTER).start()
+    commands = Collector(edge.url, COMMAND_FILTER).start()
+    start_gateway(
+        processes, tmp_path, edge=edge.url, cloud=cloud.url, buffer=tmp_path / "b.db", keys=keys_dir
+    )
+    publish_all(cloud.url, [receipt], retain=True)
+    # The receipt came down, so the gateway's downlink subscription (one SUBSCRIBE for
+    # receipts and commands) is in place: a live command now reaches it.
+    wait_until(lambda: receipts.messages(), 30, "the receipt relayed")
+    publish_all(cloud.url, [request])
+    wait_until(lambda: commands.messages(), 30, "the repair request relayed")
+    got = commands.messages()
+    assert [(g.topic, g.payload, g.retain) for g in got] == [(*request, False)]
+    # A new subscriber gets the retained receipt and no retained command.
+    fresh = Collector(edge.url, "edgetally/v1/+/+/+").start()
+    wait_until(
+        lambda: any(g.topic == receipt[0] for g in fresh.messages()), 10, "the retained receipt"
+    )
+    assert not [g for g in fresh.messages() if g.topic == request[0]]
+    for collector in (receipts, commands, fresh):
+        collector.stop()
 
 
 def test_gateway_announces_status_and_stops_cleanly_on_sigterm(
