@@ -99,7 +99,35 @@ class LedgerAudit:
             checks=tuple(self.results.values()),
             missing_seqs=dict(sorted(self.missing.items())),
             devices_without_final=sorted(self.no_final),
+            repairs=self._repairs(),
         )
+
+    def _repairs(self) -> list[dict[str, Any]]:
+        """The gaps recorded in ``repairs`` (at most ``limit``, 0: all), repaired or open."""
+        r = models.repairs.c
+        query = (
+            select(r.device, r.first_seq, r.last_seq, r.detected_at, r.requested_at, r.requests, r.repaired_at)
+            .where(r.election == self.election.id)
+            .order_by(r.device, r.first_seq, r.last_seq)
+        )
+        if self.limit > 0:
+            query = query.limit(self.limit)
+
+        def stamp(value: datetime | None) -> str | None:
+            return None if value is None else format_timestamp(value)
+
+        return [
+            {
+                "device": device,
+                "seqs": f"{first}-{last}" if first != last else str(first),
+                "state": "open" if repaired_at is None else "repaired",
+                "detected_at": stamp(detected_at),
+                "requested_at": stamp(requested_at),
+                "requests": requests,
+                "repaired_at": stamp(repaired_at),
+            }
+            for device, first, last, detected_at, requested_at, requests, repaired_at in self.conn.execute(query)
+        ]
 
     def _stored_devices(self) -> dict[str, Any]:
         d = models.devices.c

@@ -97,6 +97,10 @@ class AuditReport:
     checks: tuple[CheckResult, ...]
     missing_seqs: dict[str, list[str]]  # device -> ["11-12", "15"]
     devices_without_final: list[str]
+    # Seq gaps the cloud saw and asked devices to repair (the repairs table): informational,
+    # an open one also shows under "seq gaps". Each: device, seqs, state (repaired/open),
+    # detected_at, requested_at, requests, repaired_at.
+    repairs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -119,6 +123,7 @@ class AuditReport:
             "discrepancies": [d.to_mapping() for d in self.discrepancies],
             "missing_seqs": self.missing_seqs,
             "devices_without_final": self.devices_without_final,
+            "repairs": self.repairs,
         }
 
 
@@ -145,6 +150,20 @@ def render_audit(report: AuditReport, console: Console) -> None:
         console.print("missing seqs:")
         for device, spans in report.missing_seqs.items():
             console.print(f"  {device}: {', '.join(spans)}", markup=False, highlight=False)
+    if report.repairs:
+        repaired = sum(1 for r in report.repairs if r["state"] == "repaired")
+        console.print(
+            f"gap repairs: {repaired} repaired, {len(report.repairs) - repaired} open",
+            markup=False,
+            highlight=False,
+        )
+        for r in report.repairs:
+            console.print(
+                f"  {r['device']}: {r['seqs']} {r['state']} (detected {r['detected_at']},"
+                f" {r['requests']} requests, repaired {r['repaired_at'] or '-'})",
+                markup=False,
+                highlight=False,
+            )
     if report.devices_without_final:
         console.print(
             f"devices without a final batch ({len(report.devices_without_final)}): "

@@ -56,6 +56,8 @@ def build_config(
     share: str | None = None,
     session: str | None = None,
     verify_threads: int = 2,
+    repair_interval_s: float = 2.0,
+    repair_grace_s: float = 0.5,
 ) -> CloudConfig:
     try:
         address = parse_broker_url(broker)
@@ -76,6 +78,8 @@ def build_config(
         share_group=share,
         clean_session=clean,
         verify_threads=verify_threads,
+        repair_interval_s=repair_interval_s,
+        repair_grace_s=repair_grace_s,
     )
 
 
@@ -114,6 +118,12 @@ def run(
     verify_threads: int = typer.Option(
         2, "--verify-threads", help="threads verifying signatures while a group commits"
     ),
+    repair_interval: float = typer.Option(
+        2.0, "--repair-interval", help="seconds between repair requests to one device (doubling)"
+    ),
+    repair_grace: float = typer.Option(
+        0.5, "--repair-grace", help="seconds a seq gap stays open before it is requested"
+    ),
     rules_file: Path | None = typer.Option(
         None,
         "--rules",
@@ -127,7 +137,7 @@ def run(
         armed = faults.arm_from_environment()
         config = build_config(
             broker, db, keys, cloud_id, max_payload_bytes, ready_file, share, session,
-            verify_threads,
+            verify_threads, repair_interval, repair_grace,
         )  # fmt: skip
         registry = load_registry(config.keys_dir)
         engine = make_engine(config.db_url)

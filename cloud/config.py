@@ -55,6 +55,10 @@ class CloudConfig:
     # How long a graceful stop waits for the broker to acknowledge receipts already sent,
     # and, with a clean session, for what was already routed to this worker to be committed.
     drain_timeout_s: float = 5.0
+    # Repair requests (cloud/repairs.py): a seq gap is first requested once it has stayed open
+    # repair_grace_s, then at most once per repair_interval_s per device (doubling, capped).
+    repair_interval_s: float = 2.0
+    repair_grace_s: float = 0.5
 
     def __post_init__(self) -> None:
         if not ID_PATTERN.match(self.cloud_id):
@@ -69,6 +73,8 @@ class CloudConfig:
             raise ConfigError(
                 f"--share {self.share_group!r} must be 1-64 characters of A-Z a-z 0-9 _ . -"
             )
+        if self.repair_interval_s <= 0 or self.repair_grace_s < 0:
+            raise ConfigError("repair interval must be positive and repair grace not negative")
         if not 0 < self.backoff_initial_s <= self.backoff_max_s:
             raise ConfigError("backoff must satisfy 0 < initial <= max")
 

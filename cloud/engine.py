@@ -139,6 +139,10 @@ class EngineResult:
     def receipts(self) -> tuple[Any, ...]:
         return self.ledger.receipts if self.ledger is not None else ()
 
+    @property
+    def gaps(self) -> tuple[Any, ...]:
+        return self.ledger.gaps if self.ledger is not None else ()
+
     def count(self, verdict: Verdict) -> int:
         return self.ledger.count(verdict) if self.ledger is not None else 0
 

@@ -33,14 +33,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import exc, select
+from sqlalchemy import exc, func, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from cloud import models
 from cloud._exceptions import DatabaseUnavailable, ElectionMismatch
-from cloud.chain import BatchKey, GroupPlan, Verdict
+from cloud.chain import BatchKey, DeviceKey, GroupPlan, Verdict
 from cloud.db import insert_missing, translate_errors
-from cloud.ledger_store import load_devices, load_held, write_group
+from cloud.ledger_store import load_devices, load_held, write_gaps, write_group
 from protocol import (
     GENESIS_HASH,
     BadBundle,
@@ -59,6 +59,7 @@ from protocol import (
     sha256_hex,
     verify,
 )
+from protocol.repair import RepairRequest, SeqRange
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +110,15 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class GroupResult:
-    """Outcomes in input order, and the receipts to publish now that the group committed."""
+    """Outcomes in input order, and the receipts to publish now that the group committed.
+
+    ``gaps``: for each device whose chain had or has a seq gap, its missing ranges now
+    (empty: the gap closed); what the worker's repair requests are made of.
+    """
 
     outcomes: tuple[Outcome, ...]
     receipts: tuple[Receipt, ...]
+    gaps: tuple[tuple[DeviceKey, tuple[SeqRange, ...]], ...] = ()
 
     def count(self, verdict: Verdict) -> int:
         return sum(1 for o in self.outcomes if o.verdict is verdict)
@@ -279,6 +285,7 @@ class Ledger:
     ) -> GroupResult:
         batches = [c for c in checked if isinstance(c, VerifiedBatch)]
         plan = GroupPlan(load_devices(conn, batches, self._device_rows), {})
+        gapped_before = {k for k, s in plan.devices.items() if s.contiguous_seq < s.max_seq}
         plan.held.update(load_held(conn, batches, plan.devices))
         outcomes: list[Outcome] = []
         rejections: list[dict[str, Any]] = []
@@ -322,7 +329,33 @@ class Ledger:
             rejections.append(_rejection_row(message, item))
         plan.finish()
         write_group(conn, plan, arrivals, rejections)
-        return GroupResult(tuple(outcomes), tuple(plan.receipts()))
+        gaps = write_gaps(conn, plan, gapped_before)
+        return GroupResult(tuple(outcomes), tuple(plan.receipts()), tuple(sorted(gaps.items())))
+
+    def mark_requested(self, requests: Sequence[RepairRequest]) -> None:
+        """Note in ``repairs`` that these requests were published (informational: the audit
+        shows it). Raises :class:`DatabaseUnavailable` or :class:`DatabaseError`."""
+        if not requests:
+            return
+        table = models.repairs
+        now = datetime.now(UTC)
+        with translate_errors("noting repair requests"), self._engine.begin() as conn:
+            for request in requests:
+                for first, last in request.missing:
+                    conn.execute(
+                        update(table)
+                        .where(
+                            table.c.election == request.election,
+                            table.c.device == request.device,
+                            table.c.first_seq == first,
+                            table.c.last_seq == last,
+                            table.c.repaired_at.is_(None),
+                        )
+                        .values(
+                            requested_at=func.coalesce(table.c.requested_at, now),
+                            requests=table.c.requests + 1,
+                        )
+                    )
 
 
 def _is_race(err: exc.DBAPIError) -> bool:

@@ -12,15 +12,17 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import and_, select, update
 from sqlalchemy.engine import Connection
 
 from cloud import models
 from cloud.chain import BatchKey, DeviceKey, DeviceState, GroupPlan, HeldBatch
 from cloud.db import insert_missing, insert_rows, placeholder, update_rows, upsert_add
 from cloud.windows import write_windows
-from protocol import VerifiedBatch
+from protocol import VerifiedBatch, missing_ranges
 from protocol.election import parse_timestamp
 from protocol.keys import b64encode
+from protocol.repair import SeqRange
 
 _CONDITIONS_PER_QUERY = 200  # device ranges per query: 800 bound parameters
 _DEVICE_COLUMNS = (
@@ -224,3 +226,72 @@ def ledger_row(
         "duplicates": duplicates,
         "last_duplicate_at": now if duplicates else None,
     }
+
+
+def write_gaps(
+    conn: Connection, plan: GroupPlan, gapped_before: set[DeviceKey]
+) -> dict[DeviceKey, tuple[SeqRange, ...]]:
+    """Record seq gaps in ``repairs``, after :func:`write_group`, in the same transaction.
+
+    For every device the group touched that had a gap before it or has one now: the missing
+    ranges below its highest held seq (a new range gets a row), and every open row no longer
+    overlapping a missing range is marked repaired. Returns those devices' current ranges
+    (empty: no gap left). Devices without gaps cost nothing here (the usual case).
+    """
+    now = datetime.now(UTC)
+    gaps: dict[DeviceKey, tuple[SeqRange, ...]] = {}
+    table = models.repairs
+    for state in sorted((s for s in plan.devices.values() if s.touched), key=lambda s: s.key):
+        gapped = state.contiguous_seq < state.max_seq
+        if not gapped and state.key not in gapped_before:
+            continue
+        ranges: tuple[SeqRange, ...] = ()
+        if gapped:
+            held = conn.execute(
+                select(models.ledger.c.seq).where(
+                    models.ledger.c.election == state.election,
+                    models.ledger.c.device == state.device,
+                    models.ledger.c.seq > state.contiguous_seq,
+                )
+            ).scalars()
+            ranges = missing_ranges(state.contiguous_seq, state.max_seq, held)
+        gaps[state.key] = ranges
+        insert_missing(
+            conn,
+            table,
+            [
+                {
+                    "election": state.election,
+                    "device": state.device,
+                    "first_seq": first,
+                    "last_seq": last,
+                    "detected_at": now,
+                    "requests": 0,
+                }
+                for first, last in ranges
+            ],
+            key=("election", "device", "first_seq", "last_seq"),
+        )
+        open_rows = conn.execute(
+            select(table.c.first_seq, table.c.last_seq).where(
+                table.c.election == state.election,
+                table.c.device == state.device,
+                table.c.repaired_at.is_(None),
+            )
+        ).all()
+        for first, last in open_rows:
+            if any(first <= high and low <= last for low, high in ranges):
+                continue  # still (partly) missing
+            conn.execute(
+                update(table)
+                .where(
+                    and_(
+                        table.c.election == state.election,
+                        table.c.device == state.device,
+                        table.c.first_seq == first,
+                        table.c.last_seq == last,
+                    )
+                )
+                .values(repaired_at=now)
+            )
+    return gaps

@@ -17,6 +17,7 @@ test checks that they agree with what the migrations build.
     alerts            rows of the rules' alert actions (cloud/actions.py), exactly-once per message
     stored_rows       rows of the rules' store actions, one physical table keyed by table_name
     dead_letters      rows whose action failed, and their error action too (or had none)
+    repairs           seq gaps seen in a device's chain: detected, requested, repaired (or open)
 """
 
 from __future__ import annotations
@@ -271,4 +272,17 @@ dead_letters = Table(
     Column("failed_at", UTCDateTime, nullable=False),
     Column("dedup_key", HASH, nullable=False),
     UniqueConstraint("dedup_key"),
+)
+
+repairs = Table(
+    "repairs",
+    metadata,
+    Column("election", ID, primary_key=True),
+    Column("device", ID, primary_key=True),
+    Column("first_seq", Integer, primary_key=True),
+    Column("last_seq", Integer, primary_key=True),
+    Column("detected_at", UTCDateTime, nullable=False),
+    Column("requested_at", UTCDateTime, nullable=True),  # first repair request published
+    Column("requests", Integer, nullable=False, server_default="0"),
+    Column("repaired_at", UTCDateTime, nullable=True),  # NULL: still open
 )

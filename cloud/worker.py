@@ -66,8 +66,9 @@ from cloud.config import CloudConfig
 from cloud.engine import EngineResult, RulesEngine
 from cloud.ledger import Checked, GroupResult, Inbound, Ledger, unwrap
 from cloud.receipts import ReceiptSender
+from cloud.repairs import RepairScheduler
 from cloud.status import StatusStore, StatusUpdate
-from protocol import ProtocolError, parse_gateway_topic
+from protocol import ProtocolError, RepairRequest, command_topic, parse_gateway_topic
 from protocol.gateway_status import GatewayStatus
 
 log = logging.getLogger(__name__)
@@ -275,6 +276,8 @@ class CloudWorker:
         self._ready_written = False
         self._totals = dict.fromkeys(Verdict, 0)
         self._stale_acks = 0
+        self._repairs = RepairScheduler(config.repair_interval_s, config.repair_grace_s)
+        self._repairs_sent = 0
 
     @property
     def stopping(self) -> bool:
@@ -297,11 +300,13 @@ class CloudWorker:
                 committer.join()
                 self._shutdown_session()
             log.info(
-                "cloud worker stopped: %d accepted, %d duplicates, %d rejected, %d stale acks dropped",
+                "cloud worker stopped: %d accepted, %d duplicates, %d rejected, %d stale acks dropped,"
+                " %d repair requests",
                 self._totals[Verdict.ACCEPTED],
                 self._totals[Verdict.DUPLICATE],
                 self._totals[Verdict.REJECTED],
                 self._stale_acks,
+                self._repairs_sent,
             )
             if self._rules is not None:
                 log.info("rules engine: %s", self._rules.stats.summary())
@@ -440,6 +445,7 @@ class CloudWorker:
                     current, ahead = ahead, following
                     if current is not None:
                         self._commit(current)
+                    self._send_repairs()
             finally:
                 if ahead is not None:  # stopping, or failed: left to the broker to redeliver
                     for _ in ahead.group:
@@ -505,6 +511,7 @@ class CloudWorker:
                 self._rules.after_commit(result, None if live is None else live.publish)
             if live is not None:
                 live.receipts.publish(result.receipts)
+            self._repairs.observe(result.gaps, time.monotonic())
         for delivery in group:
             if delivery.session is session and session.connected.is_set():
                 session.ack(delivery)
@@ -521,6 +528,38 @@ class CloudWorker:
                 result.count(Verdict.DUPLICATE),
                 result.count(Verdict.REJECTED),
             )
+
+    def _send_repairs(self) -> None:
+        """Publish the repair requests due (QoS 1, not retained), then note them in the DB."""
+        with self._session_lock:
+            session = self._session
+        if session is None or not session.connected.is_set():
+            return  # kept: due again once connected
+        requests = self._repairs.due(time.monotonic())
+        sent: list[RepairRequest] = []
+        for request in requests:
+            rc = session.client.publish(
+                command_topic(request.election, request.device),
+                request.to_bytes(),
+                qos=1,
+                retain=False,
+            ).rc
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                log.warning(
+                    "repair request device=%s not published: %s", request.device, mqtt.error_string(rc)
+                )
+                continue
+            sent.append(request)
+            log.info(
+                "repair request device=%s seq=%s published",
+                request.device,
+                ",".join(f"{a}-{b}" for a, b in request.missing),
+            )
+        self._repairs_sent += len(sent)
+        try:
+            self._ledger.mark_requested(sent)
+        except DatabaseUnavailable as err:  # informational only: the request went out
+            log.warning("repair requests not noted in the database: %s", err)
 
     def _retry(self, commit: Callable[[], T], messages: int) -> T | None:
         """``commit()`` until it succeeds; ``None`` if intake closes first (nothing acked).
