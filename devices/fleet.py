@@ -40,6 +40,8 @@ from protocol import (
     ProtocolError,
     Receipt,
     Registry,
+    RepairRequest,
+    command_topic,
     load_signing_key,
     receipt_topic,
     status_topic,
@@ -71,6 +73,9 @@ class FleetConfig:
     connect_timeout: float = 10.0
     hold: bool = False  # publish only once every device is connected; stay connected until all are done
     behaviours: Mapping[str, Behaviour] = field(default_factory=dict)  # device -> misbehaviour (devices/behaviours.py)
+    # Tests only (no CLI flag): seqs every device skips on their first publish, as if lost on the
+    # way, so the cloud sees a gap and asks for them (repair requests).
+    withhold_first: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -249,8 +254,8 @@ class DeviceRunner:
     """Drives one tabulator over MQTT until it is done (confirmed, or all acked)."""
 
     __slots__ = (
-        "_down", "_epilogue_done", "_progress", "_receipt_topic", "_status_topic", "_tripped",
-        "behaviour", "config", "fleet", "stats", "tab",
+        "_command_topic", "_down", "_epilogue_done", "_progressed", "_receipt_topic", "_repair",
+        "_status_topic", "_tripped", "_wake", "_withheld", "behaviour", "config", "fleet", "stats", "tab",
     )  # fmt: skip
 
     def __init__(self, tab: Tabulator, fleet: Fleet) -> None:
@@ -258,9 +263,13 @@ class DeviceRunner:
         self.fleet = fleet
         self.config = fleet.config
         self.stats = fleet.stats
-        self._progress: asyncio.Future[None] | None = None
+        self._wake: asyncio.Future[None] | None = None  # the sender waits on it (receipt progress, repair)
+        self._progressed = False  # a receipt covered something new since the sender last looked
+        self._repair: set[int] = set()  # seqs the cloud asked for, not yet resent
+        self._withheld: set[int] = set()  # seqs skipped once (FleetConfig.withhold_first)
         election = tab.election.id
         self._receipt_topic = receipt_topic(election, tab.device)
+        self._command_topic = command_topic(election, tab.device)
         self._status_topic = status_topic(election, tab.device)
         self._down = False
         self.behaviour: Behaviour | None = self.config.behaviours.get(tab.device)
@@ -354,6 +363,7 @@ class DeviceRunner:
 
     async def _session(self, conn: MqttConnection) -> None:
         await conn.subscribe(self._receipt_topic, qos=1)
+        await conn.subscribe(self._command_topic, qos=1)
         await conn.publish(self._status_topic, _status(self.tab.device, "online", self.tab.receipted), retain=True)
         if self.config.hold:
             await self._until(conn, self.fleet.all_connected)
@@ -374,6 +384,9 @@ class DeviceRunner:
             conn.lost.result()  # raises the ConnectionFailed it holds
 
     def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic == self._command_topic:
+            self._on_command(payload)
+            return
         try:
             receipt = Receipt.parse(payload)
         except ProtocolError as exc:
@@ -381,10 +394,43 @@ class DeviceRunner:
             return
         if self.tab.apply_receipt(receipt):
             log.debug("device=%s receipted up to seq=%d", self.tab.device, receipt.seq)
-            if self._progress is not None and not self._progress.done():
-                self._progress.set_result(None)
+            self._progressed = True
+            self._wake_sender()
             if self.done():
                 self.fleet.on_done(self)
+
+    def _on_command(self, payload: bytes) -> None:
+        """A repair request: remember the asked-for seqs this device holds, sent and unreceipted."""
+        tab = self.tab
+        try:
+            request = RepairRequest.parse(payload)
+        except ProtocolError as exc:
+            log.warning("device=%s ignoring bad repair request: %s", tab.device, exc)
+            return
+        if request.device != tab.device or request.election != tab.election.id:
+            log.warning(
+                "device=%s ignoring repair request for device=%s election=%s",
+                tab.device, request.device, request.election,
+            )  # fmt: skip
+            return
+        upto = min(self._last_sent, self.last_seq)
+        wanted = {seq for seq in request.seqs if tab.receipted < seq <= upto}
+        log.info(
+            "device=%s repair request for %d seq(s); resending %d from seq=%d",
+            tab.device, len(request.seqs), len(wanted), min(wanted, default=0),
+        )  # fmt: skip
+        if wanted:
+            self._repair |= wanted
+            self._wake_sender()
+
+    @property
+    def _last_sent(self) -> int:
+        """The highest seq this device has sent (written ahead, or acked by the broker)."""
+        return max(self.tab.sent_seq, max(self.tab.acked, default=0))
+
+    def _wake_sender(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     async def _publish(self, conn: MqttConnection, batches: list[SignedBatch], *, resend: bool) -> None:
         limiter = self.fleet.limiter
@@ -395,6 +441,10 @@ class DeviceRunner:
             batches = []
         for batch in batches:
             if batch.seq <= self.tab.receipted or batch.seq > last:
+                continue
+            if not resend and batch.seq in self.config.withhold_first and batch.seq not in self._withheld:
+                self._withheld.add(batch.seq)  # tests: lost on the way, never reaches the broker
+                log.info("device=%s seq=%d withheld on its first publish", self.tab.device, batch.seq)
                 continue
             if behaviour is not None:
                 await self._before(conn, batch)
@@ -483,13 +533,24 @@ class DeviceRunner:
         await self._publish(conn, self.tab.unacked(), resend=False)
         delay = self.config.resend_after
         loop = asyncio.get_running_loop()
+        self._progressed = False
+        deadline = loop.time() + delay
         while not self._own_batches_done():
-            self._progress = loop.create_future()
-            await asyncio.wait((self._progress, conn.lost), timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            if not self._repair and not self._progressed:
+                self._wake = loop.create_future()
+                timeout = max(0.0, deadline - loop.time())
+                await asyncio.wait((self._wake, conn.lost), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                self._wake = None
             if conn.lost.done():
                 conn.lost.result()
-            if self._progress.done():
+            if self._repair:  # the cloud asked: resend now, leaving the backoff as it is
+                await self._resend_requested(conn)
+            if self._progressed:
+                self._progressed = False
                 delay = self.config.resend_after
+                deadline = loop.time() + delay
+                continue
+            if loop.time() < deadline:
                 continue
             missing = [b for b in self.tab.unreceipted() if b.seq <= self.last_seq]
             log.info(
@@ -501,7 +562,15 @@ class DeviceRunner:
             )
             await self._publish(conn, missing, resend=True)
             delay = min(delay * 2, self.config.resend_cap)
-        self._progress = None
+            deadline = loop.time() + delay
+
+    async def _resend_requested(self, conn: MqttConnection) -> None:
+        """Resend the seqs repair requests named, still unreceipted (taken from ``_repair``)."""
+        seqs, self._repair = self._repair, set()
+        batches = [self.tab.batches[seq - 1] for seq in sorted(seqs) if seq > self.tab.receipted]
+        if batches:
+            log.info("device=%s resending %d requested batch(es) from seq=%d", self.tab.device, len(batches), batches[0].seq)
+            await self._publish(conn, batches, resend=True)
 
 
 class _Reboot(Exception):
