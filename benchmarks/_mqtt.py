@@ -39,7 +39,13 @@ def count_entries(payload: bytes, topic: str = "") -> int:
     return bundle.count(payload) if bundle.is_bundle(payload) else 1
 
 
-def _sink_main(port: int, client_id: str, expected: int, ready: Callable[[], None] | mp.synchronize.Event, queue: mp.Queue) -> None:  # type: ignore[type-arg]
+def _sink_main(
+    port: int,
+    client_id: str,
+    expected: int,
+    ready: Callable[[], None] | mp.synchronize.Event,
+    queue: mp.Queue,
+) -> None:  # type: ignore[type-arg]
     received = 0
     first = last = 0.0
 
@@ -54,7 +60,12 @@ def _sink_main(port: int, client_id: str, expected: int, ready: Callable[[], Non
     def on_connect(c: mqtt.Client, *_: object) -> None:
         c.subscribe("edgetally/#", 1)
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False, protocol=mqtt.MQTTv311)
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=False,
+        protocol=mqtt.MQTTv311,
+    )
     client.on_message = on_message
     client.on_connect = on_connect
     client.on_subscribe = lambda *_: ready.set()  # type: ignore[union-attr]
@@ -82,7 +93,11 @@ class Sink:
     def __init__(self, port: int, expected: int, client_id: str = "bench-sink") -> None:
         self._ready = mp.Event()
         self._queue: mp.Queue = mp.Queue()  # type: ignore[type-arg]
-        self._proc = mp.Process(target=_sink_main, args=(port, client_id, expected, self._ready, self._queue), daemon=True)
+        self._proc = mp.Process(
+            target=_sink_main,
+            args=(port, client_id, expected, self._ready, self._queue),
+            daemon=True,
+        )
 
     def start(self, timeout: float = 20) -> None:
         self._proc.start()
@@ -98,7 +113,12 @@ class Sink:
 def register_session(port: int, client_id: str = "bench-sink") -> None:
     """Create the sink's persistent subscription on a broker, then leave (its queue keeps filling)."""
     done = mp.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False, protocol=mqtt.MQTTv311)
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=False,
+        protocol=mqtt.MQTTv311,
+    )
     client.on_connect = lambda c, *_: c.subscribe("edgetally/#", 1)
     client.on_subscribe = lambda *_: done.set()
     client.connect("127.0.0.1", port)
@@ -111,7 +131,9 @@ def register_session(port: int, client_id: str = "bench-sink") -> None:
 
 def publish_all(port: int, envelopes: Sequence[Envelope], window: int = 1000) -> float:
     """Publish QoS 1 with ``window`` in flight; every rc checked; returns the wall time it started."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-pub", protocol=mqtt.MQTTv311)
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id="bench-pub", protocol=mqtt.MQTTv311
+    )
     client.max_inflight_messages_set(window)
     client.max_queued_messages_set(0)
     client.connect("127.0.0.1", port)
@@ -165,7 +187,9 @@ def peak_rss_kib(pid: int) -> int:
     return proc_status_kib(pid, "VmHWM")
 
 
-def raw_ceiling(work: Path, envelopes: Sequence[Envelope], name: str = "ceiling", timeout: float = 300) -> float:
+def raw_ceiling(
+    work: Path, envelopes: Sequence[Envelope], name: str = "ceiling", timeout: float = 300
+) -> float:
     """Messages/s of one raw paho QoS 1 publisher -> a fresh Mosquitto -> one counting subscriber
     (its own process), live: from the first publish to the last arrival."""
     broker = BrokerProcess(work / f"{name}-broker", name=name)

@@ -52,7 +52,10 @@ def ceiling(work: Path, keys: Path, messages: int) -> tuple[float, int]:
         for t in (Tabulator.load(election, keys, d, 1, 10) for d in election.devices)
         for b in t.batches
     ]
-    envelopes = [(topic, payload) for payload, topic in (payloads[i % len(payloads)] for i in range(messages))]
+    envelopes = [
+        (topic, payload)
+        for payload, topic in (payloads[i % len(payloads)] for i in range(messages))
+    ]
     rate = raw_ceiling(work, envelopes, timeout=120)
     return rate, sum(len(p) for p, _ in payloads) // len(payloads)
 
@@ -88,11 +91,19 @@ def run_fleet(
         "--summary", str(summary_file), "--json", *extra,
     ]  # fmt: skip
     log = open(work / f"{label}.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"})
+    proc = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"}
+    )
     peak = 0
     killed = False
     deadline = time.monotonic() + args.timeout + 120
-    progress = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+    progress = Progress(
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
     try:
         with progress:
             connected = progress.add_task(f"{label}: connected", total=args.devices)
@@ -106,7 +117,9 @@ def run_fleet(
                 progress.update(connected, completed=snap.get("connected", 0))
                 progress.update(acked, completed=snap.get("acked", 0))
                 if storm and not killed and snap.get("acked", 0) >= total * 0.3:
-                    console.print(f"[yellow]{label}: SIGKILL the broker at {snap.get('acked')} acked, restart it[/]")
+                    console.print(
+                        f"[yellow]{label}: SIGKILL the broker at {snap.get('acked')} acked, restart it[/]"
+                    )
                     broker.kill()
                     broker.start()
                     killed = True
@@ -115,7 +128,9 @@ def run_fleet(
         log.close()
     summary = _read(summary_file)
     if proc.returncode not in (0, 1) or not summary:
-        raise RuntimeError(f"{label}: fleet exited {proc.returncode}: {(work / f'{label}.log').read_text()[-2000:]}")
+        raise RuntimeError(
+            f"{label}: fleet exited {proc.returncode}: {(work / f'{label}.log').read_text()[-2000:]}"
+        )
     sink_rate = None
     if sink is not None:
         received, first, last = sink.result(timeout=60)
@@ -131,21 +146,34 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--batches-per-device", type=int, default=10)
     parser.add_argument("--connect-rate", type=float, default=500.0)
     parser.add_argument("--ceiling-messages", type=int, default=30_000)
-    parser.add_argument("--storm", action="store_true", help="also kill and restart the broker under a paced fleet")
-    parser.add_argument("--storm-rate", type=float, default=2000.0, help="fleet-wide batches/s during the storm run")
-    parser.add_argument("--timeout", type=float, default=300.0, help="each fleet run gives up after this many seconds")
+    parser.add_argument(
+        "--storm", action="store_true", help="also kill and restart the broker under a paced fleet"
+    )
+    parser.add_argument(
+        "--storm-rate", type=float, default=2000.0, help="fleet-wide batches/s during the storm run"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="each fleet run gives up after this many seconds",
+    )
     args = parser.parse_args()
     console = Console()
     binary = mosquitto_binary()
     if binary is None:
         raise SystemExit("the benchmark needs mosquitto (apt-get install mosquitto)")
     version = subprocess.run([binary, "-h"], capture_output=True, text=True).stdout.splitlines()[0]
-    console.print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {version}")
+    console.print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {version}"
+    )
     with tempfile.TemporaryDirectory(prefix="edgetally-bench-fleet-") as tmp:
         work = Path(tmp)
         with console.status("(a) ceiling: raw paho QoS 1 publisher -> Mosquitto -> subscriber"):
@@ -159,7 +187,16 @@ def main() -> None:
         broker = BrokerProcess(work / "fleet-broker", name="fleet")
         broker.start()
         try:
-            main_run = run_fleet(console, broker, work / "keys", work, args, label="fleet", extra=["--hold"], batches=args.batches_per_device)
+            main_run = run_fleet(
+                console,
+                broker,
+                work / "keys",
+                work,
+                args,
+                label="fleet",
+                extra=["--hold"],
+                batches=args.batches_per_device,
+            )
             storm_run = None
             if args.storm:
                 storm_run = run_fleet(
@@ -172,12 +209,21 @@ def main() -> None:
     console.print(_table(args, ceiling_rate, size, provision_s, main_run, storm_run))
 
 
-def _table(args: argparse.Namespace, ceiling_rate: float, size: int, provision_s: float, run: FleetRun, storm: FleetRun | None) -> Table:
+def _table(
+    args: argparse.Namespace,
+    ceiling_rate: float,
+    size: int,
+    provision_s: float,
+    run: FleetRun,
+    storm: FleetRun | None,
+) -> Table:
     s = run.summary
     devices = args.devices
     per_conn = s.get("connection_kib_per_device")
     steady = s.get("steady_acked_per_s") or 0.0
-    table = Table(title=f"EdgeTally fleet: {devices:,} devices x {args.batches_per_device} signed batches (~{size} B), connect rate {args.connect_rate:,.0f}/s")
+    table = Table(
+        title=f"EdgeTally fleet: {devices:,} devices x {args.batches_per_device} signed batches (~{size} B), connect rate {args.connect_rate:,.0f}/s"
+    )
     table.add_column("measurement")
     table.add_column("value", justify="right")
     table.add_column("target", justify="right")
@@ -185,18 +231,50 @@ def _table(args: argparse.Namespace, ceiling_rate: float, size: int, provision_s
         ("ceiling: raw paho QoS 1 -> mosquitto -> subscriber", f"{ceiling_rate:,.0f} msg/s", ""),
         ("keys provisioned", f"{devices:,} in {provision_s:.1f}s", ""),
         ("devices connected at once", f"{s.get('max_connected', 0):,}", f">= {devices:,}"),
-        ("time to connect all", f"{s.get('all_connected_s') or 0:.1f}s", f"~{devices / args.connect_rate:.1f}s at the rate"),
+        (
+            "time to connect all",
+            f"{s.get('all_connected_s') or 0:.1f}s",
+            f"~{devices / args.connect_rate:.1f}s at the rate",
+        ),
         ("connect failures", f"{s.get('connect_failures', 0):,}", ""),
-        ("fleet RSS after signing (before connecting)", f"{s.get('rss_prepared_kib', 0) / 1024:,.1f} MiB", ""),
-        ("fleet RSS with every device connected", f"{s.get('rss_connected_kib', 0) / 1024:,.1f} MiB", ""),
-        ("RSS per connection (connected - before) / devices", f"{per_conn} KiB" if per_conn is not None else "-", ""),
-        ("RSS per device, whole process / devices", f"{s.get('rss_connected_kib', 0) / devices:.1f} KiB", "<= 50 KiB"),
+        (
+            "fleet RSS after signing (before connecting)",
+            f"{s.get('rss_prepared_kib', 0) / 1024:,.1f} MiB",
+            "",
+        ),
+        (
+            "fleet RSS with every device connected",
+            f"{s.get('rss_connected_kib', 0) / 1024:,.1f} MiB",
+            "",
+        ),
+        (
+            "RSS per connection (connected - before) / devices",
+            f"{per_conn} KiB" if per_conn is not None else "-",
+            "",
+        ),
+        (
+            "RSS per device, whole process / devices",
+            f"{s.get('rss_connected_kib', 0) / devices:.1f} KiB",
+            "<= 50 KiB",
+        ),
         ("fleet peak RSS (sampled) / devices", f"{run.peak_rss_kib / devices:.1f} KiB", ""),
         ("batches acked by broker", f"{s.get('acked', 0):,} / {s.get('batches', 0):,}", ""),
-        ("fleet steady signed-batch rate (10%..90%)", f"{steady:,.0f} batches/s", f">= {0.5 * ceiling_rate:,.0f}"),
+        (
+            "fleet steady signed-batch rate (10%..90%)",
+            f"{steady:,.0f} batches/s",
+            f">= {0.5 * ceiling_rate:,.0f}",
+        ),
         ("ratio to ceiling", f"{steady / ceiling_rate:.2f}", ">= 0.50"),
-        ("subscriber arrival rate during the fleet run", f"{run.sink_rate:,.0f} msg/s" if run.sink_rate else "-", ""),
-        ("subscriber arrival rate / ceiling", f"{run.sink_rate / ceiling_rate:.2f}" if run.sink_rate else "-", ""),
+        (
+            "subscriber arrival rate during the fleet run",
+            f"{run.sink_rate:,.0f} msg/s" if run.sink_rate else "-",
+            "",
+        ),
+        (
+            "subscriber arrival rate / ceiling",
+            f"{run.sink_rate / ceiling_rate:.2f}" if run.sink_rate else "-",
+            "",
+        ),
     ]
     if storm is not None:
         t = storm.summary
@@ -205,7 +283,11 @@ def _table(args: argparse.Namespace, ceiling_rate: float, size: int, provision_s
             ("storm: connections lost", f"{t.get('connections_lost', 0):,}", ""),
             ("storm: reconnects", f"{t.get('reconnects', 0):,}", ""),
             ("storm: connect failures", f"{t.get('connect_failures', 0):,}", ""),
-            ("storm: first loss -> every device back", f"{t.get('full_reconnect_s') or 0:.1f}s", f"~{devices / args.connect_rate:.1f}s at the rate"),
+            (
+                "storm: first loss -> every device back",
+                f"{t.get('full_reconnect_s') or 0:.1f}s",
+                f"~{devices / args.connect_rate:.1f}s at the rate",
+            ),
         ]
     for row in rows:
         table.add_row(*row)

@@ -73,7 +73,9 @@ class Pair:
         self.work = work
         self.cloud = BrokerProcess(work / "cloud-broker", name="cloud-broker")
         extra = bridge_config(self.cloud.port) if bridge else ""
-        self.edge = BrokerProcess(work / "edge-broker", name="edge-broker", settings=BrokerSettings(extra=extra))
+        self.edge = BrokerProcess(
+            work / "edge-broker", name="edge-broker", settings=BrokerSettings(extra=extra)
+        )
         self.gateway: Component | None = None
         self.buffer = work / "buffer.db"
 
@@ -81,10 +83,19 @@ class Pair:
         self.gateway = Component(
             "gateway",
             [
-                "--log-level", "WARNING",
-                "gateway", "run",
-                "--edge", self.edge.url, "--cloud", self.cloud.url,
-                "--buffer", str(self.buffer), "--keys", str(keys), *extra_args,
+                "--log-level",
+                "WARNING",
+                "gateway",
+                "run",
+                "--edge",
+                self.edge.url,
+                "--cloud",
+                self.cloud.url,
+                "--buffer",
+                str(self.buffer),
+                "--keys",
+                str(keys),
+                *extra_args,
             ],
             self.work,
         )
@@ -107,7 +118,13 @@ def _stored(buffer: Path) -> int:
 
 
 def run_pair(
-    work: Path, keys: Path, forward: Sequence[Envelope], backlog: Sequence[Envelope], *, bridge: bool, gateway_args: Sequence[str]
+    work: Path,
+    keys: Path,
+    forward: Sequence[Envelope],
+    backlog: Sequence[Envelope],
+    *,
+    bridge: bool,
+    gateway_args: Sequence[str],
 ) -> Figures:
     figures = Figures()
     label = "bridge" if bridge else "gateway"
@@ -142,7 +159,11 @@ def run_pair(
             started = time.time()
             publish_all(pair.edge.port, backlog)
             if not bridge:
-                _wait(lambda: _stored(pair.buffer) >= len(backlog), 900, "the backlog committed to the buffer")
+                _wait(
+                    lambda: _stored(pair.buffer) >= len(backlog),
+                    900,
+                    "the backlog committed to the buffer",
+                )
                 figures.ingest_rate = len(backlog) / (time.time() - started)
         with console.status(f"{label}: draining {len(backlog):,}"):
             restart = time.time()
@@ -162,16 +183,28 @@ def run_pair(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--messages", type=int, default=20_000, help="envelopes for the forwarding runs")
-    parser.add_argument("--backlog", type=int, default=100_000, help="envelopes buffered during the outage")
-    parser.add_argument("--gateway-arg", action="append", default=[], help="extra `gateway run` option (repeatable)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--messages", type=int, default=20_000, help="envelopes for the forwarding runs"
+    )
+    parser.add_argument(
+        "--backlog", type=int, default=100_000, help="envelopes buffered during the outage"
+    )
+    parser.add_argument(
+        "--gateway-arg", action="append", default=[], help="extra `gateway run` option (repeatable)"
+    )
     parser.add_argument("--skip-bridge", action="store_true")
     args = parser.parse_args()
     if mosquitto_binary() is None:
         raise SystemExit("the benchmark needs mosquitto (apt-get install mosquitto)")
-    version = subprocess.run([mosquitto_binary() or "mosquitto", "-h"], capture_output=True, text=True).stdout.splitlines()[0]
-    console.print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {version}")
+    version = subprocess.run(
+        [mosquitto_binary() or "mosquitto", "-h"], capture_output=True, text=True
+    ).stdout.splitlines()[0]
+    console.print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {version}"
+    )
     work = Path(tempfile.mkdtemp(prefix="edgetally-gwbench-"))
     try:
         election = load_election(sample_election_path())
@@ -184,11 +217,17 @@ def main() -> None:
         with console.status("ceiling: one QoS 1 publisher through one Mosquitto"):
             top = raw_ceiling(work, forward)
         gw = run_pair(work, keys, forward, backlog, bridge=False, gateway_args=args.gateway_arg)
-        br = Figures() if args.skip_bridge else run_pair(work, keys, forward, backlog, bridge=True, gateway_args=[])
+        br = (
+            Figures()
+            if args.skip_bridge
+            else run_pair(work, keys, forward, backlog, bridge=True, gateway_args=[])
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    table = Table(title=f"Gateway benchmark ({size} B envelopes; forward {args.messages:,}, backlog {args.backlog:,})")
+    table = Table(
+        title=f"Gateway benchmark ({size} B envelopes; forward {args.messages:,}, backlog {args.backlog:,})"
+    )
     table.add_column("measurement")
     table.add_column("gateway", justify="right")
     table.add_column("bridge (baseline)", justify="right")
@@ -198,11 +237,37 @@ def main() -> None:
     def ratio(a: float, b: float) -> str:
         return f"{a / b:.2f}" if a and b else "-"
 
-    table.add_row("(a) forwarding, batches/s", f"{gw.forward_rate:,.0f}", f"{br.forward_rate:,.0f}", ratio(gw.forward_rate, br.forward_rate), ratio(gw.forward_rate, top))
-    table.add_row("verified ingest during outage, batches/s", f"{gw.ingest_rate:,.0f}", "- (no verify)", "-", ratio(gw.ingest_rate, top))
-    table.add_row("(b) drain of backlog, s (first to last arrival)", f"{gw.drain_s:.1f}", f"{br.drain_s:.1f}", ratio(br.drain_s, gw.drain_s) + " (speed)", "-")
-    table.add_row("    drain from cloud broker restart, s", f"{gw.drain_from_restart_s:.1f}", f"{br.drain_from_restart_s:.1f}", "-", "-")
-    table.add_row("(d) ceiling: 1 publisher -> 1 Mosquitto, msg/s", "", "", "", f"{top:,.0f} = 1.00")
+    table.add_row(
+        "(a) forwarding, batches/s",
+        f"{gw.forward_rate:,.0f}",
+        f"{br.forward_rate:,.0f}",
+        ratio(gw.forward_rate, br.forward_rate),
+        ratio(gw.forward_rate, top),
+    )
+    table.add_row(
+        "verified ingest during outage, batches/s",
+        f"{gw.ingest_rate:,.0f}",
+        "- (no verify)",
+        "-",
+        ratio(gw.ingest_rate, top),
+    )
+    table.add_row(
+        "(b) drain of backlog, s (first to last arrival)",
+        f"{gw.drain_s:.1f}",
+        f"{br.drain_s:.1f}",
+        ratio(br.drain_s, gw.drain_s) + " (speed)",
+        "-",
+    )
+    table.add_row(
+        "    drain from cloud broker restart, s",
+        f"{gw.drain_from_restart_s:.1f}",
+        f"{br.drain_from_restart_s:.1f}",
+        "-",
+        "-",
+    )
+    table.add_row(
+        "(d) ceiling: 1 publisher -> 1 Mosquitto, msg/s", "", "", "", f"{top:,.0f} = 1.00"
+    )
     table.add_row("gateway peak RSS, MiB", f"{gw.peak_rss_mib:.0f}", "", "", "")
     console.print(table)
 

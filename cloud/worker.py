@@ -173,9 +173,7 @@ class Session:
         # Every time: a broker restarted without persistence has forgotten the subscription.
         rc, _ = client.subscribe(self._config.subscriptions)
         if rc != mqtt.MQTT_ERR_SUCCESS:
-            log.error(
-                "subscribe to %s failed: %s", _filters(self._config), mqtt.error_string(rc)
-            )
+            log.error("subscribe to %s failed: %s", _filters(self._config), mqtt.error_string(rc))
             client.disconnect()
 
     def _on_subscribe(
@@ -187,9 +185,7 @@ class Session:
         properties: Any,
     ) -> None:
         if any(r.is_failure for r in reasons):
-            log.error(
-                "broker refused the subscription to %s: %s", _filters(self._config), reasons
-            )
+            log.error("broker refused the subscription to %s: %s", _filters(self._config), reasons)
             client.disconnect()
             return
         log.info("subscribed to %s (QoS 1)", _filters(self._config))
@@ -546,7 +542,9 @@ class CloudWorker:
             ).rc
             if rc != mqtt.MQTT_ERR_SUCCESS:
                 log.warning(
-                    "repair request device=%s not published: %s", request.device, mqtt.error_string(rc)
+                    "repair request device=%s not published: %s",
+                    request.device,
+                    mqtt.error_string(rc),
                 )
                 continue
             sent.append(request)
