@@ -34,6 +34,9 @@ make of it; "mid" is the seq ``max(1, final // 2)``):
     silent       never sends its final batch
     after_final  once confirmed, publishes a signed, chained seq final + 1
     burst        publishes all its batches at once (no waiting for each PUBACK, no rate limit)
+    lossy        the first publish of one or two of its seqs is lost on the way (never seq 1, never
+                 the final: see lost_seqs), so the cloud sees its chain jump; it resends them when
+                 the cloud's repair request names them, or at its resend timeout
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ class Behaviour(StrEnum):
     SILENT = "silent"
     AFTER_FINAL = "after_final"
     BURST = "burst"
+    LOSSY = "lossy"  # last: adding it left every other behaviour's assignment as it was
 
 
 NEEDS_STATE_DIR = frozenset({Behaviour.REBOOT, Behaviour.POWER_LOSS})
@@ -235,6 +239,24 @@ def assign(devices: Sequence[str], profile: Profile, seed: int) -> dict[str, Beh
 
 def mid_seq(final_seq: int) -> int:
     return max(1, final_seq // 2)
+
+
+LOSSY_MIN_BATCHES = 3  # a seq between the first and the final one
+
+
+def lost_seqs(seed: int, device: str, final_seq: int) -> frozenset[int]:
+    """lossy: the seqs whose first publish is lost, one or two of ``2 .. final_seq - 1``.
+
+    Chosen from the seed and the device alone (not the fleet, its order or its sharding). Never
+    seq 1 and never the final batch: a later seq always follows, so the cloud sees the chain jump
+    and asks for the gap. Empty when there is no seq in between (fewer than LOSSY_MIN_BATCHES).
+    """
+    middle = range(2, final_seq)
+    if not middle:
+        return frozenset()
+    rng = random.Random(f"{seed}/lossy/{device}")
+    count = min(len(middle), rng.choice((1, 2)))
+    return frozenset(rng.sample(middle, count))
 
 
 def wrong_key(seed: int, device: str) -> SigningKey:

@@ -74,7 +74,8 @@ class FleetConfig:
     hold: bool = False  # publish only once every device is connected; stay connected until all are done
     behaviours: Mapping[str, Behaviour] = field(default_factory=dict)  # device -> misbehaviour (devices/behaviours.py)
     # Tests only (no CLI flag): seqs every device skips on their first publish, as if lost on the
-    # way, so the cloud sees a gap and asks for them (repair requests).
+    # way, so the cloud sees a gap and asks for them (repair requests). The lossy behaviour does
+    # the same per device (devices/behaviours.py lost_seqs); both go through withheld_seqs.
     withhold_first: frozenset[int] = frozenset()
 
 
@@ -254,8 +255,9 @@ class DeviceRunner:
     """Drives one tabulator over MQTT until it is done (confirmed, or all acked)."""
 
     __slots__ = (
-        "_command_topic", "_down", "_epilogue_done", "_progressed", "_receipt_topic", "_repair",
-        "_status_topic", "_tripped", "_wake", "_withheld", "behaviour", "config", "fleet", "stats", "tab",
+        "_command_topic", "_down", "_epilogue_done", "_lose_first", "_progressed", "_receipt_topic",
+        "_repair", "_status_topic", "_tripped", "_wake", "_withheld", "behaviour", "config", "fleet", "stats",
+        "tab",
     )  # fmt: skip
 
     def __init__(self, tab: Tabulator, fleet: Fleet) -> None:
@@ -266,7 +268,6 @@ class DeviceRunner:
         self._wake: asyncio.Future[None] | None = None  # the sender waits on it (receipt progress, repair)
         self._progressed = False  # a receipt covered something new since the sender last looked
         self._repair: set[int] = set()  # seqs the cloud asked for, not yet resent
-        self._withheld: set[int] = set()  # seqs skipped once (FleetConfig.withhold_first)
         election = tab.election.id
         self._receipt_topic = receipt_topic(election, tab.device)
         self._command_topic = command_topic(election, tab.device)
@@ -275,6 +276,8 @@ class DeviceRunner:
         self.behaviour: Behaviour | None = self.config.behaviours.get(tab.device)
         self._tripped = False  # the once-only mid-run behaviour (flap, reboot, power loss, tampered) happened
         self._epilogue_done = False  # replay / after_final sent
+        self._lose_first = withheld_seqs(self.config, tab, self.behaviour)  # lossy, withhold_first
+        self._withheld: set[int] = set()  # those of them already skipped (once each)
 
     @property
     def last_seq(self) -> int:
@@ -442,9 +445,11 @@ class DeviceRunner:
         for batch in batches:
             if batch.seq <= self.tab.receipted or batch.seq > last:
                 continue
-            if not resend and batch.seq in self.config.withhold_first and batch.seq not in self._withheld:
-                self._withheld.add(batch.seq)  # tests: lost on the way, never reaches the broker
+            if not resend and batch.seq in self._lose_first and batch.seq not in self._withheld:
+                self._withheld.add(batch.seq)  # lost on the way: never reaches the broker
                 log.info("device=%s seq=%d withheld on its first publish", self.tab.device, batch.seq)
+                if behaviour is Behaviour.LOSSY:
+                    self._inject()
                 continue
             if behaviour is not None:
                 await self._before(conn, batch)
@@ -588,6 +593,20 @@ def last_seq(tab: Tabulator, behaviour: Behaviour | None) -> int:
     return tab.final_seq - 1 if behaviour is Behaviour.SILENT else tab.final_seq
 
 
+def withheld_seqs(
+    config: FleetConfig, tab: Tabulator, behaviour: Behaviour | None
+) -> frozenset[int]:
+    """The seqs whose first publish the device skips, as if lost on the way (it sends them again
+    on a repair request, a resend timeout or a reconnect): the lossy behaviour's
+    (:func:`devices.behaviours.lost_seqs`) and ``config.withhold_first`` (tests), within what the
+    device publishes. The fleet and the truth file (devices/truth.py) both read them from here."""
+    lost = set(config.withhold_first)
+    if behaviour is Behaviour.LOSSY:
+        lost |= bh.lost_seqs(config.seed, tab.device, tab.final_seq)
+    last = last_seq(tab, behaviour)
+    return frozenset(s for s in lost if 1 <= s <= last)
+
+
 def _compact(tab: Tabulator) -> None:
     """Copy each signed payload into an exact-size bytes object.
 
@@ -629,6 +648,14 @@ class Fleet:
         needs_store = sorted({b.value for b in self.config.behaviours.values()} & {b.value for b in bh.NEEDS_STATE_DIR})
         if needs_store and self.store is None:
             raise FleetError(f"behaviour {', '.join(needs_store)} needs --state-dir (a device reopens from it)")
+        if (
+            Behaviour.LOSSY in self.config.behaviours.values()
+            and self.config.batches_per_device < bh.LOSSY_MIN_BATCHES
+        ):
+            raise FleetError(
+                f"behaviour lossy needs --batches-per-device {bh.LOSSY_MIN_BATCHES} or more"
+                " (it loses a seq between a device's first and final batch)"
+            )
         self.tabulators = []
         store = self.store
         with store.group() if store is not None else contextlib.nullcontext():  # one fsync for the fleet

@@ -17,13 +17,23 @@ Per device::
     duplicates  [{seq, body_hash, copies}]  extra copies of an accepted batch the device sends on
                 purpose. The cloud counts one as a duplicate only if it reaches it: the gateway
                 stores an envelope still buffered only once. So 0..copies, never a second row.
+    withheld    [seq]  seqs whose first publish the device skips, as if lost on the way (lossy;
+                [] for every other device). Each is in ``accept`` too: it must end in the ledger
+                exactly once, brought by a resend (the cloud's repair request or the device's
+                own resend timeout)
+    repairs     [{seqs, state}]  the gaps the withheld seqs leave in the device's chain, written as
+                ``cloud audit --json`` writes its ``repairs`` rows (``seqs`` "3" or "3-4"), and the
+                state each must end in: ``repaired``. So: every withheld seq lies in a row of this
+                device in the audit's ``repairs``, and no row of this device is ``open`` (a gap
+                filled over two commits shows as two rows, e.g. "3-4" and "4", both repaired)
     confirmed   whether the cloud's receipt must reach final_seq (silent, wrong_key: no)
     ballots     ballots of the accepted batches
     published / resends   what the device put on the wire (filled at the end of the run)
 
 Top level: ``expected`` totals over every accepted batch (ballots, contests, ballots per
-precinct, accepted batch count, rejections by reason and where), the seed, the election and the
-behaviour of each device.
+precinct, accepted batch count, rejections by reason and where, ``withheld``: how many seqs were
+withheld once over the fleet), the seed, the election and the behaviour of each device.
+``version`` 2 added ``withheld``, ``repairs`` and ``expected.withheld``.
 """
 
 from __future__ import annotations
@@ -43,7 +53,7 @@ from protocol import RejectReason, parse_body, parse_envelope, sha256_hex
 if TYPE_CHECKING:
     from devices.fleet import Fleet
 
-TRUTH_VERSION = 1
+TRUTH_VERSION = 2
 STATEFUL = frozenset({RejectReason.CONFLICT, RejectReason.BROKEN_CHAIN, RejectReason.AFTER_FINAL})
 
 
@@ -52,7 +62,26 @@ def where(reason: RejectReason) -> str:
     return "cloud" if reason in STATEFUL else "gateway"
 
 
-def device_truth(tab: Tabulator, behaviour: Behaviour | None) -> dict[str, Any]:
+def gap_rows(withheld: frozenset[int] | set[int]) -> list[dict[str, str]]:
+    """The gaps ``withheld`` seqs leave, one per run of consecutive seqs, as the audit writes them."""
+    rows: list[dict[str, str]] = []
+    seqs = sorted(withheld)
+    start = 0
+    for i, seq in enumerate(seqs):
+        if i + 1 == len(seqs) or seqs[i + 1] != seq + 1:
+            first = seqs[start]
+            seqs_text = f"{first}-{seq}" if first != seq else str(seq)
+            rows.append({"seqs": seqs_text, "state": "repaired"})
+            start = i + 1
+    return rows
+
+
+def device_truth(
+    tab: Tabulator, behaviour: Behaviour | None, withheld: frozenset[int] = frozenset()
+) -> dict[str, Any]:
+    """``withheld``: the seqs the device skips on their first publish (devices/fleet.py
+    withheld_seqs). Only those below an accepted seq the device does publish the first time leave
+    a gap the cloud sees (for lossy: all of them, never seq 1 nor the final)."""
     from devices.fleet import last_seq
 
     last = last_seq(tab, behaviour)
@@ -81,6 +110,7 @@ def device_truth(tab: Tabulator, behaviour: Behaviour | None) -> dict[str, Any]:
     elif behaviour is Behaviour.REPLAY:
         duplicates = [{"seq": 1, "body_hash": tab.batches[0].body_hash, "copies": 1}]
     accepted_seqs = {a["seq"] for a in accept}
+    top = max(accepted_seqs - withheld, default=0)  # highest seq published on the first go
     ballots = 0
     counts: dict[str, dict[str, int]] = {}
     for batch in tab.batches:
@@ -99,6 +129,8 @@ def device_truth(tab: Tabulator, behaviour: Behaviour | None) -> dict[str, Any]:
         "accept": accept,
         "reject": reject,
         "duplicates": duplicates,
+        "withheld": sorted(withheld),
+        "repairs": gap_rows({s for s in withheld if s < top}),
         "confirmed": behaviour not in (Behaviour.SILENT, Behaviour.WRONG_KEY),
         "ballots": ballots,
         "counts": counts,
@@ -111,10 +143,11 @@ def aggregate(devices: Mapping[str, Mapping[str, Any]], contests: Mapping[str, l
     totals = {c: dict.fromkeys(choices, 0) for c, choices in contests.items()}
     by_precinct: dict[str, int] = {}
     rejected: dict[str, int] = {}
-    ballots = batches = 0
+    ballots = batches = withheld = 0
     for entry in devices.values():
         ballots += entry["ballots"]
         batches += len(entry["accept"])
+        withheld += len(entry.get("withheld", ()))
         by_precinct[entry["precinct"]] = by_precinct.get(entry["precinct"], 0) + entry["ballots"]
         for contest, choices in entry["counts"].items():
             for choice, votes in choices.items():
@@ -128,13 +161,20 @@ def aggregate(devices: Mapping[str, Mapping[str, Any]], contests: Mapping[str, l
         "contests": totals,
         "ballots_by_precinct": dict(sorted(by_precinct.items())),
         "rejected": dict(sorted(rejected.items())),
+        "withheld": withheld,
     }
 
 
 def build_truth(fleet: Fleet) -> dict[str, Any]:
+    from devices.fleet import withheld_seqs
+
     election = fleet.registry.election
     behaviours = fleet.config.behaviours
-    devices = {t.device: device_truth(t, behaviours.get(t.device)) for t in fleet.tabulators}
+    devices: dict[str, dict[str, Any]] = {}
+    for tab in fleet.tabulators:
+        behaviour = behaviours.get(tab.device)
+        withheld = withheld_seqs(fleet.config, tab, behaviour)
+        devices[tab.device] = device_truth(tab, behaviour, withheld)
     contests = {c.id: list(c.choice_ids) for c in election.contests}
     return {
         "version": TRUTH_VERSION,

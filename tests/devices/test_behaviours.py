@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,13 +13,15 @@ from devices.behaviours import (
     Profile,
     assign,
     load_profile,
+    lost_seqs,
     parse_share,
     profile_from_specs,
     tampered,
     wrong_key,
 )
-from devices.fleet import Fleet, FleetConfig
-from devices.truth import build_truth, load_truth, write_truth
+from devices.fleet import Fleet, FleetConfig, withheld_seqs
+from devices.shards import pick
+from devices.truth import build_truth, gap_rows, load_truth, write_truth
 from protocol import BrokerAddress, Registry, RejectReason, verify
 
 DEVICES = [f"dev-{i:03d}" for i in range(100)]
@@ -66,14 +69,73 @@ def test_profile_places_named_devices_first_then_shares(tmp_path: Path) -> None:
         load_profile(path)
 
 
-def _fleet(keys_dir: Path, behaviours: dict[str, Behaviour], devices: int = 12) -> Fleet:
+def test_lossy_loses_one_or_two_seqs_between_the_first_and_the_final_deterministically() -> None:
+    sizes: set[int] = set()
+    for final in range(3, 12):
+        for device in DEVICES:
+            lost = lost_seqs(7, device, final)
+            assert lost == lost_seqs(7, device, final)  # the same every time (and in every process)
+            assert 1 <= len(lost) <= 2
+            assert lost <= set(range(2, final)), (device, final, lost)  # never 1, never the final
+            sizes.add(len(lost))
+    assert sizes == {1, 2}
+    assert lost_seqs(7, "dev-001", 3) == {2}  # the only seq in between
+    assert any(lost_seqs(7, d, 10) != lost_seqs(8, d, 10) for d in DEVICES)  # from the seed
+    assert lost_seqs(7, "dev-001", 2) == frozenset()  # nothing in between
+
+
+def test_lossy_is_drawn_like_the_others_and_leaves_their_assignment_as_it_was() -> None:
+    specs = ["flap=5%", "silent=3", "lossy=10%"]
+    whole = assign(DEVICES, profile_from_specs(specs), seed=7)
+    assert whole == assign(list(reversed(DEVICES)), profile_from_specs(specs[::-1]), seed=7)
+    assert list(whole.values()).count(Behaviour.LOSSY) == 10
+    others = {d: b for d, b in whole.items() if b is not Behaviour.LOSSY}
+    assert others == assign(DEVICES, profile_from_specs(specs[:2]), seed=7)
+
+
+def test_what_a_lossy_device_withholds_does_not_depend_on_sharding(keys_dir: Path) -> None:
+    registry = Registry.load(keys_dir)
+    everyone = registry.election.devices[:12]
+    assigned = assign(everyone, profile_from_specs(["lossy=6", "silent=2"]), seed=4)
+
+    def withheld(devices: tuple[str, ...]) -> dict[str, frozenset[int]]:
+        config = FleetConfig(
+            broker=BrokerAddress("127.0.0.1", 1),
+            keys=keys_dir,
+            seed=4,
+            batches_per_device=6,
+            devices=devices,
+            behaviours={d: b for d, b in assigned.items() if d in devices},  # as devices run does
+        )
+        fleet = Fleet(config, registry)
+        fleet.prepare()
+        tabs = fleet.tabulators
+        return {t.device: withheld_seqs(config, t, assigned.get(t.device)) for t in tabs}
+
+    whole = withheld(tuple(everyone))
+    sharded: dict[str, frozenset[int]] = {}
+    for k in range(3):  # devices run --processes 3: shard k of 3
+        sharded.update(withheld(pick(everyone, (k, 3))))
+    assert sharded == whole
+    assert {d for d, lost in whole.items() if lost} == {
+        d for d, b in assigned.items() if b is Behaviour.LOSSY
+    }
+
+
+def _fleet(
+    keys_dir: Path,
+    behaviours: dict[str, Behaviour],
+    devices: int = 12,
+    batches: int = 4,
+    first: int = 0,
+) -> Fleet:
     registry = Registry.load(keys_dir)
     config = FleetConfig(
         broker=BrokerAddress("127.0.0.1", 1),
         keys=keys_dir,
         seed=4,
-        batches_per_device=4,
-        devices=tuple(registry.election.devices[:devices]),
+        batches_per_device=batches,
+        devices=tuple(registry.election.devices[first : first + devices]),
         behaviours=behaviours,
     )
     fleet = Fleet(config, registry)
@@ -125,3 +187,68 @@ def test_misbehaving_payloads_fail_verification_with_the_reason_the_truth_gives(
     assert getattr(forged.value, "reason", None) is RejectReason.BAD_SIGNATURE
     skewed = [verify(b.payload, registry).body for b in by_device[d[5]].batches]
     assert skewed[0].issued_at < "2026" and all(b.prev == verify(a.payload, registry).body_hash for a, b in zip(by_device[d[5]].batches, skewed[1:], strict=False))
+
+
+def test_truth_file_states_what_a_lossy_device_withholds_and_that_the_gap_ends_repaired(
+    keys_dir: Path,
+) -> None:
+    registry = Registry.load(keys_dir)
+    d = registry.election.devices
+    lossy = {d[0]: Behaviour.LOSSY, d[1]: Behaviour.LOSSY, d[2]: Behaviour.LOSSY}
+    fleet = _fleet(keys_dir, lossy, devices=4, batches=6)
+    truth = build_truth(fleet)
+    honest = build_truth(_fleet(keys_dir, {}, devices=4, batches=6))
+    assert truth["version"] == 2
+    total = 0
+    for tab in fleet.tabulators:
+        entry = truth["devices"][tab.device]
+        if tab.device not in lossy:
+            assert (entry["withheld"], entry["repairs"]) == ([], [])
+            continue
+        lost = lost_seqs(4, tab.device, 6)
+        assert lost == withheld_seqs(fleet.config, tab, Behaviour.LOSSY)
+        assert entry["withheld"] == sorted(lost)
+        assert lost <= {a["seq"] for a in entry["accept"]}  # must end accepted: in the ledger
+        assert [a["seq"] for a in entry["accept"]] == [1, 2, 3, 4, 5, 6]
+        assert entry["repairs"] == gap_rows(lost)
+        assert {r["state"] for r in entry["repairs"]} == {"repaired"}
+        assert entry["confirmed"] is True and entry["reject"] == [] and entry["duplicates"] == []
+        total += len(lost)
+    assert truth["expected"]["withheld"] == total >= 3
+    assert honest["expected"]["withheld"] == 0
+    # Losing a first publish changes no total: the resend brings the same batch.
+    assert {k: v for k, v in truth["expected"].items() if k != "withheld"} == {
+        k: v for k, v in honest["expected"].items() if k != "withheld"
+    }
+
+
+def test_gap_rows_are_runs_of_consecutive_seqs_written_as_the_audit_writes_them() -> None:
+    assert gap_rows(frozenset()) == []
+    assert gap_rows({3}) == [{"seqs": "3", "state": "repaired"}]
+    assert gap_rows({5, 2, 3}) == [
+        {"seqs": "2-3", "state": "repaired"},
+        {"seqs": "5", "state": "repaired"},
+    ]
+
+
+def test_withhold_first_and_lossy_share_one_choice_of_what_is_skipped(keys_dir: Path) -> None:
+    registry = Registry.load(keys_dir)
+    d = registry.election.devices
+    fleet = _fleet(keys_dir, {d[0]: Behaviour.LOSSY, d[1]: Behaviour.SILENT}, devices=3, batches=5)
+    tabs = {t.device: t for t in fleet.tabulators}
+    config = replace(fleet.config, withhold_first=frozenset({1, 5, 9}))
+    assert withheld_seqs(fleet.config, tabs[d[0]], Behaviour.LOSSY) == lost_seqs(4, d[0], 5)
+    assert withheld_seqs(config, tabs[d[0]], Behaviour.LOSSY) == lost_seqs(4, d[0], 5) | {1, 5}
+    assert withheld_seqs(config, tabs[d[1]], Behaviour.SILENT) == {1}  # silent never publishes 5
+    assert withheld_seqs(config, tabs[d[2]], None) == {1, 5}  # 9: beyond the device's final
+    withholding = Fleet(config, registry)
+    withholding.prepare()
+    truth = build_truth(withholding)
+    # A withheld final (5) leaves no gap the cloud could see: only seq 1 is listed as a gap.
+    assert truth["devices"][d[2]]["repairs"] == [{"seqs": "1", "state": "repaired"}]
+
+
+def test_lossy_needs_a_seq_between_the_first_and_the_final(keys_dir: Path) -> None:
+    d = Registry.load(keys_dir).election.devices
+    with pytest.raises(FleetError, match="lossy needs --batches-per-device 3 or more"):
+        _fleet(keys_dir, {d[0]: Behaviour.LOSSY}, devices=2, batches=2)
