@@ -3,11 +3,13 @@
 Real edge broker, gateway, cloud broker and cloud (edgetally/stack.py). Accepted batches are
 read from the cloud's ledger, refusals from the cloud's rejections table (stateful reasons) and
 from the gateway buffer's quarantine (stateless reasons: the gateway verifies every envelope
-and never forwards one that fails, see devices/truth.py).
+and never forwards one that fails, see devices/truth.py). Gaps (lossy: a seq's first publish
+lost on the way) are read from ``cloud audit --json``'s ``repairs``: each must end repaired.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 from collections.abc import Iterator
@@ -21,7 +23,7 @@ from devices.truth import load_truth
 from edgetally.processes import Component
 from edgetally.stack import Stack, StackConfig
 from protocol import sha256_hex
-from tests.helpers import SAMPLE_ELECTION, wait_until
+from tests.helpers import SAMPLE_ELECTION, run_cli, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -104,6 +106,28 @@ def _assert_cloud_matches_truth(stack: Stack, truth: dict[str, Any]) -> None:
     expected = truth["expected"]
     assert results["batches"] == expected["batches"]
     assert results["ballots"] == expected["ballots"], (results, expected)
+    _assert_gaps_repaired(stack, truth)
+
+
+def _seqs(text: str) -> set[int]:
+    """An audit ``repairs`` row's ``seqs``, "3" or "3-4", as a set."""
+    first, _, last = text.partition("-")
+    return set(range(int(first), int(last or first) + 1))
+
+
+def _assert_gaps_repaired(stack: Stack, truth: dict[str, Any]) -> None:
+    """Every gap the truth names is listed repaired by the cloud audit, and none is open."""
+    audit = run_cli(
+        "--log-level", "WARNING", "cloud", "audit", "--db", stack.db_url,
+        "--keys", str(stack.keys), "--limit", "0", "--json", check=False,
+    )  # fmt: skip
+    repairs = json.loads(audit.stdout)["repairs"]  # exits 1 here anyway: silent has no final
+    assert [r for r in repairs if r["state"] != "repaired"] == [], "open gaps left"
+    for device, entry in truth["devices"].items():
+        covered = set().union(*(_seqs(r["seqs"]) for r in repairs if r["device"] == device))
+        for gap in entry["repairs"]:
+            assert gap["state"] == "repaired"
+            assert _seqs(gap["seqs"]) <= covered, (device, gap, repairs)
 
 
 def test_every_behaviour_through_the_stack_matches_the_truth_file(stacks: list[Stack], tmp_path: Path) -> None:
@@ -118,6 +142,16 @@ def test_every_behaviour_through_the_stack_matches_the_truth_file(stacks: list[S
     assert set(truth["behaviours"].values()) == {b.value for b in Behaviour}
     assert truth["devices"][_device(truth, Behaviour.DUPLICATE)]["published"] >= 2 * BATCHES
     _assert_cloud_matches_truth(stack, truth)
+    # lossy: its withheld seqs were resent, are each in the ledger once, and it is confirmed.
+    lossy = _device(truth, Behaviour.LOSSY)
+    entry = truth["devices"][lossy]
+    assert entry["withheld"] and set(entry["withheld"]) <= set(range(2, BATCHES))  # not 1, not final
+    assert entry["repairs"] and entry["confirmed"] is True
+    assert entry["resends"] >= len(entry["withheld"])
+    ledger = _ledger(stack)
+    assert all(len(ledger[(lossy, seq)]) == 1 for seq in entry["withheld"])
+    summary = stack.fleet_summary()
+    assert summary is not None and lossy not in summary["unconfirmed_devices"]
 
 
 def _device(truth: dict[str, Any], behaviour: Behaviour) -> str:
