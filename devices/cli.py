@@ -210,9 +210,9 @@ def run_cmd(
     metrics_port: int | None = typer.Option(None, "--metrics-port", min=0, max=65535, help="Prometheus metrics on http://127.0.0.1:P/metrics (0 = a free port, printed on stderr); with --processes N, shard k serves P+k"),
     metrics_linger: float = typer.Option(0.0, "--metrics-linger", min=0.0, help="After the run, keep serving the final metrics this many seconds (SIGTERM/SIGINT ends it)"),
     state_dir: Path | None = typer.Option(None, "--state-dir", help="Keep each device's chain and unreceipted batches here (resume after a crash)"),
-    behaviour_specs: list[str] = typer.Option([], "--behaviour", help="NAME=SHARE (5% or a count), repeatable: flap, reboot, power_loss, duplicate, replay, tampered, wrong_key, clock_skew, slow, silent, after_final, burst"),
+    behaviour_specs: list[str] = typer.Option([], "--behaviour", help="NAME=SHARE (5% or a count), repeatable: flap, reboot, power_loss, duplicate, replay, tampered, wrong_key, clock_skew, slow, silent, after_final, burst, lossy (first publish of 1-2 mid-chain seqs lost; the cloud repairs the gap)"),
     behaviours_file: Path | None = typer.Option(None, "--behaviours", help="YAML behaviour profile (per device and/or shares)"),
-    truth_file: Path | None = typer.Option(None, "--truth", help="Write the ground truth (what the cloud must accept and reject) to this JSON file"),
+    truth_file: Path | None = typer.Option(None, "--truth", help="Write the ground truth (what the cloud must accept and reject, gaps it must repair) to this JSON file"),
 ) -> None:
     """Run every device of the election: sign, publish QoS 1, keep until acknowledged/receipted."""
     store: StateStore | None = None

@@ -23,6 +23,7 @@ from devices.fleet import Fleet, FleetConfig, withheld_seqs
 from devices.shards import pick
 from devices.truth import build_truth, gap_rows, load_truth, write_truth
 from protocol import BrokerAddress, Registry, RejectReason, verify
+from tests.helpers import run_cli
 
 DEVICES = [f"dev-{i:03d}" for i in range(100)]
 
@@ -252,3 +253,21 @@ def test_lossy_needs_a_seq_between_the_first_and_the_final(keys_dir: Path) -> No
     d = Registry.load(keys_dir).election.devices
     with pytest.raises(FleetError, match="lossy needs --batches-per-device 3 or more"):
         _fleet(keys_dir, {d[0]: Behaviour.LOSSY}, devices=2, batches=2)
+
+
+def test_devices_run_help_and_readme_name_every_behaviour() -> None:
+    help_text = run_cli("devices", "run", "--help").stdout
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    listed = next(line for line in readme.splitlines() if "--behaviour NAME=SHARE" in line)
+    for behaviour in Behaviour:
+        assert behaviour.value in help_text, behaviour
+        assert behaviour.value in listed, behaviour
+
+
+def test_devices_run_refuses_lossy_without_a_seq_between_first_and_final(keys_dir: Path) -> None:
+    result = run_cli(
+        "devices", "run", "--broker", "mqtt://127.0.0.1:1", "--keys", str(keys_dir), "--seed", "1",
+        "--batches-per-device", "2", "--behaviour", "lossy=1", check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "lossy needs --batches-per-device 3 or more" in result.stderr, result.stderr
