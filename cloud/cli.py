@@ -26,6 +26,7 @@ from cloud.config import DEFAULT_CLOUD_ID, DEFAULT_DB_URL, CloudConfig
 from cloud.db import make_engine, upgrade
 from cloud.engine import RulesEngine
 from cloud.ledger import Ledger
+from cloud.receipts import DEFAULT_RECEIPT_INTERVAL_S
 from cloud.results import load_results, render
 from cloud.rulefile import load_rules
 from cloud.status import StatusStore, load_gateways, render_gateways
@@ -58,6 +59,7 @@ def build_config(
     verify_threads: int = 2,
     repair_interval_s: float = 2.0,
     repair_grace_s: float = 0.5,
+    receipt_interval_s: float = DEFAULT_RECEIPT_INTERVAL_S,
 ) -> CloudConfig:
     try:
         address = parse_broker_url(broker)
@@ -80,6 +82,7 @@ def build_config(
         verify_threads=verify_threads,
         repair_interval_s=repair_interval_s,
         repair_grace_s=repair_grace_s,
+        receipt_interval_s=receipt_interval_s,
     )
 
 
@@ -124,6 +127,12 @@ def run(
     repair_grace: float = typer.Option(
         0.5, "--repair-grace", help="seconds a seq gap stays open before it is requested"
     ),
+    receipt_interval: float = typer.Option(
+        DEFAULT_RECEIPT_INTERVAL_S,
+        "--receipt-interval",
+        help="seconds: at most one receipt per device per interval, always the latest"
+        " (0: every receipt at once)",
+    ),
     rules_file: Path | None = typer.Option(
         None,
         "--rules",
@@ -137,7 +146,7 @@ def run(
         armed = faults.arm_from_environment()
         config = build_config(
             broker, db, keys, cloud_id, max_payload_bytes, ready_file, share, session,
-            verify_threads, repair_interval, repair_grace,
+            verify_threads, repair_interval, repair_grace, receipt_interval,
         )  # fmt: skip
         registry = load_registry(config.keys_dir)
         engine = make_engine(config.db_url)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from cloud._exceptions import ConfigError
+from cloud.receipts import DEFAULT_RECEIPT_INTERVAL_S
 from protocol import (
     BATCH_FILTER,
     DEFAULT_MAX_BYTES,
@@ -59,6 +61,9 @@ class CloudConfig:
     # repair_grace_s, then at most once per repair_interval_s per device (doubling, capped).
     repair_interval_s: float = 2.0
     repair_grace_s: float = 0.5
+    # Receipts (cloud/receipts.py): at most one per device per receipt_interval_s, always the
+    # latest; 0 publishes every receipt right after the commit that produced it.
+    receipt_interval_s: float = DEFAULT_RECEIPT_INTERVAL_S
 
     def __post_init__(self) -> None:
         if not ID_PATTERN.match(self.cloud_id):
@@ -75,6 +80,10 @@ class CloudConfig:
             )
         if self.repair_interval_s <= 0 or self.repair_grace_s < 0:
             raise ConfigError("repair interval must be positive and repair grace not negative")
+        if not 0 <= self.receipt_interval_s < math.inf:
+            raise ConfigError(
+                f"--receipt-interval must be a number of seconds >= 0, got {self.receipt_interval_s}"
+            )
         if not 0 < self.backoff_initial_s <= self.backoff_max_s:
             raise ConfigError("backoff must satisfy 0 < initial <= max")
 

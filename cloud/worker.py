@@ -15,6 +15,12 @@ Threads:
   session it arrived on: a packet id from a previous connection is never acknowledged (the
   broker redelivers those messages anyway, and the ledger counts them as duplicates).
 
+Receipts (:class:`cloud.receipts.ReceiptSender`, owned by the worker, not by a connection):
+after each commit, a device's receipt goes out at once unless one went out for it within
+``receipt_interval_s``; then it is held, a newer one replacing it, and the commit loop publishes
+it when due (the loop turns at least every ``_POLL_S``, idle or not). Held receipts wait for the
+next connection; a graceful stop publishes every held receipt, then waits for the PUBACKs.
+
 Rules: with a :class:`cloud.engine.RulesEngine` (``cloud run`` always passes one: ``--rules FILE``
 or the default rules) a group goes through the engine instead of straight to the ledger: the
 ledger rule's messages are recorded and the other rules' alerts, stored rows and dead letters
@@ -153,7 +159,6 @@ class Session:
         client.on_message = self._on_message
         client.on_disconnect = self._on_disconnect
         self.client = client
-        self.receipts = ReceiptSender(client)
 
     # paho callbacks (paho's network thread) ---------------------------------------------
     def _on_connect(
@@ -274,6 +279,8 @@ class CloudWorker:
         self._stale_acks = 0
         self._repairs = RepairScheduler(config.repair_interval_s, config.repair_grace_s)
         self._repairs_sent = 0
+        # Held receipts outlive a connection: they go out on the next one (commit thread only).
+        self._receipts = ReceiptSender(config.receipt_interval_s)
 
     @property
     def stopping(self) -> bool:
@@ -304,6 +311,7 @@ class CloudWorker:
                 self._stale_acks,
                 self._repairs_sent,
             )
+            log.info("receipts: %s", self._receipts.summary())
             if self._rules is not None:
                 log.info("rules engine: %s", self._rules.stats.summary())
 
@@ -369,13 +377,21 @@ class CloudWorker:
         if session is None:
             return
         if session.connected.is_set():
-            left = session.receipts.wait(self._config.drain_timeout_s)
+            # Every held receipt goes out now, then we wait for the broker's acknowledgements.
+            self._receipts.flush(session.client, time.monotonic(), everything=True)
+            left = self._receipts.wait(self._config.drain_timeout_s)
             if left:
                 log.warning(
                     "%d receipts unconfirmed at stop (retained ones are republished on resend)",
                     left,
                 )
             session.client.disconnect()
+        if self._receipts.held:
+            log.warning(
+                "%d held receipts not published: not connected at stop (devices resend, and the"
+                " duplicates bring the receipts again)",
+                self._receipts.held,
+            )
         session.client.loop_stop()
 
     # -- called from paho's thread -----------------------------------------------------------
@@ -434,14 +450,15 @@ class CloudWorker:
             ahead: _Taken | None = None
             try:
                 while not self._closed.is_set():
+                    # Idle, this blocks at most _POLL_S: held receipts still go out when due.
                     group = self._take_group(block=ahead is None)
-                    if group is None and ahead is None:
-                        continue
-                    following = None if group is None else self._verify_async(pool, group)
-                    current, ahead = ahead, following
-                    if current is not None:
-                        self._commit(current)
-                    self._send_repairs()
+                    if group is not None or ahead is not None:
+                        following = None if group is None else self._verify_async(pool, group)
+                        current, ahead = ahead, following
+                        if current is not None:
+                            self._commit(current)
+                        self._send_repairs()
+                    self._flush_receipts()
             finally:
                 if ahead is not None:  # stopping, or failed: left to the broker to redeliver
                     for _ in ahead.group:
@@ -505,8 +522,11 @@ class CloudWorker:
             if isinstance(result, EngineResult) and self._rules is not None:
                 # republish actions, after the commit (a failure goes to the error action)
                 self._rules.after_commit(result, None if live is None else live.publish)
+            # Only now, after the commit: held (coalesced) if the device had one published
+            # within the interval, else published at once if connected.
+            self._receipts.offer(result.receipts)
             if live is not None:
-                live.receipts.publish(result.receipts)
+                self._receipts.flush(live.client, time.monotonic())
             self._repairs.observe(result.gaps, time.monotonic())
         for delivery in group:
             if delivery.session is session and session.connected.is_set():
@@ -524,6 +544,13 @@ class CloudWorker:
                 result.count(Verdict.DUPLICATE),
                 result.count(Verdict.REJECTED),
             )
+
+    def _flush_receipts(self) -> None:
+        """Publish the held receipts that are due; kept while not connected."""
+        with self._session_lock:
+            session = self._session
+        if session is not None and session.connected.is_set():
+            self._receipts.flush(session.client, time.monotonic())
 
     def _send_repairs(self) -> None:
         """Publish the repair requests due (QoS 1, not retained), then note them in the DB."""
