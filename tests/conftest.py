@@ -34,6 +34,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="SIGKILL/restart cycles of tests/gateway/test_crash_random.py"
         " (default: $EDGETALLY_KILL_CYCLES, else a count that keeps it under a minute)",
     )
+    parser.addoption(
+        "--kill-runs",
+        type=int,
+        default=1,
+        help="how many times each test of tests/integration/test_kills.py runs (scripts/kill-test N)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
