@@ -6,13 +6,15 @@ so it is only ever offered after the transaction that produced it committed. Los
 is harmless: the device resends what is not receipted, the resend lands as a duplicate, and
 the duplicate produces the receipt again.
 
-Coalescing (:class:`ReceiptCoalescer`, no I/O): at most one receipt per device per
+Coalescing (:class:`ReceiptCoalescer`, no I/O; :class:`ReceiptSender` publishes): at most one receipt per device per
 ``interval_s``, always the latest. A receipt for a device that had none published within the
 interval goes out at the next flush (the worker flushes right after each commit); otherwise it
 is held, a newer receipt replacing the held one, and it goes out once the interval since that
 device's last publish has passed. An older seq is never published after a newer one for the
 same device. Memory: one entry per device with a receipt held or published within the last
-interval. Interval 0: every receipt goes out at the next flush, as before coalescing.
+interval. Interval 0: every receipt goes out at the next flush, as before coalescing. The
+sender also holds back while ``max_in_flight`` receipts await the broker's PUBACK: a broker
+slower than the commits gets fewer, fresher receipts rather than a growing queue.
 
 Every method that looks at the clock takes it (``now``, seconds, e.g. ``time.monotonic()``,
 never decreasing) as an argument, so the rules are testable without sleeping. Neither class is thread-safe: the
@@ -95,30 +97,47 @@ class ReceiptCoalescer:
             if last is None:
                 self._fresh[key] = None
 
-    def due(self, now: float, *, everything: bool = False) -> list[Receipt]:
-        """The held receipts to publish now (all of them with ``everything``), marked sent at
-        ``now``; devices published longer than an interval ago with nothing held are forgotten."""
-        ready: list[DeviceKey] = []
+    def due(
+        self, now: float, *, everything: bool = False, limit: int | None = None
+    ) -> list[Receipt]:
+        """The held receipts to publish now, marked sent at ``now``: those of devices whose
+        interval has passed (oldest first), then those of devices with none published within
+        memory; with ``everything``, then every other held one too. At most ``limit``: the
+        others stay held, and due. Devices published longer than an interval ago with nothing
+        held are forgotten."""
+        cap = math.inf if limit is None else limit
+        out: list[Receipt] = []
+        expired: list[DeviceKey] = []
         for key, last in self._last.items():
             if now - last.at < self._interval:
                 break
-            ready.append(key)
-        if everything:
-            ready += [
-                k for k in self._held if k in self._last and now - self._last[k].at < self._interval
-            ]
-        ready += self._fresh
-        self._fresh.clear()
-        out: list[Receipt] = []
-        for key in ready:
-            receipt = self._held.pop(key, None)
+            expired.append(key)
+        for key in expired:
+            receipt = self._held.get(key)
             if receipt is None:
                 del self._last[key]
-                continue
-            self._last[key] = _Last(now, receipt.seq)
-            self._last.move_to_end(key)
-            out.append(receipt)
+            elif len(out) < cap:
+                self._take(key, receipt, now, out)
+            else:
+                break  # the rest stay at the front: due at the next call
+        for key in list(self._fresh):
+            if len(out) >= cap:
+                break
+            del self._fresh[key]
+            self._take(key, self._held[key], now, out)
+        if everything:
+            for key in list(self._held):
+                if len(out) >= cap:
+                    break
+                self._fresh.pop(key, None)
+                self._take(key, self._held[key], now, out)
         return out
+
+    def _take(self, key: DeviceKey, receipt: Receipt, now: float, out: list[Receipt]) -> None:
+        del self._held[key]
+        self._last[key] = _Last(now, receipt.seq)
+        self._last.move_to_end(key)
+        out.append(receipt)
 
     def restore(self, receipt: Receipt) -> None:
         """Hold ``receipt`` again (it was not published after all), unless the device has a
@@ -141,16 +160,21 @@ class ReceiptSender:
     The held receipts belong to the sender, not to a connection: :meth:`flush` takes the client
     to publish on, so what is held while disconnected goes out on the next connection. Receipts
     published on a connection that ended before the broker acknowledged them are held again.
-    ``max_pending`` bounds the memory of unacknowledged ones: past it, the oldest are forgotten
-    (not unpublished: paho still delivers them; we only stop waiting for them).
+
+    Backpressure: at most ``max_in_flight`` receipts are handed to paho and not yet acknowledged
+    by the broker; while that many are, the due ones stay held (and keep coalescing) instead of
+    piling up in paho's queue, which refuses publishes past 65,535 unacknowledged messages.
     """
 
     def __init__(
-        self, interval_s: float = DEFAULT_RECEIPT_INTERVAL_S, *, max_pending: int = 10_000
+        self, interval_s: float = DEFAULT_RECEIPT_INTERVAL_S, *, max_in_flight: int = 1_000
     ) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be positive, got {max_in_flight}")
         self._coalescer = ReceiptCoalescer(interval_s)
         self._client: mqtt.Client | None = None
-        self._pending: deque[tuple[Receipt, mqtt.MQTTMessageInfo]] = deque(maxlen=max_pending)
+        self._max_in_flight = max_in_flight
+        self._pending: deque[tuple[Receipt, mqtt.MQTTMessageInfo]] = deque()
         self.published = 0  # publishes paho accepted (rc checked)
         self.failed = 0  # publishes paho refused (held again)
 
@@ -171,15 +195,25 @@ class ReceiptSender:
         that finds them due."""
         self._coalescer.offer(receipts)
 
-    def flush(self, client: mqtt.Client, now: float, *, everything: bool = False) -> int:
-        """Publish the receipts due (every held one with ``everything``) on ``client``, which
-        must be connected; return how many paho accepted (rc checked for every one)."""
-        if client is not self._client:
-            self._switch(client)
+    @property
+    def in_flight(self) -> int:
+        """Receipts handed to paho and not known to be acknowledged (an upper bound)."""
         while self._pending and self._pending[0][1].is_published():
             self._pending.popleft()
+        return len(self._pending)
+
+    def flush(self, client: mqtt.Client, now: float, *, everything: bool = False) -> int:
+        """Publish the receipts due (every held one with ``everything``) on ``client``, which
+        must be connected, as many as ``max_in_flight`` allows; return how many paho accepted
+        (rc checked for every one; on a refusal, that one and the rest are held again)."""
+        if client is not self._client:
+            self._switch(client)
+        room = self._max_in_flight - self.in_flight
+        if room <= 0:
+            return 0
+        due = self._coalescer.due(now, everything=everything, limit=room)
         sent = 0
-        for receipt in self._coalescer.due(now, everything=everything):
+        for index, receipt in enumerate(due):
             info = client.publish(
                 receipt_topic(receipt.election, receipt.device),
                 receipt.to_bytes(),
@@ -187,20 +221,43 @@ class ReceiptSender:
                 retain=True,
             )
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                self.failed += 1
-                self._coalescer.restore(receipt)  # again once the device is next due
-                log.warning(
-                    "receipt device=%s seq=%d not published now: %s",
-                    receipt.device,
-                    receipt.seq,
-                    mqtt.error_string(info.rc),
-                )
-                continue
+                self._refused(due[index:], mqtt.error_string(info.rc))
+                break
             self._pending.append((receipt, info))
             sent += 1
             log.debug("receipt device=%s seq=%d published", receipt.device, receipt.seq)
         self.published += sent
         return sent
+
+    def _refused(self, receipts: list[Receipt], reason: str) -> None:
+        """Paho refused a publish: hold it and the rest again (due after the interval)."""
+        self.failed += len(receipts)
+        for receipt in receipts:
+            self._coalescer.restore(receipt)
+        first = receipts[0]
+        if len(receipts) == 1:
+            log.warning(
+                "receipt device=%s seq=%d not published now: %s", first.device, first.seq, reason
+            )
+        else:
+            log.warning(
+                "%d receipts not published now (device=%s seq=%d and others): %s; held again",
+                len(receipts),
+                first.device,
+                first.seq,
+                reason,
+            )
+
+    def drain(self, client: mqtt.Client, timeout: float) -> int:
+        """At a stop: publish every held receipt (in rounds of ``max_in_flight``) and wait for
+        the broker's acknowledgements, for at most ``timeout`` seconds. Returns how many were
+        not confirmed: still unacknowledged, or never published (paho refused, or no time)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            sent = self.flush(client, time.monotonic(), everything=True)
+            left = self.wait(deadline - time.monotonic())
+            if not self.held or sent == 0 or time.monotonic() >= deadline:
+                return left + self.held
 
     def _switch(self, client: mqtt.Client) -> None:
         """A new connection: what the previous one never got acknowledged is held again."""

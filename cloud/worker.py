@@ -378,15 +378,15 @@ class CloudWorker:
             return
         if session.connected.is_set():
             # Every held receipt goes out now, then we wait for the broker's acknowledgements.
-            self._receipts.flush(session.client, time.monotonic(), everything=True)
-            left = self._receipts.wait(self._config.drain_timeout_s)
+            left = self._receipts.drain(session.client, self._config.drain_timeout_s)
             if left:
                 log.warning(
-                    "%d receipts unconfirmed at stop (retained ones are republished on resend)",
+                    "%d receipts unconfirmed at stop (devices resend, and the duplicates bring"
+                    " the receipts again)",
                     left,
                 )
             session.client.disconnect()
-        if self._receipts.held:
+        elif self._receipts.held:
             log.warning(
                 "%d held receipts not published: not connected at stop (devices resend, and the"
                 " duplicates bring the receipts again)",

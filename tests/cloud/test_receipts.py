@@ -119,6 +119,16 @@ def test_memory_is_bounded_by_devices_held_or_published_within_the_interval() ->
     assert c.due(2.0) == [] and c.tracked == 0
 
 
+def test_a_limit_leaves_the_rest_held_and_due() -> None:
+    c = ReceiptCoalescer(interval_s=1.0)
+    c.offer([_r("a", 1), _r("b", 1), _r("c", 1)])
+    assert _seqs(c.due(0.0, limit=2)) == [("a", 1), ("b", 1)]
+    assert _seqs(c.due(0.0, limit=2)) == [("c", 1)]  # still due at once
+    c.offer([_r("a", 2), _r("b", 2)])
+    assert _seqs(c.due(1.0, limit=1)) == [("a", 2)]
+    assert _seqs(c.due(1.0)) == [("b", 2)]
+
+
 def test_a_negative_interval_is_refused() -> None:
     with pytest.raises(ValueError, match="receipt interval"):
         ReceiptCoalescer(interval_s=-0.1)
@@ -144,6 +154,7 @@ class _FakeClient:
     """Records publishes; ``refuse`` makes paho's rc a failure (e.g. no connection)."""
 
     refuse: bool = False
+    ack_at_once: bool = False
     sent: list[tuple[str, bytes, int, bool]] = field(default_factory=list)
     infos: list[_Info] = field(default_factory=list)
 
@@ -151,7 +162,7 @@ class _FakeClient:
         if self.refuse:
             return _Info(rc=mqtt.MQTT_ERR_NO_CONN)
         self.sent.append((topic, payload, qos, retain))
-        info = _Info()
+        info = _Info(acked=self.ack_at_once)
         self.infos.append(info)
         return info
 
@@ -206,6 +217,43 @@ def test_receipts_unacknowledged_on_a_lost_connection_go_out_on_the_next() -> No
         ("b", 1),
     ]
     assert sender.wait(0.0) == 2  # the fake never acknowledges: both still pending
+
+
+def test_past_max_in_flight_receipts_stay_held_and_keep_coalescing() -> None:
+    fake = _FakeClient()
+    sender = ReceiptSender(interval_s=0.0, max_in_flight=2)
+    sender.offer([_r("a", 1), _r("b", 1), _r("c", 1)])
+    assert sender.flush(_client(fake), 1.0) == 2  # two unacknowledged at most
+    sender.offer([_r("c", 2)])  # c's held receipt is replaced while it waits
+    assert sender.flush(_client(fake), 1.1) == 0 and sender.held == 1
+    fake.infos[0].acked = True  # the broker acknowledged "a"
+    assert sender.flush(_client(fake), 1.2) == 1
+    assert _seqs([Receipt.parse(p) for _t, p, _q, _r in fake.sent]) == [
+        ("a", 1),
+        ("b", 1),
+        ("c", 2),
+    ]
+    assert sender.superseded == 1
+
+
+def test_drain_at_stop_publishes_every_held_receipt_in_rounds() -> None:
+    fake = _FakeClient(ack_at_once=True)
+    sender = ReceiptSender(interval_s=60.0, max_in_flight=2)
+    sender.offer(_r(d, 1) for d in "abcde")
+    assert [sender.flush(_client(fake), 1.0) for _ in range(4)] == [2, 2, 1, 0]
+    sender.offer(_r(d, 2) for d in "abcde")  # all held: within the interval
+    assert sender.flush(_client(fake), 2.0) == 0
+    assert sender.drain(_client(fake), timeout=5.0) == 0
+    assert sorted(_seqs([Receipt.parse(p) for _t, p, _q, _r in fake.sent][5:])) == [
+        (d, 2) for d in "abcde"
+    ]
+    assert sender.held == 0
+
+
+def test_drain_gives_up_when_paho_refuses() -> None:
+    sender = ReceiptSender(interval_s=0.25)
+    sender.offer([_r("a", 1), _r("b", 1)])
+    assert sender.drain(_client(_FakeClient(refuse=True)), timeout=5.0) == 2  # no busy loop
 
 
 # -- end to end ---------------------------------------------------------------------------------
