@@ -11,6 +11,13 @@
   (c) with every device connected (--hold), all publish their pre-signed batches QoS 1, awaiting
       each PUBACK, while the same counting subscriber drains the broker: batches acked per second
       over the steady window (10%..90% of all batches), and its ratio to the ceiling.
+  (c') --receipts on|off|both (default both): (c) again on a fresh broker with receipts on: the
+      subscriber answers every batch as the cloud would, each device's receipt (highest
+      contiguous seq, hash) published retained, QoS 1, through cloud.receipts.ReceiptSender
+      coalescing at --receipt-interval (default 0.25 s); the devices run with --confirm (and
+      --resend-after 120, so that no resend muddies the rate), receive and apply the receipts,
+      and end once confirmed. Printed: the steady rate on / off, receipts published and
+      coalesced away, batches receipted, devices confirmed.
   (d) --storm: a second fleet run, paced (--storm-rate), during which the broker is SIGKILLed and
       restarted: reconnects, connect failures, time from the first loss to every device back.
 Every wait is bounded; the benchmark stops by itself.
@@ -35,6 +42,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from benchmarks._mqtt import Sink, proc_status_kib, raw_ceiling
+from cloud.receipts import DEFAULT_RECEIPT_INTERVAL_S
 from devices.synth import synth_election
 from devices.tabulator import Tabulator
 from edgetally.brokers import BrokerProcess, mosquitto_binary
@@ -65,6 +73,8 @@ class FleetRun:
     summary: dict[str, Any]
     peak_rss_kib: int
     sink_rate: float | None
+    receipts: int = 0  # receipts published to the devices (receipts on)
+    superseded: int = 0  # receipts coalesced away
 
 
 def run_fleet(
@@ -78,16 +88,24 @@ def run_fleet(
     extra: list[str],
     batches: int,
     storm: bool = False,
+    receipts: float | None = None,
 ) -> FleetRun:
+    """One fleet run; with ``receipts`` (an interval, seconds) the subscriber answers with
+    coalesced receipts and the devices wait to be confirmed."""
     summary_file = work / f"{label}.json"
     total = args.devices * batches
-    sink = Sink(broker.port, total, client_id=f"{label}-sink") if not storm else None
+    sink = (
+        Sink(broker.port, total, client_id=f"{label}-sink", receipt_interval=receipts)
+        if not storm
+        else None
+    )
     if sink is not None:
         sink.start()
+    confirm = ["--no-confirm"] if receipts is None else ["--confirm", "--resend-after", "120"]
     command = [
         sys.executable, "-m", "edgetally", "--log-level", "WARNING", "devices", "run",
         "--broker", broker.url, "--keys", str(keys), "--seed", "1", "--batches-per-device", str(batches),
-        "--no-confirm", "--connect-rate", str(args.connect_rate), "--timeout", str(args.timeout),
+        *confirm, "--connect-rate", str(args.connect_rate), "--timeout", str(args.timeout),
         "--summary", str(summary_file), "--json", *extra,
     ]  # fmt: skip
     log = open(work / f"{label}.log", "wb")  # noqa: SIM115 - closed below
@@ -135,6 +153,13 @@ def run_fleet(
     if sink is not None:
         received, first, last = sink.result(timeout=60)
         sink_rate = received / (last - first) if last > first else None
+        if receipts is not None:
+            console.print(
+                f"{label}: {sink.receipts:,} receipts published, {sink.superseded:,} coalesced"
+                f" away, {sink.unconfirmed:,} unconfirmed; all acknowledged"
+                f" {sink.drain_s:.1f}s after the last batch arrived"
+            )
+        return FleetRun(summary, peak, sink_rate, sink.receipts, sink.superseded)
     return FleetRun(summary, peak, sink_rate)
 
 
@@ -165,6 +190,18 @@ def main() -> None:
         default=300.0,
         help="each fleet run gives up after this many seconds",
     )
+    parser.add_argument(
+        "--receipts",
+        choices=("on", "off", "both"),
+        default="both",
+        help="fleet run with receipts off, on, or both (default)",
+    )
+    parser.add_argument(
+        "--receipt-interval",
+        type=float,
+        default=DEFAULT_RECEIPT_INTERVAL_S,
+        help="receipts on: at most one per device per this many seconds (cloud run's default)",
+    )
     args = parser.parse_args()
     console = Console()
     binary = mosquitto_binary()
@@ -186,18 +223,37 @@ def main() -> None:
         console.print(f"provisioned {args.devices:,} keys in {provision_s:.1f}s")
         broker = BrokerProcess(work / "fleet-broker", name="fleet")
         broker.start()
+        off_run = on_run = storm_run = None
         try:
-            main_run = run_fleet(
-                console,
-                broker,
-                work / "keys",
-                work,
-                args,
-                label="fleet",
-                extra=["--hold"],
-                batches=args.batches_per_device,
-            )
-            storm_run = None
+            if args.receipts in ("off", "both"):
+                off_run = run_fleet(
+                    console,
+                    broker,
+                    work / "keys",
+                    work,
+                    args,
+                    label="fleet",
+                    extra=["--hold"],
+                    batches=args.batches_per_device,
+                )
+            if args.receipts in ("on", "both"):
+                # A fresh broker: the receipts stay retained, and would receipt a later run.
+                receipts_broker = BrokerProcess(work / "receipts-broker", name="fleet-receipts")
+                receipts_broker.start()
+                try:
+                    on_run = run_fleet(
+                        console,
+                        receipts_broker,
+                        work / "keys",
+                        work,
+                        args,
+                        label="receipts",
+                        extra=["--hold"],
+                        batches=args.batches_per_device,
+                        receipts=args.receipt_interval,
+                    )
+                finally:
+                    receipts_broker.kill()
             if args.storm:
                 storm_run = run_fleet(
                     console, broker, work / "keys", work, args, label="storm",
@@ -206,7 +262,7 @@ def main() -> None:
                 )  # fmt: skip
         finally:
             broker.kill()
-    console.print(_table(args, ceiling_rate, size, provision_s, main_run, storm_run))
+    console.print(_table(args, ceiling_rate, size, provision_s, off_run, on_run, storm_run))
 
 
 def _table(
@@ -214,9 +270,12 @@ def _table(
     ceiling_rate: float,
     size: int,
     provision_s: float,
-    run: FleetRun,
+    off: FleetRun | None,
+    on: FleetRun | None,
     storm: FleetRun | None,
 ) -> Table:
+    run = off or on
+    assert run is not None
     s = run.summary
     devices = args.devices
     per_conn = s.get("connection_kib_per_device")
@@ -276,6 +335,46 @@ def _table(
             "",
         ),
     ]
+    if off is None:
+        rows.append(("(the rows above: receipts on)", "", ""))
+    if on is not None:
+        r = on.summary
+        rate = r.get("steady_acked_per_s") or 0.0
+        off_rate = (off.summary.get("steady_acked_per_s") or 0.0) if off is not None else 0.0
+        interval = args.receipt_interval
+        rows += [
+            (
+                f"receipts on (<= 1/device/{interval:g} s): steady signed-batch rate",
+                f"{rate:,.0f} batches/s",
+                "",
+            ),
+            (
+                "receipts on / off: steady rate",
+                f"{rate / off_rate:.2f}" if rate and off_rate else "-",
+                "",
+            ),
+            (
+                "receipts on: published to devices / coalesced away",
+                f"{on.receipts:,} / {on.superseded:,}",
+                "",
+            ),
+            (
+                "receipts on: batches receipted",
+                f"{r.get('receipted', 0):,} / {r.get('batches', 0):,}",
+                "all",
+            ),
+            (
+                "receipts on: devices confirmed",
+                f"{r.get('confirmed_devices', 0):,} / {r.get('devices', 0):,}",
+                "all",
+            ),
+            ("receipts on: resends", f"{r.get('resends', 0):,}", "0"),
+            (
+                "receipts on: subscriber arrival rate",
+                f"{on.sink_rate:,.0f} msg/s" if on.sink_rate else "-",
+                "",
+            ),
+        ]
     if storm is not None:
         t = storm.summary
         rows += [

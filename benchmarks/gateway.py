@@ -5,6 +5,11 @@ the raw QoS 1 ceiling, all measured in one run on this machine.
 
   (a) gateway forwarding: a QoS 1 publisher sends signed envelopes to the edge broker; the gateway
       verifies, commits, acks, forwards; a subscriber counts them on the cloud broker.
+      --receipts on|off|both (default both): the same, receipts off (as above) and on: the
+      subscriber answers every message as the cloud would, each device's receipt published
+      retained, QoS 1, through cloud.receipts.ReceiptSender coalescing at --receipt-interval
+      (default 0.25 s), and with --uncoalesced (default) once more at interval 0; the gateway
+      relays them to the edge broker, where a subscriber counts them (as the devices would).
   (b) gateway drain: with the cloud broker down, the backlog is published and committed (that
       phase gives the sustained verified-ingest rate); then the cloud broker returns and we time
       until the subscriber has every envelope.
@@ -23,13 +28,14 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from benchmarks._mqtt import (
+    Counter,
     Envelope,
     Sink,
     bridge_config,
@@ -39,19 +45,37 @@ from benchmarks._mqtt import (
     register_session,
     signed_envelopes,
 )
+from cloud.receipts import DEFAULT_RECEIPT_INTERVAL_S
 from devices.election_file import load_election, sample_election_path
 from edgetally.brokers import BrokerProcess, BrokerSettings, mosquitto_binary
 from edgetally.processes import Component
 from gateway._exceptions import GatewayError
 from gateway.inspect import buffer_stats
-from protocol import provision
+from protocol import RECEIPT_FILTER, provision
 
 console = Console(width=max(Console().width, 120))
 
 
+OFF, ON, UNCOALESCED = "off", "on", "on, not coalesced"
+
+
+@dataclass
+class Forward:
+    """One forwarding run: its rate, and the receipts (if on) published, coalesced away,
+    not acknowledged by the cloud broker at the end, and carried by the edge broker."""
+
+    rate: float = 0.0
+    interval: float | None = None
+    receipts: int = 0
+    superseded: int = 0
+    unconfirmed: int = 0
+    edge_receipts: int = 0
+
+
 @dataclass
 class Figures:
-    forward_rate: float = 0.0
+    forward: dict[str, Forward] = field(default_factory=dict)  # by receipt mode
+    ingest_rate: float = 0.0
     ingest_rate: float = 0.0
     drain_s: float = 0.0
     drain_from_restart_s: float = 0.0
@@ -117,6 +141,54 @@ def _stored(buffer: Path) -> int:
         return -1
 
 
+def run_forward(
+    work: Path,
+    keys: Path,
+    forward: Sequence[Envelope],
+    *,
+    bridge: bool,
+    gateway_args: Sequence[str],
+    mode: str = OFF,
+    interval: float | None = None,
+) -> Forward:
+    """(a) forwarding with the link up; with ``interval``, receipts answered at that interval."""
+    label = "bridge" if bridge else "gateway"
+    name = f"{label}-forward" + ("" if interval is None else f"-receipts-{interval:g}")
+    pair = Pair(work / name, bridge=bridge)
+    pair.cloud.start()
+    pair.edge.start()
+    counter = None
+    try:
+        sink = Sink(
+            pair.cloud.port,
+            len(forward),
+            client_id=f"{label}-fwd-sink",
+            receipt_interval=interval,
+        )
+        sink.start()
+        if interval is not None:
+            counter = Counter(pair.edge.port, RECEIPT_FILTER).start()
+        if not bridge:
+            pair.start_gateway(keys, gateway_args)
+        with console.status(f"{label}: forwarding {len(forward):,} envelopes, receipts {mode}"):
+            started = publish_all(pair.edge.port, forward)
+            received, _first, last = sink.result(600)
+        if received < len(forward):
+            raise RuntimeError(f"{label} forwarding lost messages: {received}/{len(forward)}")
+        figures = Forward(len(forward) / (last - started), interval)
+        if counter is not None:
+            figures.receipts = sink.receipts
+            figures.superseded = sink.superseded
+            figures.unconfirmed = sink.unconfirmed
+            with console.status("waiting for the edge broker's receipts"):
+                figures.edge_receipts = counter.settle(sink.receipts, 30)
+        return figures
+    finally:
+        if counter is not None:
+            counter.stop()
+        pair.stop()
+
+
 def run_pair(
     work: Path,
     keys: Path,
@@ -125,26 +197,21 @@ def run_pair(
     *,
     bridge: bool,
     gateway_args: Sequence[str],
+    receipt_modes: Sequence[tuple[str, float | None]] = ((OFF, None),),
 ) -> Figures:
     figures = Figures()
     label = "bridge" if bridge else "gateway"
-    # (a) forwarding with the link up
-    pair = Pair(work / f"{label}-forward", bridge=bridge)
-    pair.cloud.start()
-    pair.edge.start()
-    try:
-        sink = Sink(pair.cloud.port, len(forward), client_id=f"{label}-fwd-sink")
-        sink.start()
-        if not bridge:
-            pair.start_gateway(keys, gateway_args)
-        with console.status(f"{label}: forwarding {len(forward):,} envelopes"):
-            started = publish_all(pair.edge.port, forward)
-            received, _first, last = sink.result(600)
-        if received < len(forward):
-            raise RuntimeError(f"{label} forwarding lost messages: {received}/{len(forward)}")
-        figures.forward_rate = len(forward) / (last - started)
-    finally:
-        pair.stop()
+    # (a) forwarding with the link up, one run per receipt mode, back to back
+    for mode, interval in receipt_modes:
+        figures.forward[mode] = run_forward(
+            work,
+            keys,
+            forward,
+            bridge=bridge,
+            gateway_args=gateway_args,
+            mode=mode,
+            interval=interval,
+        )
 
     # (b) backlog built during an outage, then drained
     pair = Pair(work / f"{label}-drain", bridge=bridge)
@@ -196,7 +263,32 @@ def main() -> None:
         "--gateway-arg", action="append", default=[], help="extra `gateway run` option (repeatable)"
     )
     parser.add_argument("--skip-bridge", action="store_true")
+    parser.add_argument(
+        "--receipts",
+        choices=("on", "off", "both"),
+        default="both",
+        help="forwarding with receipts off, on, or both (default)",
+    )
+    parser.add_argument(
+        "--receipt-interval",
+        type=float,
+        default=DEFAULT_RECEIPT_INTERVAL_S,
+        help="receipts on: at most one per device per this many seconds (cloud run's default)",
+    )
+    parser.add_argument(
+        "--uncoalesced",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="receipts on: also measure interval 0, every receipt published (default: yes)",
+    )
     args = parser.parse_args()
+    modes: list[tuple[str, float | None]] = []
+    if args.receipts in ("off", "both"):
+        modes.append((OFF, None))
+    if args.receipts in ("on", "both"):
+        modes.append((ON, args.receipt_interval))
+        if args.uncoalesced and args.receipt_interval > 0:
+            modes.append((UNCOALESCED, 0.0))
     if mosquitto_binary() is None:
         raise SystemExit("the benchmark needs mosquitto (apt-get install mosquitto)")
     version = subprocess.run(
@@ -216,7 +308,15 @@ def main() -> None:
         size = sum(len(p) for _, p in forward) // len(forward)
         with console.status("ceiling: one QoS 1 publisher through one Mosquitto"):
             top = raw_ceiling(work, forward)
-        gw = run_pair(work, keys, forward, backlog, bridge=False, gateway_args=args.gateway_arg)
+        gw = run_pair(
+            work,
+            keys,
+            forward,
+            backlog,
+            bridge=False,
+            gateway_args=args.gateway_arg,
+            receipt_modes=modes,
+        )
         br = (
             Figures()
             if args.skip_bridge
@@ -237,13 +337,16 @@ def main() -> None:
     def ratio(a: float, b: float) -> str:
         return f"{a / b:.2f}" if a and b else "-"
 
-    table.add_row(
-        "(a) forwarding, batches/s",
-        f"{gw.forward_rate:,.0f}",
-        f"{br.forward_rate:,.0f}",
-        ratio(gw.forward_rate, br.forward_rate),
-        ratio(gw.forward_rate, top),
-    )
+    off = gw.forward.get(OFF, Forward()).rate
+    bridge_rate = br.forward.get(OFF, Forward()).rate
+    if off:
+        table.add_row(
+            "(a) forwarding, batches/s (receipts off)",
+            f"{off:,.0f}",
+            f"{bridge_rate:,.0f}",
+            ratio(off, bridge_rate),
+            ratio(off, top),
+        )
     table.add_row(
         "verified ingest during outage, batches/s",
         f"{gw.ingest_rate:,.0f}",
@@ -270,6 +373,42 @@ def main() -> None:
     )
     table.add_row("gateway peak RSS, MiB", f"{gw.peak_rss_mib:.0f}", "", "", "")
     console.print(table)
+    if any(mode != OFF for mode in gw.forward):
+        console.print(_receipts_table(gw.forward, top, len(forward)))
+
+
+def _receipts_table(runs: dict[str, Forward], top: float, messages: int) -> Table:
+    """(a) forwarding with receipts off and on: rates, ratios to off, receipts counted."""
+    table = Table(
+        title=f"(a) gateway forwarding of {messages:,} batches with receipts"
+        " (cloud broker -> gateway relay -> edge broker; QoS 1, retained)"
+    )
+    table.add_column("receipts")
+    table.add_column("batches/s", justify="right")
+    table.add_column("/ receipts off", justify="right")
+    table.add_column("/ ceiling", justify="right")
+    table.add_column("published", justify="right")
+    table.add_column("coalesced away", justify="right")
+    table.add_column("at edge broker", justify="right")
+    off = runs.get(OFF, Forward()).rate
+    for mode, run in runs.items():
+        if mode == OFF:
+            name = "off"
+        elif run.interval:
+            name = f"on, coalesced ({run.interval:g} s)"
+        else:
+            name = "on, not coalesced (0 s)"
+        on = mode != OFF
+        table.add_row(
+            name,
+            f"{run.rate:,.0f}",
+            f"{run.rate / off:.2f}" if off else "-",
+            f"{run.rate / top:.2f}" if top else "-",
+            f"{run.receipts:,}" if on else "-",
+            f"{run.superseded:,}" if on else "-",
+            f"{run.edge_receipts:,}" if on else "-",
+        )
+    return table
 
 
 if __name__ == "__main__":
