@@ -347,8 +347,8 @@ class Ledger:
                         .where(
                             table.c.election == request.election,
                             table.c.device == request.device,
-                            table.c.first_seq == first,
-                            table.c.last_seq == last,
+                            table.c.first_seq <= last,  # the open row(s) this range
+                            table.c.last_seq >= first,  # overlaps (a narrowed gap's too)
                             table.c.repaired_at.is_(None),
                         )
                         .values(

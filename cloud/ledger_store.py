@@ -234,8 +234,9 @@ def write_gaps(
     """Record seq gaps in ``repairs``, after :func:`write_group`, in the same transaction.
 
     For every device the group touched that had a gap before it or has one now: the missing
-    ranges below its highest held seq (a new range gets a row), and every open row no longer
-    overlapping a missing range is marked repaired. Returns those devices' current ranges
+    ranges below its highest held seq (a range not inside an open row gets a row of its own; a
+    narrowed gap keeps its row), and every open row no longer overlapping a missing range is
+    marked repaired. Returns those devices' current ranges
     (empty: no gap left). Devices without gaps cost nothing here (the usual case).
     """
     now = datetime.now(UTC)
@@ -256,6 +257,15 @@ def write_gaps(
             ).scalars()
             ranges = missing_ranges(state.contiguous_seq, state.max_seq, held)
         gaps[state.key] = ranges
+        open_rows = conn.execute(
+            select(table.c.first_seq, table.c.last_seq).where(
+                table.c.election == state.election,
+                table.c.device == state.device,
+                table.c.repaired_at.is_(None),
+            )
+        ).all()
+        # A range inside an open row is that gap narrowed (11-12, then 12 once 11 arrived): the
+        # row stays open until all of it is repaired; only a range outside every open row is new.
         insert_missing(
             conn,
             table,
@@ -269,16 +279,10 @@ def write_gaps(
                     "requests": 0,
                 }
                 for first, last in ranges
+                if not any(low <= first and last <= high for low, high in open_rows)
             ],
             key=("election", "device", "first_seq", "last_seq"),
         )
-        open_rows = conn.execute(
-            select(table.c.first_seq, table.c.last_seq).where(
-                table.c.election == state.election,
-                table.c.device == state.device,
-                table.c.repaired_at.is_(None),
-            )
-        ).all()
         for first, last in open_rows:
             if any(first <= high and low <= last for low, high in ranges):
                 continue  # still (partly) missing

@@ -25,7 +25,7 @@ Per device::
                 ``cloud audit --json`` writes its ``repairs`` rows (``seqs`` "3" or "3-4"), and the
                 state each must end in: ``repaired``. So: every withheld seq lies in a row of this
                 device in the audit's ``repairs``, and no row of this device is ``open`` (a gap
-                filled over two commits shows as two rows, e.g. "3-4" and "4", both repaired)
+                filled over two commits keeps its one row, "3-4")
     confirmed   whether the cloud's receipt must reach final_seq (silent, wrong_key: no)
     ballots     ballots of the accepted batches
     published / resends   what the device put on the wire (filled at the end of the run)

@@ -487,3 +487,37 @@ def test_two_writers_recording_the_same_batches_count_each_once(
     assert got["devices_final"] == len(devices)
     for device in devices:
         assert _device(engine, device)["contiguous_seq"] == 5
+
+
+def _repair_rows(engine: Engine, device: str) -> list[tuple[int, int, bool]]:
+    table = models.repairs
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(table.c.first_seq, table.c.last_seq, table.c.repaired_at.is_not(None))
+            .where(table.c.device == device)
+            .order_by(table.c.first_seq)
+        ).all()
+    return [(int(a), int(b), bool(done)) for a, b, done in rows]
+
+
+def test_a_gap_filled_over_two_commits_keeps_one_row_until_all_of_it_arrived(
+    ledger: Ledger, engine: Engine, envelopes: Envelopes
+) -> None:
+    device = "pine-p01-b"
+    key = (envelopes.election.id, device)
+    bodies = envelopes.bodies(device, 7)
+    result = ledger.record([envelopes.inbound(bodies[i]) for i in (0, 1, 4)])  # 3-4 missing
+    assert dict(result.gaps) == {key: ((3, 4),)}
+    assert _repair_rows(engine, device) == [(3, 4, False)]
+
+    result = ledger.record([envelopes.inbound(bodies[2])])  # 3 arrives: the gap narrows to 4
+    assert dict(result.gaps) == {key: ((4, 4),)}
+    assert _repair_rows(engine, device) == [(3, 4, False)]  # the same row, still open
+
+    result = ledger.record([envelopes.inbound(bodies[6])])  # 7 arrives: 6 is a new gap
+    assert dict(result.gaps) == {key: ((4, 4), (6, 6))}
+    assert _repair_rows(engine, device) == [(3, 4, False), (6, 6, False)]
+
+    result = ledger.record([envelopes.inbound(bodies[3]), envelopes.inbound(bodies[5])])
+    assert dict(result.gaps) == {key: ()}
+    assert _repair_rows(engine, device) == [(3, 4, True), (6, 6, True)]

@@ -42,10 +42,16 @@ def test_cloud_requests_withheld_seqs_and_the_resend_repairs_the_gap(
     keys_dir: Path,
     envelopes: Envelopes,
     processes: list[subprocess.Popen[bytes]],
+    db_url: str,
 ) -> None:
     broker = broker_factory("cloud")
     cloud = Cloud(
-        tmp_path, broker, keys_dir, processes, args=("--repair-grace", "0", "--repair-interval", "0.5")
+        tmp_path,
+        broker,
+        keys_dir,
+        processes,
+        db_url=db_url,
+        args=("--repair-grace", "0", "--repair-interval", "0.5"),
     )
     cloud.start()
     device = envelopes.devices(1)[0]
