@@ -40,7 +40,7 @@ from cloud import models
 from cloud._exceptions import DatabaseUnavailable, ElectionMismatch
 from cloud.chain import BatchKey, DeviceKey, GroupPlan, Verdict
 from cloud.db import insert_missing, translate_errors
-from cloud.ledger_store import load_devices, load_held, write_gaps, write_group
+from cloud.ledger_store import load_devices, load_held, read_gaps, write_gaps, write_group
 from protocol import (
     GENESIS_HASH,
     BadBundle,
@@ -331,6 +331,12 @@ class Ledger:
         write_group(conn, plan, arrivals, rejections)
         gaps = write_gaps(conn, plan, gapped_before)
         return GroupResult(tuple(outcomes), tuple(plan.receipts()), tuple(sorted(gaps.items())))
+
+    def current_gaps(self, keys: Sequence[DeviceKey]) -> dict[DeviceKey, tuple[SeqRange, ...]]:
+        """The devices' missing ranges now (empty: closed, maybe by another worker).
+        Raises :class:`DatabaseUnavailable` or :class:`DatabaseError`."""
+        with translate_errors("reading seq gaps"), self._engine.connect() as conn:
+            return read_gaps(conn, keys)
 
     def mark_requested(self, requests: Sequence[RepairRequest]) -> None:
         """Note in ``repairs`` that these requests were published (informational: the audit

@@ -228,6 +228,36 @@ def ledger_row(
     }
 
 
+def _missing(conn: Connection, key: DeviceKey, contiguous: int, highest: int) -> tuple[SeqRange, ...]:
+    """The seq ranges between ``contiguous`` and ``highest`` the ledger does not hold."""
+    held = conn.execute(
+        select(models.ledger.c.seq).where(
+            models.ledger.c.election == key[0],
+            models.ledger.c.device == key[1],
+            models.ledger.c.seq > contiguous,
+        )
+    ).scalars()
+    return missing_ranges(contiguous, highest, held)
+
+
+def read_gaps(conn: Connection, keys: Sequence[DeviceKey]) -> dict[DeviceKey, tuple[SeqRange, ...]]:
+    """Each device's missing ranges as the database holds them now (empty: no gap), whichever
+    worker committed what: a repair request is checked against this before it goes out."""
+    table = models.devices
+    gaps: dict[DeviceKey, tuple[SeqRange, ...]] = {}
+    for key in keys:
+        row = conn.execute(
+            select(table.c.contiguous_seq, table.c.max_seq).where(
+                table.c.election == key[0], table.c.device == key[1]
+            )
+        ).first()
+        if row is None or row.contiguous_seq >= row.max_seq:
+            gaps[key] = ()
+        else:
+            gaps[key] = _missing(conn, key, int(row.contiguous_seq), int(row.max_seq))
+    return gaps
+
+
 def write_gaps(
     conn: Connection, plan: GroupPlan, gapped_before: set[DeviceKey]
 ) -> dict[DeviceKey, tuple[SeqRange, ...]]:
@@ -248,14 +278,7 @@ def write_gaps(
             continue
         ranges: tuple[SeqRange, ...] = ()
         if gapped:
-            held = conn.execute(
-                select(models.ledger.c.seq).where(
-                    models.ledger.c.election == state.election,
-                    models.ledger.c.device == state.device,
-                    models.ledger.c.seq > state.contiguous_seq,
-                )
-            ).scalars()
-            ranges = missing_ranges(state.contiguous_seq, state.max_seq, held)
+            ranges = _missing(conn, state.key, state.contiguous_seq, state.max_seq)
         gaps[state.key] = ranges
         open_rows = conn.execute(
             select(table.c.first_seq, table.c.last_seq).where(

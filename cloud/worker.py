@@ -450,14 +450,15 @@ class CloudWorker:
             ahead: _Taken | None = None
             try:
                 while not self._closed.is_set():
-                    # Idle, this blocks at most _POLL_S: held receipts still go out when due.
+                    # Idle, this blocks at most _POLL_S: held receipts and repair requests
+                    # still go out when due.
                     group = self._take_group(block=ahead is None)
                     if group is not None or ahead is not None:
                         following = None if group is None else self._verify_async(pool, group)
                         current, ahead = ahead, following
                         if current is not None:
                             self._commit(current)
-                        self._send_repairs()
+                    self._send_repairs()
                     self._flush_receipts()
             finally:
                 if ahead is not None:  # stopping, or failed: left to the broker to redeliver
@@ -558,7 +559,23 @@ class CloudWorker:
             session = self._session
         if session is None or not session.connected.is_set():
             return  # kept: due again once connected
-        requests = self._repairs.due(time.monotonic())
+        now = time.monotonic()
+        requests = self._repairs.due(now)
+        if not requests:
+            return
+        # What this worker saw may be stale: with --share another worker may have committed
+        # the missing seqs. Ask only for what the database still misses, as it is now.
+        try:
+            current = self._ledger.current_gaps([(r.election, r.device) for r in requests])
+        except DatabaseUnavailable as err:
+            log.warning("repair requests held back, seq gaps not readable: %s", err)
+            return  # due again after their interval
+        self._repairs.observe(current.items(), now)  # forgets the gaps closed meanwhile
+        requests = [
+            RepairRequest(r.election, r.device, ranges)
+            for r in requests
+            if (ranges := current.get((r.election, r.device)))
+        ]
         sent: list[RepairRequest] = []
         for request in requests:
             rc = session.client.publish(

@@ -521,3 +521,21 @@ def test_a_gap_filled_over_two_commits_keeps_one_row_until_all_of_it_arrived(
     result = ledger.record([envelopes.inbound(bodies[3]), envelopes.inbound(bodies[5])])
     assert dict(result.gaps) == {key: ()}
     assert _repair_rows(engine, device) == [(3, 4, True), (6, 6, True)]
+
+
+def test_current_gaps_see_what_another_worker_committed(
+    ledger: Ledger, engine: Engine, envelopes: Envelopes, registry: Registry
+) -> None:
+    """A worker re-reads a gap before asking for it: another worker (``--share``) may have
+    filled it, and then no repair request may go out."""
+    device, other = "pine-p02-b", "pine-p03-a"
+    key, other_key = (envelopes.election.id, device), (envelopes.election.id, other)
+    bodies = envelopes.bodies(device, 6)
+    ledger.record([envelopes.inbound(bodies[i]) for i in (0, 3, 5)])  # 2-3 and 5 missing
+    assert ledger.current_gaps([key, other_key]) == {key: ((2, 3), (5, 5)), other_key: ()}
+
+    second_worker = Ledger(engine, registry, max_payload_bytes=64 * 1024)
+    second_worker.record([envelopes.inbound(bodies[1])])
+    assert ledger.current_gaps([key]) == {key: ((3, 3), (5, 5))}
+    second_worker.record([envelopes.inbound(bodies[2]), envelopes.inbound(bodies[4])])
+    assert ledger.current_gaps([key]) == {key: ()}
