@@ -1,0 +1,711 @@
+"""A scenario's verdict: what the cloud and the gateways hold, judged against the fleet's truth.
+
+The scenario runner calls :func:`judge` once the timeline has ended and the system drained (or
+the bounded wait for it ran out). Every check reads the real stores, read-only: the cloud
+database (any SQLAlchemy URL ``cloud`` accepts, SQLite or PostgreSQL), every gateway buffer file,
+the fleet summaries (``devices run --summary FILE``) and the truth (``devices run --truth FILE``,
+one per fleet shard, merged with :func:`merge_truths`; devices/truth.py says what it holds).
+
+The checks (names are the module constants below; each a :class:`edgetally.verdict.Check`):
+
+    LEDGER      the ledger's (device, seq, body_hash) rows of the truth's election are exactly
+                the truth's ``accept`` entries; names missing (the :attr:`ScenarioVerdict.lost`
+                batches), unexpected and wrong-hash rows
+    CONFIRMED   the fleet summaries' confirmed devices = the truth's devices whose ``confirmed``
+                is true, and every summary ok
+    TOTALS      ``cloud results`` (ballots, batches, every contest and choice, ballots per
+                precinct) = the truth's ``expected``
+    DUPLICATES  duplicates delivered to the cloud (its devices table, or what the runner
+                counted) against duplicates counted, which must be 0: no (device, seq) with two
+                ledger rows, and the tallies' batch and ballot counters no higher than the
+                ledger's (a lost batch is LEDGER's finding, not a duplicate)
+    REFUSALS    every truth ``reject`` refused where the truth says, with its reason: the
+                gateway's quarantine (over every buffer) or the cloud's rejections table, keyed
+                by the payload's SHA-256; nothing else refused
+    AUDIT       ``cloud audit`` run in-process (cloud.audit.run_audit). Its ``final batches``
+                check cannot pass when some devices of the election never send a final batch,
+                and the truth says which: devices outside this run's fleet, silent devices (no
+                final), wrong_key devices (nothing of theirs accepted). Failures of that check
+                that are all "no final batch" of such devices are expected and reported as
+                such (the audit runs with no listing limit, so every one is seen); any other failing
+                audit check, or a ``final batches`` discrepancy about another device, fails this
+                check
+    REPAIRS     every gap the truth's ``repairs`` names is covered by a ``repaired`` row of its
+                device in the audit's repairs, and no row is ``open``
+    DRAINED     no gateway buffer holds a pending or in-flight batch
+    DRAIN_TIME  informational: seconds from the last timeline action to drain; fails only when
+                drain was never reached
+    PEAK        informational: the deepest the buffers got (what the runner sampled); never fails
+
+A store that cannot be read fails the checks that need it, with the error as the detail.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from cloud import models
+from cloud._exceptions import CloudError
+from cloud.audit import AuditReport, run_audit
+from cloud.db import make_engine
+from cloud.results import Results, load_results, read_snapshot
+from devices.truth import aggregate
+from edgetally.verdict import Check
+from gateway._exceptions import GatewayError
+from gateway.inspect import buffer_stats, snapshot
+from gateway.schema import State
+from protocol import ProtocolError, Registry, sha256_hex
+
+LEDGER = "every accepted batch in the ledger exactly once"
+CONFIRMED = "every device confirmed by receipt"
+TOTALS = "totals equal the expected totals"
+DUPLICATES = "duplicates counted: 0"
+REFUSALS = "every refused batch refused with its reason, where the truth says"
+AUDIT = "audit passes"
+REPAIRS = "gaps repaired"
+DRAINED = "gateway buffers drained"
+DRAIN_TIME = "time to drain after the last fault"
+PEAK = "peak buffer depth"
+
+SHOWN = 5  # items named in a detail before "+N more"
+
+# What a store raises when it cannot be read (missing, locked, not ours, damaged; for the
+# audit also a keys directory that is missing or not the cloud's).
+_READ_ERRORS = (CloudError, GatewayError, ProtocolError, SQLAlchemyError, OSError)
+
+T = TypeVar("T")
+Key = tuple[str, int]  # (device, seq)
+
+
+# -- merging the truth files of a sharded fleet ------------------------------------------
+_MERGED_KEYS = frozenset({"devices", "expected", "behaviours"})
+_ABSENT = object()
+
+
+def merge_truths(truths: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One truth out of several fleet shards' (``devices run --shard k/N --truth FILE_k``).
+
+    The shards' devices must be disjoint and every other top-level field (version, election,
+    seed, batches per device, ...) the same; else :class:`ValueError` names the difference.
+    ``devices`` and ``behaviours`` are united, ``expected`` added up (counters, per contest and
+    choice, per precinct, per rejection reason) and checked against the merged devices
+    (devices/truth.py ``aggregate``). The result equals the truth of the whole fleet run as one
+    (up to the publish counters each device records).
+    """
+    if not truths:
+        raise ValueError("no truth to merge")
+    merged: dict[str, Any] = {}
+    keys = sorted({k for truth in truths for k in truth} - _MERGED_KEYS)
+    for key in keys:
+        values = [truth.get(key, _ABSENT) for truth in truths]
+        for i, value in enumerate(values[1:], start=2):
+            if value != values[0]:
+                raise ValueError(
+                    f"the truths differ in {key!r}: {_shown(values[0])} (truth 1)"
+                    f" vs {_shown(value)} (truth {i}); they are not shards of one fleet run"
+                )
+        merged[key] = copy.deepcopy(values[0])
+    devices: dict[str, Any] = {}
+    owner: dict[str, int] = {}
+    for i, truth in enumerate(truths, start=1):
+        for device, entry in truth.get("devices", {}).items():
+            if device in devices:
+                raise ValueError(
+                    f"device {device} is in truth {owner[device]} and truth {i}:"
+                    " the shards of a fleet hold disjoint devices"
+                )
+            devices[device] = copy.deepcopy(entry)
+            owner[device] = i
+    behaviours: dict[str, Any] = {}
+    for truth in truths:
+        behaviours.update(truth.get("behaviours", {}))
+    expected: dict[str, Any] = {}
+    for truth in truths:
+        expected = _add(expected, truth.get("expected", {}), "expected")
+    for key in ("ballots_by_precinct", "rejected"):
+        if isinstance(expected.get(key), dict):
+            expected[key] = dict(sorted(expected[key].items()))
+    contests = {c: list(choices) for c, choices in expected.get("contests", {}).items()}
+    for key, value in aggregate(devices, contests).items():
+        if key in expected and expected[key] != value:
+            raise ValueError(
+                f"the truths' expected {key!r} do not add up to their devices':"
+                f" {_shown(expected[key])} vs {_shown(value)}"
+            )
+    merged["behaviours"] = dict(sorted(behaviours.items()))
+    merged["expected"] = expected
+    merged["devices"] = dict(sorted(devices.items()))
+    return merged
+
+
+def _add(a: Any, b: Any, where: str) -> Any:
+    """``a`` + ``b``: numbers added, mappings merged key by key, anything else must be equal."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        out = dict(a)
+        for key, value in b.items():
+            out[key] = (
+                _add(out[key], value, f"{where}.{key}") if key in out else copy.deepcopy(value)
+            )
+        return out
+    numbers = (int, float)
+    if (
+        isinstance(a, numbers)
+        and isinstance(b, numbers)
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+    ):
+        return a + b
+    if a != b:
+        raise ValueError(f"the truths differ in {where}: {_shown(a)} vs {_shown(b)}")
+    return a
+
+
+def _shown(value: object) -> str:
+    return "absent" if value is _ABSENT else repr(value)
+
+
+# -- what the truth says --------------------------------------------------------------------
+def expected_accepts(truth: Mapping[str, Any]) -> dict[Key, str]:
+    """(device, seq) -> body hash: every batch that must be in the ledger exactly once."""
+    return {
+        (d, int(a["seq"])): str(a["body_hash"])
+        for d, e in truth["devices"].items()
+        for a in e["accept"]
+    }
+
+
+def expected_refusals(truth: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    """Payload SHA-256 -> (where, reason): every message that must be refused, and by whom."""
+    return {
+        str(r["payload_hash"]): (str(r["where"]), str(r["reason"]))
+        for e in truth["devices"].values()
+        for r in e["reject"]
+    }
+
+
+def seq_span(text: str) -> set[int]:
+    """An audit ``repairs`` row's ``seqs``, ``"3"`` or ``"3-4"``, as a set."""
+    first, _, last = text.partition("-")
+    return set(range(int(first), int(last or first) + 1))
+
+
+# -- reading the stores (read-only) ----------------------------------------------------------
+def cloud_engine(db_url: str) -> Engine:
+    """A reading engine on the cloud database; a missing SQLite file is an error, not created."""
+    return make_engine(db_url, create=False, writer=False)
+
+
+def read_ledger(engine: Engine, election: str) -> dict[Key, list[str]]:
+    """(device, seq) -> the body hashes of its ledger rows in ``election`` (one, if all is well)."""
+    lc = models.ledger.c
+    held: dict[Key, list[str]] = {}
+    with read_snapshot(engine, "reading the ledger") as conn:
+        query = select(lc.device, lc.seq, lc.body_hash).where(lc.election == election)
+        for device, seq, digest in conn.execute(query):
+            held.setdefault((device, int(seq)), []).append(digest)
+    return held
+
+
+def _ledger_ballots(engine: Engine, election: str) -> int:
+    lc = models.ledger.c
+    with read_snapshot(engine, "reading the ledger") as conn:
+        total = conn.execute(
+            select(func.coalesce(func.sum(lc.ballots), 0)).where(lc.election == election)
+        ).scalar()
+    return int(total or 0)
+
+
+def read_refusals(engine: Engine, buffers: Iterable[Path]) -> dict[str, set[tuple[str, str]]]:
+    """Payload SHA-256 -> {(where, reason)} over the cloud's rejections table (``cloud``) and
+    the quarantine of every gateway buffer (``gateway``)."""
+    found: dict[str, set[tuple[str, str]]] = {}
+    rc = models.rejections.c
+    with read_snapshot(engine, "reading the rejections") as conn:
+        for digest, reason in conn.execute(select(rc.payload_hash, rc.reason)):
+            found.setdefault(digest, set()).add(("cloud", reason))
+    for path in buffers:
+        with snapshot(path) as snap:
+            rows = snap.conn.exec_driver_sql(
+                "SELECT payload, reason FROM messages WHERE state = ?", (State.QUARANTINED.value,)
+            )
+            for payload, reason in rows:
+                found.setdefault(sha256_hex(bytes(payload)), set()).add(("gateway", reason))
+    return found
+
+
+def undelivered(buffers: Iterable[Path]) -> dict[Path, tuple[int, int]]:
+    """Buffer -> (pending, in flight): what each gateway still has to forward."""
+    left: dict[Path, tuple[int, int]] = {}
+    for path in buffers:
+        states = buffer_stats(path).states
+        left[path] = (states[State.PENDING], states[State.INFLIGHT])
+    return left
+
+
+# -- the observations and the verdict --------------------------------------------------------
+@dataclass(frozen=True)
+class Observations:
+    """Where to look and what the runner measured; :func:`judge` reads the rest itself."""
+
+    db_url: str  # the cloud database
+    keys_dir: Path  # the registry the cloud ran with (for the audit)
+    buffers: tuple[Path, ...]  # every gateway's buffer file
+    fleet_summaries: tuple[Mapping[str, Any], ...]  # each `devices run --summary FILE`
+    truth: Mapping[str, Any]  # the fleet's truth (merge_truths of the shards')
+    last_fault_s: float | None  # seconds from start to the last timeline action; None: none
+    drained_s: float | None  # seconds from start to drain; None: never drained
+    peak_buffer_depth: int  # the most batches pending + in flight the runner saw in a buffer
+    duplicates_delivered: int | None = None  # what the runner counted; None: the cloud's count
+
+
+@dataclass(frozen=True)
+class ScenarioVerdict:
+    checks: tuple[Check, ...]
+    # Accepted batches the ledger does not hold, (device, seq), sorted; () also when the ledger
+    # could not be read (then its check fails saying so).
+    lost: tuple[Key, ...]
+    time_to_drain_s: float | None = None
+    peak_buffer_depth: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def check(self, name: str) -> Check:
+        return next(c for c in self.checks if c.name == name)
+
+    @property
+    def failed(self) -> list[str]:
+        return [c.name for c in self.checks if not c.ok]
+
+    def to_mapping(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
+            "lost": [{"device": d, "seq": s} for d, s in self.lost],
+            "lost_count": len(self.lost),
+            "time_to_drain_s": None
+            if self.time_to_drain_s is None
+            else round(self.time_to_drain_s, 3),
+            "peak_buffer_depth": self.peak_buffer_depth,
+        }
+
+    def render(self, console: Console) -> None:
+        table = Table(title="Scenario verdict", title_justify="left")
+        table.add_column("check")
+        table.add_column("", justify="center")
+        table.add_column("detail")
+        for check in self.checks:
+            table.add_row(
+                Text(check.name),
+                "[green]✓[/]" if check.ok else "[bold red]✗[/]",
+                Text(check.detail),
+            )
+        console.print(table)
+        if self.lost:
+            console.print(
+                Text(
+                    f"LOST {len(self.lost)} accepted batches: {_listed(f'{d}:{s}' for d, s in self.lost)}",
+                    "bold red",
+                )
+            )
+        if self.ok:
+            console.print(
+                "[bold green]VERDICT: PASS[/] — every batch counted once, every total exact, every refusal where it"
+                " belongs, the audit holds, the buffers drained"
+            )
+        else:
+            console.print("[bold red]VERDICT: FAIL[/] — ", Text(", ".join(self.failed)), sep="")
+
+
+def judge(obs: Observations) -> ScenarioVerdict:
+    """Run every check against the stores ``obs`` names. Never raises for a store it cannot
+    read: the checks that need it fail, naming the error."""
+    return _Judge(obs).run()
+
+
+class _Unreadable(Exception):
+    """A store could not be read; the message says which and why."""
+
+
+class _Judge:
+    def __init__(self, obs: Observations) -> None:
+        self.obs = obs
+        self.truth = obs.truth
+        self.election = str(obs.truth["election"])
+        self.accepts = expected_accepts(obs.truth)
+        self._engine: Engine | None = None
+        self._cache: dict[str, Any] = {}
+        self.lost: tuple[Key, ...] = ()
+
+    # reading, once each; a failure is remembered and fails every check that needs it
+    def _once(self, name: str, read: Callable[[], T]) -> T:
+        if name not in self._cache:
+            try:
+                self._cache[name] = read()
+            except _READ_ERRORS as err:
+                self._cache[name] = _Unreadable(f"cannot read {name}: {err}")
+        value = self._cache[name]
+        if isinstance(value, _Unreadable):
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = self._once("the cloud database", lambda: cloud_engine(self.obs.db_url))
+        return self._engine
+
+    def ledger(self) -> dict[Key, list[str]]:
+        return self._once("the ledger", lambda: read_ledger(self.engine, self.election))
+
+    def results(self) -> Results:
+        return self._once("the cloud results", lambda: load_results(self.engine, self.election))
+
+    def audit(self) -> AuditReport:
+        def read() -> AuditReport:
+            registry = Registry.load(self.obs.keys_dir)
+            return run_audit(self.engine, registry, self.election, limit=0)
+
+        return self._once("the audit", read)
+
+    def run(self) -> ScenarioVerdict:
+        steps: list[tuple[str, Callable[[], Check]]] = [
+            (LEDGER, self.check_ledger),
+            (CONFIRMED, self.check_confirmed),
+            (TOTALS, self.check_totals),
+            (DUPLICATES, self.check_duplicates),
+            (REFUSALS, self.check_refusals),
+            (AUDIT, self.check_audit),
+            (REPAIRS, self.check_repairs),
+            (DRAINED, self.check_drained),
+            (DRAIN_TIME, self.check_drain_time),
+            (PEAK, self.check_peak),
+        ]
+        checks: list[Check] = []
+        try:
+            for name, step in steps:
+                try:
+                    checks.append(step())
+                except _Unreadable as err:
+                    checks.append(Check(name, False, str(err)))
+        finally:
+            if self._engine is not None:
+                self._engine.dispose()
+        obs = self.obs
+        drain = None
+        if obs.drained_s is not None:
+            drain = max(0.0, obs.drained_s - (obs.last_fault_s or 0.0))
+        return ScenarioVerdict(tuple(checks), self.lost, drain, obs.peak_buffer_depth)
+
+    # -- 1 ----------------------------------------------------------------------------------
+    def check_ledger(self) -> Check:
+        ledger = self.ledger()
+        missing = sorted(self.accepts.keys() - ledger.keys())
+        unexpected = sorted(ledger.keys() - self.accepts.keys())
+        wrong = sorted(
+            k for k in self.accepts.keys() & ledger.keys() if set(ledger[k]) != {self.accepts[k]}
+        )
+        doubled = sorted(k for k, hashes in ledger.items() if len(hashes) > 1)
+        self.lost = tuple(missing)
+        total = len(self.accepts)
+        if not (missing or unexpected or wrong or doubled):
+            return Check(LEDGER, True, f"{total:,} of {total:,} batches, each once, with its hash")
+        parts = [f"{len(self.accepts.keys() & ledger.keys()):,} of {total:,} held"]
+        for what, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong hash", wrong),
+            ("more than one row", doubled),
+        ):
+            if keys:
+                parts.append(f"{what} {len(keys):,}: {_listed(f'{d}:{s}' for d, s in keys)}")
+        return Check(LEDGER, False, "; ".join(parts))
+
+    # -- 2 ----------------------------------------------------------------------------------
+    def check_confirmed(self) -> Check:
+        summaries = self.obs.fleet_summaries
+        devices = self.truth["devices"]
+        must = {d for d, e in devices.items() if e.get("confirmed")}
+        never = sorted(
+            (d for d in devices if d not in must),
+            key=lambda d: (str(devices[d].get("behaviour")), d),
+        )
+        if not summaries:
+            return Check(
+                CONFIRMED,
+                False,
+                f"no fleet summary to read ({len(must):,} devices must be confirmed)",
+            )
+        confirmed = sum(int(s.get("confirmed_devices") or 0) for s in summaries)
+        run = sum(int(s.get("devices") or 0) for s in summaries)
+        not_ok = [i for i, s in enumerate(summaries, start=1) if not s.get("ok")]
+        unconfirmed = sorted(
+            {str(d) for s in summaries for d in s.get("unconfirmed_devices") or ()} & must
+        )
+        detail = f"{confirmed:,}/{len(must):,} devices the truth expects confirmed ({run:,} run"
+        if never:
+            detail += f"; {len(never)} never can be: " + _listed(
+                f"{d} ({devices[d].get('behaviour') or 'honest'})" for d in never
+            )
+        detail += ")"
+        if unconfirmed:
+            detail += f"; unconfirmed: {_listed(unconfirmed)}"
+        if not_ok:
+            detail += f"; fleet summary {', '.join(map(str, not_ok))} not ok"
+        return Check(CONFIRMED, confirmed == len(must) and not not_ok, detail)
+
+    # -- 3 ----------------------------------------------------------------------------------
+    def check_totals(self) -> Check:
+        results = self.results()
+        expected = self.truth["expected"]
+        diffs: list[str] = []
+
+        def compare(what: str, want: int, got: int) -> None:
+            if want != got:
+                diffs.append(f"{what} expected {want:,}, cloud {got:,}")
+
+        compare("ballots", int(expected["ballots"]), results.ballots)
+        compare("batches", int(expected["batches"]), results.batches)
+        want_contests: Mapping[str, Mapping[str, int]] = expected["contests"]
+        got_contests = results.contests
+        choices = 0
+        for contest in sorted({*want_contests, *got_contests}):
+            want, got = want_contests.get(contest, {}), got_contests.get(contest, {})
+            for choice in sorted({*want, *got}):
+                choices += 1
+                compare(f"{contest}/{choice}", int(want.get(choice, 0)), int(got.get(choice, 0)))
+        want_precincts: Mapping[str, int] = expected["ballots_by_precinct"]
+        got_precincts = results.ballots_by_precinct
+        precincts = sorted({*want_precincts, *got_precincts})
+        for precinct in precincts:
+            compare(
+                f"precinct {precinct} ballots",
+                int(want_precincts.get(precinct, 0)),
+                int(got_precincts.get(precinct, 0)),
+            )
+        if diffs:
+            return Check(TOTALS, False, f"{len(diffs)} differ: {_listed(diffs)}")
+        return Check(
+            TOTALS,
+            True,
+            f"{results.ballots:,} ballots, {results.batches:,} batches, {choices} choices in"
+            f" {len(want_contests)} contests, {len(precincts)} precincts: all equal",
+        )
+
+    # -- 4 ----------------------------------------------------------------------------------
+    def check_duplicates(self) -> Check:
+        ledger = self.ledger()
+        results = self.results()
+        rows = sum(len(v) for v in ledger.values())
+        extra_rows = rows - len(ledger)  # rows beyond one per (device, seq)
+        extra_batches = max(0, results.batches - rows)  # tallied batches the ledger does not hold
+        extra_ballots = max(0, results.ballots - _ledger_ballots(self.engine, self.election))
+        counted = extra_rows + extra_batches
+        recorded = results.duplicates
+        delivered = self.obs.duplicates_delivered
+        if delivered is None:
+            head = f"{recorded:,} duplicate deliveries reached the cloud, absorbed"
+        else:
+            head = f"{delivered:,} duplicates delivered, {recorded:,} recorded by the cloud"
+        if counted == 0 and extra_ballots == 0:
+            return Check(DUPLICATES, True, f"{head}; 0 counted")
+        parts = [f"{head}; counted more than once: {counted:,} batches"]
+        if extra_rows:
+            doubled = sorted(k for k, v in ledger.items() if len(v) > 1)
+            parts.append(
+                f"seqs with several ledger rows: {_listed(f'{d}:{s}' for d, s in doubled)}"
+            )
+        if extra_batches:
+            parts.append(
+                f"the tallies count {results.batches:,} batches, the ledger holds {rows:,}"
+            )
+        if extra_ballots:
+            parts.append(f"the tallies count {extra_ballots:,} ballots more than the ledger holds")
+        return Check(DUPLICATES, False, "; ".join(parts))
+
+    # -- 5 ----------------------------------------------------------------------------------
+    def check_refusals(self) -> Check:
+        must = expected_refusals(self.truth)
+        refused = self._once("the refusals", lambda: read_refusals(self.engine, self.obs.buffers))
+        groups: dict[
+            tuple[str, str, str], list[int]
+        ] = {}  # (behaviour, where, reason) -> [want, right]
+        wrongly: list[str] = []
+        for device, entry in self.truth["devices"].items():
+            behaviour = entry.get("behaviour") or "honest"
+            for r in entry["reject"]:
+                where, reason = str(r["where"]), str(r["reason"])
+                tally = groups.setdefault((behaviour, where, reason), [0, 0])
+                tally[0] += 1
+                got = refused.get(str(r["payload_hash"]))
+                if got == {(where, reason)}:
+                    tally[1] += 1
+                else:
+                    shown = ", ".join(f"{w}:{x}" for w, x in sorted(got)) if got else "not refused"
+                    wrongly.append(f"{device}:{r['seq']} {shown}")
+        unexpected: dict[str, int] = {}
+        for digest, places in refused.items():
+            if digest not in must:
+                for w, x in places:
+                    unexpected[f"{w}:{x}"] = unexpected.get(f"{w}:{x}", 0) + 1
+        parts = [
+            f"{behaviour} {right}/{want} {'quarantined' if where == 'gateway' else 'rejected by the cloud'} ({reason})"
+            for (behaviour, where, reason), (want, right) in sorted(groups.items())
+        ] or ["the truth expects no refusal"]
+        if wrongly:
+            parts.append(f"wrong: {_listed(wrongly)}")
+        if unexpected:
+            count = sum(unexpected.values())
+            parts.append(
+                f"unexpected: {count:,} ({', '.join(f'{k} {n}' for k, n in sorted(unexpected.items()))})"
+            )
+        return Check(REFUSALS, not wrongly and not unexpected, "; ".join(parts))
+
+    # -- 6 ----------------------------------------------------------------------------------
+    def _explained_without_final(self) -> dict[str, str]:
+        """Devices the truth says end without a final batch in the ledger, and why."""
+        devices = self.truth["devices"]
+        why: dict[str, str] = {}
+        for device, entry in devices.items():
+            seqs = {int(a["seq"]) for a in entry["accept"]}
+            if int(entry["final_seq"]) not in seqs:
+                why[device] = str(entry.get("behaviour") or "no final accepted")
+        return why
+
+    def check_audit(self) -> Check:
+        report = self.audit()
+        in_fleet = self.truth["devices"]
+        explained = self._explained_without_final()
+        failing = [c for c in report.checks if not c.ok]
+        if not failing:
+            return Check(
+                AUDIT,
+                True,
+                f"all {len(report.checks)} audit checks hold ({report.ledger_rows:,} ledger rows)",
+            )
+        unexplained: list[str] = []
+        notes: list[str] = []
+        for check in failing:
+            if check.name == "final batches" and check.failures == len(check.listed):
+                concerned = [d.device for d in check.listed]
+                if all(
+                    d.detail.startswith("no final batch")
+                    and d.device is not None
+                    and (d.device in explained or d.device not in in_fleet)
+                    for d in check.listed
+                ):
+                    by_reason: dict[str, list[str]] = {}
+                    outside = 0
+                    for d in concerned:
+                        assert d is not None
+                        if d in explained:
+                            by_reason.setdefault(explained[d], []).append(d)
+                        else:
+                            outside += 1
+                    said = [
+                        f"{reason} {_listed(sorted(ds))}"
+                        for reason, ds in sorted(by_reason.items())
+                    ]
+                    if outside:
+                        said.append(f"{outside:,} devices of the election not in this fleet")
+                    notes.append(
+                        f"'final batches' fails only where the truth says it must: {'; '.join(said)}"
+                    )
+                    continue
+            first = (
+                f"{check.listed[0].where} {check.listed[0].detail}".strip() if check.listed else ""
+            )
+            unexplained.append(f"{check.name} ({check.failures:,}; first: {first})")
+        holds = len(report.checks) - len(failing)
+        detail = f"{holds} of {len(report.checks)} audit checks hold"
+        if unexplained:
+            detail += f"; failing: {'; '.join(unexplained)}"
+        if notes:
+            detail += f"; {'; '.join(notes)}"
+        return Check(AUDIT, not unexplained, detail)
+
+    # -- 7 ----------------------------------------------------------------------------------
+    def check_repairs(self) -> Check:
+        repairs = self.audit().repairs
+        open_rows = [r for r in repairs if r["state"] != "repaired"]
+        covered: dict[str, set[int]] = {}
+        for r in repairs:
+            if r["state"] == "repaired":
+                covered.setdefault(str(r["device"]), set()).update(seq_span(str(r["seqs"])))
+        gaps = 0
+        unrepaired: list[str] = []
+        for device, entry in self.truth["devices"].items():
+            for gap in entry.get("repairs", ()):
+                gaps += 1
+                if not seq_span(str(gap["seqs"])) <= covered.get(device, set()):
+                    unrepaired.append(f"{device}:{gap['seqs']}")
+        detail = (
+            f"{gaps - len(unrepaired)}/{gaps} gaps the truth names repaired;"
+            f" the audit lists {len(repairs) - len(open_rows)} repaired, {len(open_rows)} open"
+        )
+        if unrepaired:
+            detail += f"; not repaired: {_listed(unrepaired)}"
+        if open_rows:
+            detail += "; open: " + _listed(f"{r['device']}:{r['seqs']}" for r in open_rows)
+        return Check(REPAIRS, not unrepaired and not open_rows, detail)
+
+    # -- 8 ----------------------------------------------------------------------------------
+    def check_drained(self) -> Check:
+        if not self.obs.buffers:
+            return Check(DRAINED, False, "no gateway buffer given")
+        left = self._once("the gateway buffers", lambda: undelivered(self.obs.buffers))
+        busy = {path: n for path, n in left.items() if sum(n) > 0}
+        if not busy:
+            return Check(DRAINED, True, f"{_count(len(left), 'buffer')}: 0 pending, 0 in flight")
+        return Check(
+            DRAINED,
+            False,
+            "; ".join(
+                f"{path}: {pending} pending, {inflight} in flight"
+                for path, (pending, inflight) in busy.items()
+            ),
+        )
+
+    # -- 9 ----------------------------------------------------------------------------------
+    def check_drain_time(self) -> Check:
+        obs = self.obs
+        if obs.drained_s is None:
+            return Check(DRAIN_TIME, False, "never drained")
+        if obs.last_fault_s is None:
+            return Check(
+                DRAIN_TIME, True, f"no fault; drained {obs.drained_s:.1f} s after the start"
+            )
+        took = max(0.0, obs.drained_s - obs.last_fault_s)
+        return Check(
+            DRAIN_TIME,
+            True,
+            f"{took:.1f} s (last fault at {obs.last_fault_s:.1f} s, drained at {obs.drained_s:.1f} s)",
+        )
+
+    def check_peak(self) -> Check:
+        return Check(PEAK, True, f"{self.obs.peak_buffer_depth:,} batches pending or in flight")
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n:,} {what}" + ("" if n == 1 else "s")
+
+
+def _listed(items: Iterable[str], shown: int = SHOWN) -> str:
+    """The first ``shown`` items, then how many more."""
+    listed = list(items)
+    text = ", ".join(listed[:shown])
+    if len(listed) > shown:
+        text += f" (+{len(listed) - shown:,} more)"
+    return text
