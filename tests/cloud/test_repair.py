@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import Engine
 
 from cloud.repairs import RepairScheduler
 from devices.generator import expected_totals
@@ -43,6 +44,7 @@ def test_cloud_requests_withheld_seqs_and_the_resend_repairs_the_gap(
     envelopes: Envelopes,
     processes: list[subprocess.Popen[bytes]],
     db_url: str,
+    engine: Engine,  # migrated and empty: the PostgreSQL database is shared by the worker's tests
 ) -> None:
     broker = broker_factory("cloud")
     cloud = Cloud(
