@@ -1,0 +1,327 @@
+"""Scenario files: a topology and a timeline of faults, read once into frozen objects.
+
+A scenario is YAML::
+
+    name: uplink-outage                      # default: the file's stem
+    description: The gateway's cloud link is cut for 8 s; it buffers, then forwards.
+    topology:
+      devices: 30          # the first N devices of the election (0 = all)
+      batches: 6           # per device
+      rate: 15             # batches/s over the whole fleet (0 = as fast as the fleet can)
+      seed: 7
+      sites: 1             # gateways: each site its own edge broker, gateway and share of the devices
+      cloud_workers: 1     # more than 1: they share the load (cloud run --share)
+      database: sqlite     # or postgresql (a throw-away database on 127.0.0.1:5432)
+      links: [uplink]      # links with a fault proxy: devices, edge, uplink, cloud
+      behaviours: {tampered: 1, replay: 1}   # devices run --behaviour NAME=SHARE
+      gateway_max_buffer_batches: 0          # the gateway's quota (0 = none)
+      gateway_keepalive: 0                   # seconds (0 = the gateway's default, 15)
+      edge_persistence: true                 # the edge brokers' persistence
+      confirm: true        # false: devices forget a batch at the broker's PUBACK, not at the receipt
+      resend_after: 1s     # devices resend what stays unreceipted after this, doubling up to
+      resend_cap: 4s       # this
+    timeline:
+      - {at: 3s, cut: uplink}
+      - {at: 11s, restore: uplink}
+      - {at: 4s, crash: gateway, every: 3s, times: 4}
+
+Each timeline entry names one action and its target: link actions ``cut``, ``blackhole``,
+``restore``, ``latency`` (``ms``, ``jitter_ms``), ``bandwidth`` (``bps``), ``drop`` (``for``)
+on a link (``devices``, ``edge``, ``uplink``, ``cloud``); process actions ``kill`` (SIGKILL),
+``stop`` (graceful), ``start``, ``restart`` (stop, start), ``crash`` (SIGKILL, start again at
+once) on ``edge-broker``, ``cloud-broker``, ``gateway``, ``cloud`` (every worker) or
+``cloudN``, ``fleet``. A target or link without a number means every site's; ``gateway2`` or
+``uplink2`` one site's. ``every`` and ``times`` repeat an entry. Times are ``5s``, ``500ms``
+or plain seconds. Errors name the file, the entry and the problem.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from devices.behaviours import Behaviour
+
+LINKS = ("devices", "edge", "uplink", "cloud")
+LINK_ACTIONS = ("cut", "blackhole", "restore", "latency", "bandwidth", "drop")
+PROCESS_ACTIONS = ("kill", "stop", "start", "restart", "crash")
+PROCESSES = ("edge-broker", "cloud-broker", "gateway", "cloud", "fleet")
+_SITE_SCOPED = ("devices", "edge", "uplink", "edge-broker", "gateway", "fleet")
+_OPTIONS = {"ms", "jitter_ms", "bps", "for"}
+_TIME = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
+
+
+class ScenarioError(Exception):
+    """A scenario file that cannot be run; the message names the file, the entry and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    devices: int = 20
+    batches: int = 4
+    rate: float = 20.0
+    seed: int = 1
+    sites: int = 1
+    cloud_workers: int = 1
+    database: str = "sqlite"
+    links: tuple[str, ...] = ()
+    behaviours: tuple[tuple[str, str], ...] = ()
+    gateway_max_buffer_batches: int = 0
+    gateway_keepalive: int = 0  # seconds; 0 = the gateway's default
+    edge_persistence: bool = True
+    confirm: bool = True  # false: devices drop each batch at the edge broker's PUBACK (hop by hop only)
+    resend_after: float = 1.0
+    resend_cap: float = 4.0
+    election: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One step of the timeline, at ``at`` seconds from the start (repeats already expanded)."""
+
+    at: float
+    verb: str
+    target: str  # a process or link name without site number
+    site: int | None = None  # 1-based; None: every site (or not site-scoped)
+    worker: int | None = None  # cloudN
+    ms: float = 0.0
+    jitter_ms: float = 0.0
+    bps: int = 0
+    duration: float = 0.0  # drop's ``for``
+
+    @property
+    def is_link(self) -> bool:
+        return self.verb in LINK_ACTIONS
+
+    def describe(self) -> str:
+        where = self.target + (str(self.site) if self.site else "") + (str(self.worker) if self.worker else "")
+        extra = ""
+        if self.verb == "latency":
+            extra = f" {self.ms:g}±{self.jitter_ms:g} ms"
+        elif self.verb == "bandwidth":
+            extra = f" {self.bps:,} B/s"
+        elif self.verb == "drop":
+            extra = f" for {self.duration:g}s"
+        return f"{self.verb} {where}{extra}"
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    description: str
+    topology: Topology
+    timeline: tuple[Action, ...]
+    drain_timeout: float = 90.0
+    path: Path | None = None
+    tags: tuple[str, ...] = field(default=())
+
+    @property
+    def last_fault_at(self) -> float | None:
+        return max((a.at + a.duration for a in self.timeline), default=None)
+
+    def scaled(self, speed: float) -> Scenario:
+        """The same scenario with every time divided by ``speed`` (``--speed 2``: twice as fast)."""
+        if speed <= 0:
+            raise ScenarioError(f"--speed must be above 0, got {speed}")
+        timeline = tuple(
+            Action(a.at / speed, a.verb, a.target, a.site, a.worker, a.ms, a.jitter_ms, a.bps, a.duration / speed)
+            for a in self.timeline
+        )
+        return Scenario(self.name, self.description, self.topology, timeline, self.drain_timeout, self.path, self.tags)
+
+    def with_topology(self, **changes: Any) -> Scenario:
+        fields = {name: getattr(self.topology, name) for name in Topology.__slots__}
+        fields.update(changes)
+        return Scenario(self.name, self.description, Topology(**fields), self.timeline, self.drain_timeout, self.path, self.tags)
+
+
+def parse_seconds(value: object, what: str) -> float:
+    if isinstance(value, bool):
+        raise ScenarioError(f"{what}: expected a time such as 5s or 500ms, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _TIME.match(value)):
+        number, unit = float(match.group(1)), match.group(2) or "s"
+        seconds = number / 1000 if unit == "ms" else number * 60 if unit == "m" else number
+    else:
+        raise ScenarioError(f"{what}: expected a time such as 5s or 500ms, got {value!r}")
+    if seconds < 0:
+        raise ScenarioError(f"{what}: a time cannot be negative ({value!r})")
+    return seconds
+
+
+def _split_target(name: object, allowed: tuple[str, ...], what: str) -> tuple[str, int | None, int | None]:
+    if not isinstance(name, str):
+        raise ScenarioError(f"{what}: expected one of {', '.join(allowed)}, got {name!r}")
+    match = re.fullmatch(r"([a-z-]+?)(\d+)?", name)
+    base, number = (match.group(1), match.group(2)) if match else (name, None)
+    if base not in allowed:
+        raise ScenarioError(f"{what}: unknown target {name!r} (expected one of {', '.join(allowed)})")
+    if number is None:
+        return base, None, None
+    if base == "cloud":
+        return base, None, int(number)
+    if base not in _SITE_SCOPED:
+        raise ScenarioError(f"{what}: {base} has no per-site instances, use {base!r}")
+    return base, int(number), None
+
+
+def _topology(raw: object, where: str) -> Topology:
+    if raw is None:
+        return Topology()
+    if not isinstance(raw, Mapping):
+        raise ScenarioError(f"{where}: topology must be a mapping")
+    known = set(Topology.__slots__)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ScenarioError(f"{where}: topology: unknown key(s) {', '.join(map(str, unknown))} (known: {', '.join(sorted(known))})")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        what = f"{where}: topology.{key}"
+        default = getattr(Topology(), key)
+        if key == "links":
+            links = [value] if isinstance(value, str) else value
+            if not isinstance(links, list) or any(link not in LINKS for link in links):
+                raise ScenarioError(f"{what}: expected a list of {', '.join(LINKS)}, got {value!r}")
+            values[key] = tuple(dict.fromkeys(links))
+        elif key == "behaviours":
+            if not isinstance(value, Mapping):
+                raise ScenarioError(f"{what}: expected a mapping of behaviour: share, got {value!r}")
+            known_behaviours = {b.value for b in Behaviour}
+            for name in value:
+                if name not in known_behaviours:
+                    raise ScenarioError(f"{what}: unknown behaviour {name!r} (known: {', '.join(sorted(known_behaviours))})")
+            values[key] = tuple((str(k), str(v)) for k, v in value.items())
+        elif key == "database":
+            if value not in ("sqlite", "postgresql"):
+                raise ScenarioError(f"{what}: expected sqlite or postgresql, got {value!r}")
+            values[key] = value
+        elif key == "election":
+            values[key] = Path(str(value))
+        elif key in ("resend_after", "resend_cap"):
+            values[key] = parse_seconds(value, what)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ScenarioError(f"{what}: expected true or false, got {value!r}")
+            values[key] = value
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ScenarioError(f"{what}: expected a whole number >= 0, got {value!r}")
+            values[key] = value
+        else:
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ScenarioError(f"{what}: expected a number >= 0, got {value!r}")
+            values[key] = float(value)
+    topology = Topology(**values)
+    if topology.sites < 1 or topology.cloud_workers < 1:
+        raise ScenarioError(f"{where}: topology needs at least one site and one cloud worker")
+    if topology.batches < 1:
+        raise ScenarioError(f"{where}: topology.batches must be at least 1")
+    if topology.devices and topology.devices < topology.sites:
+        raise ScenarioError(f"{where}: {topology.devices} devices cannot fill {topology.sites} sites")
+    return topology
+
+
+def _actions(entry: object, index: int, topology: Topology, where: str) -> list[Action]:
+    what = f"{where}: timeline[{index}]"
+    if not isinstance(entry, Mapping):
+        raise ScenarioError(f"{what}: expected a mapping such as {{at: 5s, cut: uplink}}, got {entry!r}")
+    if "at" not in entry:
+        raise ScenarioError(f"{what}: missing 'at' (when, e.g. at: 5s)")
+    verbs = [k for k in entry if k in LINK_ACTIONS or k in PROCESS_ACTIONS]
+    if len(verbs) != 1:
+        raise ScenarioError(
+            f"{what}: expected exactly one action of {', '.join(LINK_ACTIONS + PROCESS_ACTIONS)}, got {verbs or 'none'}"
+        )
+    verb = verbs[0]
+    unknown = sorted(set(map(str, entry)) - {"at", "every", "times", verb} - _OPTIONS)
+    if unknown:
+        raise ScenarioError(f"{what}: unknown key(s) {', '.join(unknown)}")
+    at = parse_seconds(entry["at"], f"{what}.at")
+    if verb in LINK_ACTIONS:
+        target, site, worker = _split_target(entry[verb], LINKS, f"{what}.{verb}")
+        if target not in topology.links:
+            raise ScenarioError(
+                f"{what}: link {target!r} has no fault proxy: add it to topology.links (now {list(topology.links)})"
+            )
+    else:
+        target, site, worker = _split_target(entry[verb], PROCESSES, f"{what}.{verb}")
+    if site is not None and site > topology.sites:
+        raise ScenarioError(f"{what}: site {site} does not exist (topology.sites is {topology.sites})")
+    if worker is not None and worker > topology.cloud_workers:
+        raise ScenarioError(f"{what}: cloud{worker} does not exist (topology.cloud_workers is {topology.cloud_workers})")
+    ms = jitter = 0.0
+    bps = 0
+    duration = 0.0
+    if verb == "latency":
+        ms = parse_seconds(entry.get("ms", 0), f"{what}.ms")
+        jitter = parse_seconds(entry.get("jitter_ms", 0), f"{what}.jitter_ms")
+    elif verb == "bandwidth":
+        raw_bps = entry.get("bps")
+        if isinstance(raw_bps, bool) or not isinstance(raw_bps, int) or raw_bps <= 0:
+            raise ScenarioError(f"{what}: bandwidth needs bps, a whole number of bytes per second above 0")
+        bps = raw_bps
+    elif verb == "drop":
+        if "for" not in entry:
+            raise ScenarioError(f"{what}: drop needs 'for' (how long the link stays down, e.g. for: 3s)")
+        duration = parse_seconds(entry["for"], f"{what}.for")
+    for option in _OPTIONS & set(entry):
+        if (option in ("ms", "jitter_ms") and verb != "latency") or (option == "bps" and verb != "bandwidth") or (
+            option == "for" and verb != "drop"
+        ):
+            raise ScenarioError(f"{what}: {option!r} does not apply to {verb}")
+    times = entry.get("times", 1)
+    if isinstance(times, bool) or not isinstance(times, int) or not 1 <= times <= 1000:
+        raise ScenarioError(f"{what}.times: expected a whole number from 1 to 1000, got {times!r}")
+    every = parse_seconds(entry["every"], f"{what}.every") if "every" in entry else 0.0
+    if times > 1 and every <= 0:
+        raise ScenarioError(f"{what}: 'times' needs 'every' (the interval between repeats)")
+    return [Action(at + n * every, verb, target, site, worker, ms, jitter, bps, duration) for n in range(times)]
+
+
+def parse_scenario(data: object, *, source: str = "<scenario>", path: Path | None = None) -> Scenario:
+    if not isinstance(data, Mapping):
+        raise ScenarioError(f"{source}: a scenario is a mapping with topology and timeline")
+    unknown = sorted(set(map(str, data)) - {"name", "description", "topology", "timeline", "drain_timeout", "tags"})
+    if unknown:
+        raise ScenarioError(f"{source}: unknown key(s) {', '.join(unknown)}")
+    topology = _topology(data.get("topology"), source)
+    timeline_raw = data.get("timeline") or []
+    if not isinstance(timeline_raw, list):
+        raise ScenarioError(f"{source}: timeline must be a list of entries")
+    actions = [a for i, entry in enumerate(timeline_raw) for a in _actions(entry, i, topology, source)]
+    actions.sort(key=lambda a: a.at)
+    name = data.get("name") or (path.stem if path is not None else "scenario")
+    tags = data.get("tags") or []
+    if not isinstance(tags, list):
+        raise ScenarioError(f"{source}: tags must be a list")
+    drain = parse_seconds(data.get("drain_timeout", 90), f"{source}: drain_timeout")
+    return Scenario(str(name), str(data.get("description") or ""), topology, tuple(actions), drain, path, tuple(map(str, tags)))
+
+
+def load_scenario(path: Path) -> Scenario:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        raise ScenarioError(f"{path}{at}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    return parse_scenario(data, source=str(path), path=path)
+
+
+def shipped_dir() -> Path:
+    """The scenarios that ship with EdgeTally (``scenarios/`` at the project root)."""
+    return Path(__file__).resolve().parents[2] / "scenarios"
+
+
+def shipped() -> list[Scenario]:
+    return [load_scenario(p) for p in sorted(shipped_dir().glob("*.yaml"))]

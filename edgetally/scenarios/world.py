@@ -1,0 +1,301 @@
+"""The processes a scenario runs: brokers, fault proxies, gateways, cloud workers and fleets.
+
+Layout (``sites`` copies of everything left of the cloud broker)::
+
+    fleet k --[devices proxy]--> edge broker k <--[edge proxy]-- gateway k --[uplink proxy]--> cloud broker
+    cloud broker <--[cloud proxy]-- cloud workers (--share when several) --> one database
+
+A proxy sits on a link only when the scenario lists that link (``topology.links``). Each site's
+fleet runs its shard of the devices (``devices run --shard K/N``) with its own state dir, truth
+file, summary and metrics port. Every piece is a real process that can be stopped, SIGKILLed
+and started again; :meth:`World.ready` says whether each is up. Ports are chosen when the
+world is built, so a restarted piece comes back where the others expect it. Constructing a
+world does no I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from devices.election_file import load_election
+from edgetally.brokers import BrokerProcess, BrokerSettings, free_port
+from edgetally.processes import Component
+from edgetally.scenarios.model import Action, Scenario
+from protocol import Registry, provision
+
+log = logging.getLogger(__name__)
+
+SAMPLE_ELECTION = Path(__file__).resolve().parents[2] / "elections" / "sample.yaml"
+
+
+class WorldError(Exception):
+    """A piece of the scenario's world could not be started or acted on."""
+
+
+@dataclass
+class Proxy:
+    """One ``edgetally proxy`` process on a link: fixed listen and control ports."""
+
+    link: str
+    component: Component
+    listen_port: int
+    control_port: int
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.listen_port}"
+
+
+@dataclass
+class Site:
+    index: int  # 1-based
+    edge: BrokerProcess
+    gateway: Component
+    fleet: Component
+    buffer_path: Path
+    summary_path: Path
+    truth_path: Path
+    metrics_port: int
+    proxies: dict[str, Proxy] = field(default_factory=dict)
+
+
+def _proxy(name: str, link: str, target_port: int, workdir: Path) -> Proxy:
+    listen, control = free_port(), free_port()
+    component = Component(
+        name,
+        [
+            "proxy",
+            "--listen", f"127.0.0.1:{listen}",
+            "--target", f"127.0.0.1:{target_port}",
+            "--control", str(control),
+            "--name", name,
+        ],
+        workdir,
+    )
+    return Proxy(link, component, listen, control)
+
+
+class World:
+    def __init__(
+        self,
+        scenario: Scenario,
+        workdir: Path,
+        *,
+        postgres_admin_url: str | None = None,
+        embedded_brokers: bool = False,
+        gateway_env: Mapping[str, str] | None = None,
+        fleet_timeout: float = 600.0,
+    ) -> None:
+        self.scenario = scenario
+        self.workdir = workdir
+        topo = scenario.topology
+        self.keys = workdir / "keys"
+        self.election_file = topo.election or SAMPLE_ELECTION
+        self._postgres_admin_url = postgres_admin_url
+        self._pg_database: str | None = None
+        self._pg_created = False
+        if topo.database == "postgresql":
+            if postgres_admin_url is None:
+                raise WorldError("this scenario needs PostgreSQL: give --postgres URL (a server that lets us CREATE DATABASE)")
+            self._pg_database = f"edgetally_scenario_{uuid.uuid4().hex[:12]}"
+            self.db_url = make_url(postgres_admin_url).set(database=self._pg_database).render_as_string(hide_password=False)
+        else:
+            self.db_url = f"sqlite:///{workdir / 'cloud.db'}"
+        self.cloud_broker = BrokerProcess(workdir / "cloud-broker", name="cloud-broker", embedded=embedded_brokers)
+        self.cloud_proxy: Proxy | None = None
+        cloud_url = self.cloud_broker.url
+        if "cloud" in topo.links:
+            self.cloud_proxy = _proxy("proxy-cloud", "cloud", self.cloud_broker.port, workdir)
+            cloud_url = self.cloud_proxy.url
+        cloud_args = ["cloud", "run", "--broker", cloud_url, "--db", self.db_url, "--keys", str(self.keys)]
+        if topo.cloud_workers == 1:
+            self.clouds = [Component("cloud", cloud_args, workdir)]
+        else:
+            self.clouds = [
+                Component(f"cloud{i}", [*cloud_args, "--id", f"cloud{i}", "--share", "edgetally"], workdir)
+                for i in range(1, topo.cloud_workers + 1)
+            ]
+        self.sites = [self._site(k, embedded_brokers, gateway_env, fleet_timeout) for k in range(1, topo.sites + 1)]
+        self._registry: Registry | None = None
+
+    def _site(self, k: int, embedded: bool, gateway_env: Mapping[str, str] | None, fleet_timeout: float) -> Site:
+        topo = self.scenario.topology
+        work = self.workdir / f"site{k}"
+        edge = BrokerProcess(
+            work / "edge-broker",
+            name=f"edge-broker{k}",
+            embedded=embedded,
+            settings=BrokerSettings(persistence=topo.edge_persistence),
+        )
+        proxies: dict[str, Proxy] = {}
+        for link in ("devices", "edge", "uplink"):
+            if link in topo.links:
+                target = self.cloud_broker.port if link == "uplink" else edge.port
+                proxies[link] = _proxy(f"proxy-{link}{k}", link, target, work)
+        edge_for_devices = proxies["devices"].url if "devices" in proxies else edge.url
+        edge_for_gateway = proxies["edge"].url if "edge" in proxies else edge.url
+        cloud_for_gateway = proxies["uplink"].url if "uplink" in proxies else self.cloud_broker.url
+        buffer_path = work / "gateway-buffer.db"
+        gateway_args = [
+            "gateway", "run",
+            "--edge", edge_for_gateway,
+            "--cloud", cloud_for_gateway,
+            "--buffer", str(buffer_path),
+            "--keys", str(self.keys),
+            "--id", f"gw{k}",
+        ]  # fmt: skip
+        if topo.gateway_max_buffer_batches:
+            gateway_args += ["--max-buffer-batches", str(topo.gateway_max_buffer_batches)]
+        if topo.gateway_keepalive:
+            gateway_args += ["--keepalive", str(topo.gateway_keepalive)]
+        gateway = Component(f"gateway{k}", gateway_args, work, env=dict(gateway_env or {}))
+        summary, truth, metrics = work / "fleet-summary.json", work / "truth.json", free_port()
+        fleet_args = [
+            "devices", "run",
+            "--broker", edge_for_devices,
+            "--keys", str(self.keys),
+            "--seed", str(topo.seed),
+            "--batches-per-device", str(topo.batches),
+            "--rate", str(topo.rate / topo.sites),
+            "--resend-after", str(topo.resend_after),
+            "--resend-cap", str(max(topo.resend_cap, topo.resend_after)),
+            "--reconnect-max", "2",
+            "--timeout", str(fleet_timeout),
+            "--shard", f"{k - 1}/{topo.sites}",
+            "--state-dir", str(work / "fleet-state"),
+            "--summary", str(summary),
+            "--truth", str(truth),
+            "--metrics-port", str(metrics),
+            "--no-live",
+        ]  # fmt: skip
+        if topo.devices:
+            fleet_args += ["--devices", str(topo.devices)]
+        if not topo.confirm:
+            fleet_args.append("--no-confirm")
+        for name, share in topo.behaviours:
+            fleet_args += ["--behaviour", f"{name}={share}"]
+        fleet = Component(f"fleet{k}", fleet_args, work, ready=False)
+        return Site(k, edge, gateway, fleet, buffer_path, summary, truth, metrics, proxies)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            self._registry = Registry.load(self.keys)
+        return self._registry
+
+    def proxies(self) -> Iterator[Proxy]:
+        for site in self.sites:
+            yield from site.proxies.values()
+        if self.cloud_proxy is not None:
+            yield self.cloud_proxy
+
+    def start(self) -> None:
+        """Everything but the fleets, each ready before what depends on it."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if not (self.keys / "registry.json").exists():
+            self._registry = provision(load_election(self.election_file), self.keys)
+        self._create_database()
+        self.cloud_broker.start()
+        for site in self.sites:
+            site.edge.start()
+        for proxy in self.proxies():
+            proxy.component.start()
+        for proxy in self.proxies():
+            proxy.component.wait_ready()
+        self.clouds[0].start()
+        self.clouds[0].wait_ready(60)  # it migrates the schema; the others find it done
+        for worker in self.clouds[1:]:
+            worker.start()
+        for site in self.sites:
+            site.gateway.start()
+        for worker in self.clouds[1:]:
+            worker.wait_ready(60)
+        for site in self.sites:
+            site.gateway.wait_ready(60)
+
+    def start_fleets(self) -> None:
+        for site in self.sites:
+            site.summary_path.unlink(missing_ok=True)
+            site.fleet.start()
+
+    def stop(self) -> None:
+        """Stop everything still running (fleets first, brokers last). Safe to call twice."""
+        for site in self.sites:
+            site.fleet.stop()
+            site.gateway.stop()
+        for worker in self.clouds:
+            worker.stop()
+        for proxy in self.proxies():
+            proxy.component.stop()
+        for site in self.sites:
+            site.edge.stop()
+        self.cloud_broker.stop()
+        self._drop_database()
+
+    def kill_all(self) -> None:
+        """SIGKILL whatever is left (after a failure or an interrupt)."""
+        for site in self.sites:
+            site.fleet.kill()
+            site.gateway.kill()
+            site.edge.kill()
+        for worker in self.clouds:
+            worker.kill()
+        for proxy in self.proxies():
+            proxy.component.kill()
+        self.cloud_broker.kill()
+
+    def remove(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- PostgreSQL ------------------------------------------------------------------------
+    def _admin(self, statement: str) -> None:
+        assert self._postgres_admin_url is not None
+        admin = create_engine(self._postgres_admin_url, isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(statement))
+        finally:
+            admin.dispose()
+
+    def _create_database(self) -> None:
+        if self._pg_database is not None and not self._pg_created:
+            self._admin(f'CREATE DATABASE "{self._pg_database}"')
+            self._pg_created = True
+
+    def _drop_database(self) -> None:
+        if self._pg_database is not None and self._pg_created:
+            self._admin(f'DROP DATABASE IF EXISTS "{self._pg_database}" WITH (FORCE)')
+            self._pg_created = False
+
+    # -- targets ---------------------------------------------------------------------------
+    def _sites(self, action: Action) -> list[Site]:
+        return [s for s in self.sites if action.site is None or s.index == action.site]
+
+    def processes(self, action: Action) -> list[BrokerProcess | Component]:
+        """The processes a process action names."""
+        if action.target == "cloud-broker":
+            return [self.cloud_broker]
+        if action.target == "cloud":
+            return [self.clouds[action.worker - 1]] if action.worker else list(self.clouds)
+        if action.target == "edge-broker":
+            return [s.edge for s in self._sites(action)]
+        if action.target == "gateway":
+            return [s.gateway for s in self._sites(action)]
+        if action.target == "fleet":
+            return [s.fleet for s in self._sites(action)]
+        raise WorldError(f"unknown process {action.target!r}")
+
+    def links(self, action: Action) -> list[Proxy]:
+        """The proxies a link action names."""
+        if action.target == "cloud":
+            return [self.cloud_proxy] if self.cloud_proxy is not None else []
+        return [s.proxies[action.target] for s in self._sites(action) if action.target in s.proxies]
