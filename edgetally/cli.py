@@ -14,6 +14,7 @@ from rich.console import Console
 from cloud.cli import app as cloud_app
 from devices.cli import app as devices_app
 from edgetally.proxy_cli import proxy_cmd, proxy_ctl_cmd
+from edgetally.scenarios.cli import app as scenario_app
 from gateway.cli import app as gateway_app
 
 app = typer.Typer(
@@ -25,12 +26,13 @@ app = typer.Typer(
 app.add_typer(devices_app, name="devices")
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(cloud_app, name="cloud")
+app.add_typer(scenario_app, name="scenario")
 app.command("proxy")(proxy_cmd)
 app.command("proxy-ctl")(proxy_ctl_cmd)
 
 
 # Commands whose screen is a live display: their default log level keeps log lines out of it.
-QUIET_BY_DEFAULT = {"demo"}
+QUIET_BY_DEFAULT = {"demo", "scenario"}
 
 
 @app.callback()

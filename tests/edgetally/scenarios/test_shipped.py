@@ -1,0 +1,41 @@
+"""Every shipped scenario, shortened, through real processes: the verdict must hold.
+
+Shortened: at most 16 devices and 4 batches each, the timeline played twice as fast (the long
+"election night" mix runs as `scripts/election-night`, not here). Each run starts its own
+Mosquitto brokers, fault proxies, gateways, cloud workers and fleets (edgetally/scenarios).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgetally.scenarios.model import Scenario, shipped
+from edgetally.scenarios.runner import RunOptions, ScenarioRunner
+
+pytestmark = pytest.mark.integration
+
+SPEED = 2.0
+
+
+def _short(scenario: Scenario) -> Scenario:
+    topo = scenario.topology
+    return scenario.with_topology(devices=min(topo.devices or 16, 16), batches=min(topo.batches, 4))
+
+
+SHIPPED = [s for s in shipped() if "long" not in s.tags]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("scenario", SHIPPED, ids=[s.name for s in SHIPPED])
+def test_shipped_scenario_passes_shortened(scenario: Scenario, tmp_path: Path) -> None:
+    report = ScenarioRunner(_short(scenario), RunOptions(workdir=tmp_path / "world", speed=SPEED, fleet_timeout=150)).run()
+
+    failed_events = [(e.what, e.detail) for e in report.events if not e.ok]
+    assert report.error is None, report.error
+    assert failed_events == []
+    assert report.verdict is not None
+    assert report.verdict.ok, report.verdict.to_mapping()
+    assert report.verdict.lost == ()
+    assert [e.what for e in report.events if e.what.split()[0] in {"cut", "crash", "kill", "drop", "blackhole", "stop", "restart", "latency"}], "no fault was played"
