@@ -10,6 +10,7 @@ acknowledged and never committed, and is gone; without it the group was committe
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,8 @@ pytestmark = pytest.mark.integration
 
 def _crash_loop(tmp_path: Path, *, unsafe: bool) -> Report:
     scenario = next(s for s in shipped() if s.name == "gateway-crash-loop")
-    scenario = scenario.with_topology(devices=16, batches=4, confirm=False)
+    # What the unsafe gateway lost never arrives: 20 s of waiting for it is plenty.
+    scenario = replace(scenario.with_topology(devices=16, batches=4, confirm=False), drain_timeout=20.0)
     env = {FAULT_ENV: "acked:2", FAULT_DIR_ENV: str(tmp_path)}
     if unsafe:
         env[UNSAFE_ACK_ENV] = "1"
