@@ -1,0 +1,44 @@
+"""`edgetally scenario list|run` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import run_cli
+
+
+def test_list_shows_every_shipped_scenario_with_its_faults() -> None:
+    rows = json.loads(run_cli("scenario", "list", "--json").stdout)
+    by_name = {r["name"]: r for r in rows}
+    assert "uplink-outage" in by_name and "election-night" in by_name
+    assert by_name["uplink-outage"]["faults"] == ["cut uplink", "restore uplink"]
+    assert "long" in by_name["election-night"]["tags"]
+
+
+def test_a_bad_scenario_file_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("topology: {devices: 4}\ntimeline:\n  - {at: 2s, cut: uplink}\n")
+    proc = run_cli("scenario", "run", str(bad), "--no-live", check=False)
+    assert proc.returncode == 2
+    assert "bad.yaml: timeline[0]: link 'uplink' has no fault proxy" in proc.stderr
+    missing = run_cli("scenario", "run", "no-such-scenario", "--no-live", check=False)
+    assert missing.returncode == 2 and "no shipped scenario of that name" in missing.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_run_plays_the_faults_and_writes_a_passing_report(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    proc = run_cli(
+        "scenario", "run", "uplink-outage", "--speed", "2", "--no-live", "--report", str(report),
+        "--workdir", str(tmp_path / "world"), check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(report.read_text())
+    assert data["ok"] is True and data["scenario"] == "uplink-outage" and data["speed"] == 2.0
+    assert [e["what"] for e in data["events"]][:3] == ["fleets started", "cut uplink", "restore uplink"]
+    assert data["verdict"]["ok"] and data["verdict"]["lost"] == []
+    assert "VERDICT: PASS" in proc.stdout
