@@ -23,9 +23,11 @@ Per device::
                 own resend timeout)
     repairs     [{seqs, state}]  the gaps the withheld seqs leave in the device's chain, written as
                 ``cloud audit --json`` writes its ``repairs`` rows (``seqs`` "3" or "3-4"), and the
-                state each must end in: ``repaired``. So: every withheld seq lies in a row of this
-                device in the audit's ``repairs``, and no row of this device is ``open`` (a gap
-                filled over two commits keeps its one row, "3-4")
+                state each must end in: ``repaired``. So: no row of this device is ``open``, and
+                every withheld seq lies in a repaired row of this device in the audit's
+                ``repairs`` (a gap filled over two commits keeps its one row, "3-4") -- unless
+                the resend was committed before the seq above it, when the cloud never saw a
+                jump and lists nothing: then the seqs are simply held
     confirmed   whether the cloud's receipt must reach final_seq (silent, wrong_key: no)
     ballots     ballots of the accepted batches
     published / resends   what the device put on the wire (filled at the end of the run)

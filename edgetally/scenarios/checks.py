@@ -30,8 +30,10 @@ The checks (names are the module constants below; each a :class:`edgetally.verdi
                 such (the audit runs with no listing limit, so every one is seen); any other failing
                 audit check, or a ``final batches`` discrepancy about another device, fails this
                 check
-    REPAIRS     every gap the truth's ``repairs`` names is covered by a ``repaired`` row of its
-                device in the audit's repairs, and no row is ``open``
+    REPAIRS     no gap the audit lists is ``open``, and every gap the truth's ``repairs`` names
+                is covered by a ``repaired`` row of its device or was filled before the cloud
+                saw a jump (the withheld seq resent and committed before the seq above it, so
+                no gap ever existed in the ledger: all of its seqs held, nothing listed)
     DRAINED     no gateway buffer holds a pending or in-flight batch
     DRAIN_TIME  informational: seconds from the last timeline action to drain; fails only when
                 drain was never reached
@@ -644,16 +646,24 @@ class _Judge:
         for r in repairs:
             if r["state"] == "repaired":
                 covered.setdefault(str(r["device"]), set()).update(seq_span(str(r["seqs"])))
+        held = self.ledger()
         gaps = 0
-        unrepaired: list[str] = []
+        unrepaired: list[str] = []  # a gap the truth names, neither listed repaired nor held
+        filled_unseen = 0  # resent before the seq above it was committed: no jump to see
         for device, entry in self.truth["devices"].items():
             for gap in entry.get("repairs", ()):
                 gaps += 1
-                if not seq_span(str(gap["seqs"])) <= covered.get(device, set()):
+                seqs = seq_span(str(gap["seqs"]))
+                if seqs <= covered.get(device, set()):
+                    continue
+                if all((device, seq) in held for seq in seqs):
+                    filled_unseen += 1
+                else:
                     unrepaired.append(f"{device}:{gap['seqs']}")
         detail = (
-            f"{gaps - len(unrepaired)}/{gaps} gaps the truth names repaired;"
-            f" the audit lists {len(repairs) - len(open_rows)} repaired, {len(open_rows)} open"
+            f"{gaps - len(unrepaired) - filled_unseen}/{gaps} gaps the truth names repaired"
+            + (f", {filled_unseen} filled before the cloud saw a jump" if filled_unseen else "")
+            + f"; the audit lists {len(repairs) - len(open_rows)} repaired, {len(open_rows)} open"
         )
         if unrepaired:
             detail += f"; not repaired: {_listed(unrepaired)}"

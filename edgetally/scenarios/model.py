@@ -16,6 +16,7 @@ A scenario is YAML::
       behaviours: {tampered: 1, replay: 1}   # devices run --behaviour NAME=SHARE
       gateway_max_buffer_batches: 0          # the gateway's quota (0 = none)
       gateway_keepalive: 0                   # seconds (0 = the gateway's default, 15)
+      election: ../elections/x.yaml          # relative to this file (default: the sample election)
       edge_persistence: true                 # the edge brokers' persistence
       confirm: true        # false: devices forget a batch at the broker's PUBACK, not at the receipt
       resend_after: 1s     # devices resend what stays unreceipted after this, doubling up to
@@ -291,6 +292,11 @@ def parse_scenario(data: object, *, source: str = "<scenario>", path: Path | Non
     if unknown:
         raise ScenarioError(f"{source}: unknown key(s) {', '.join(unknown)}")
     topology = _topology(data.get("topology"), source)
+    if topology.election is not None and not topology.election.is_absolute() and path is not None:
+        election = path.parent / topology.election  # relative to the scenario file
+        topology = Topology(**{**{n: getattr(topology, n) for n in Topology.__slots__}, "election": election})
+    if topology.election is not None and path is not None and not topology.election.exists():
+        raise ScenarioError(f"{source}: topology.election: no such file {topology.election}")
     timeline_raw = data.get("timeline") or []
     if not isinstance(timeline_raw, list):
         raise ScenarioError(f"{source}: timeline must be a list of entries")

@@ -136,6 +136,7 @@ class ScenarioRunner:
         self._observer = observer
         self._engine: Engine | None = None
         self._t0 = time.monotonic()
+        self._awaiting: dict[str, tuple[Component, float]] = {}  # started, not yet ready
         self.world = World(
             self.scenario,
             options.workdir,
@@ -219,8 +220,21 @@ class ScenarioRunner:
             process.stop()
         if isinstance(process, Component) and verb in ("kill", "crash", "stop", "restart"):
             process.env = {}  # a test-only first-start environment never comes back
+            self._awaiting.pop(process.name, None)
         if verb in ("start", "restart", "crash") and not process.running:
-            process.start()
+            self._start(process)
+
+    def _start(self, process: BrokerProcess | Component) -> None:
+        """Start it; a broker is ready when this returns, a component when it writes its ready file."""
+        process.start()
+        if isinstance(process, Component) and process.ready_file is not None:
+            self._awaiting[process.name] = (process, time.monotonic())
+
+    def _check_ready(self) -> None:
+        for name, (component, started) in list(self._awaiting.items()):
+            if component.ready_file is not None and component.ready_file.exists():
+                del self._awaiting[name]
+                self._event(f"{name} ready", detail=f"{time.monotonic() - started:.1f}s after its start")
 
     def _heal(self) -> None:
         """Links back to pass and every stopped process started: what the faults left broken."""
@@ -230,7 +244,7 @@ class ScenarioRunner:
         world = self.world
         for process in [world.cloud_broker, *(s.edge for s in world.sites), *world.clouds, *(s.gateway for s in world.sites)]:
             if not process.running:
-                process.start()
+                self._start(process)
                 healed.append(process.name)
         for site in world.sites:  # a fleet that exited by itself is done, not down
             if not site.fleet.running and site.fleet.returncode is not None and site.fleet.returncode < 0:
@@ -247,6 +261,9 @@ class ScenarioRunner:
                 self._event("fleets did not finish", ok=False, detail=f"within {self.options.fleet_timeout:.0f}s")
                 return None
             self._sample_for(SAMPLE_S)
+        for name, (component, _started) in self._awaiting.items():
+            if component.ready_file is not None and not component.ready_file.exists():
+                self._event(f"{name} never became ready", ok=False, detail=f"see {component.log_path}")
         for site in self.world.sites:
             code = site.fleet.returncode
             if code != 0:
@@ -285,6 +302,7 @@ class ScenarioRunner:
             sample.backlog = sum(p + f for p, f in undelivered(s.buffer_path for s in self.world.sites).values())
         sample.peak_backlog = max(sample.peak_backlog, sample.backlog)
         sample.fleet = self._fleet_metrics()
+        self._check_ready()
         self._notify()
 
     def _ledger_rows(self) -> int:
