@@ -14,7 +14,8 @@ A scenario is YAML::
       database: sqlite     # or postgresql (a throw-away database on 127.0.0.1:5432)
       links: [uplink]      # links with a fault proxy: devices, edge, uplink, cloud
       behaviours: {tampered: 1, replay: 1}   # devices run --behaviour NAME=SHARE
-      gateway_max_buffer_batches: 0          # the gateway's quota (0 = none)
+      gateway_max_buffer_batches: 0          # the gateway's quota in batches (0 = none)
+      gateway_max_buffer_bytes: 0            # and in payload bytes (0 = none)
       gateway_keepalive: 0                   # seconds (0 = the gateway's default, 15)
       election: ../elections/x.yaml          # relative to this file (default: the sample election)
       edge_persistence: true                 # the edge brokers' persistence
@@ -73,6 +74,7 @@ class Topology:
     links: tuple[str, ...] = ()
     behaviours: tuple[tuple[str, str], ...] = ()
     gateway_max_buffer_batches: int = 0
+    gateway_max_buffer_bytes: int = 0
     gateway_keepalive: int = 0  # seconds; 0 = the gateway's default
     edge_persistence: bool = True
     confirm: bool = True  # false: devices drop each batch at the edge broker's PUBACK (hop by hop only)

@@ -261,9 +261,6 @@ class ScenarioRunner:
                 self._event("fleets did not finish", ok=False, detail=f"within {self.options.fleet_timeout:.0f}s")
                 return None
             self._sample_for(SAMPLE_S)
-        for name, (component, _started) in self._awaiting.items():
-            if component.ready_file is not None and not component.ready_file.exists():
-                self._event(f"{name} never became ready", ok=False, detail=f"see {component.log_path}")
         for site in self.world.sites:
             code = site.fleet.returncode
             if code != 0:
@@ -273,12 +270,14 @@ class ScenarioRunner:
         deadline = time.monotonic() + self.scenario.drain_timeout
         while True:
             self._take_sample()
-            if self.sample.ledger >= expected and self.sample.backlog == 0:
+            if self.sample.ledger >= expected and self.sample.backlog == 0 and not self._awaiting:
                 at = time.monotonic() - self._t0
                 self._event("drained", detail=f"{self.sample.ledger:,} batches in the ledger")
                 return at
             if time.monotonic() > deadline:
                 self._event("not drained", ok=False, detail=f"within {self.scenario.drain_timeout:.0f}s")
+                for name, (component, _started) in self._awaiting.items():
+                    self._event(f"{name} never became ready", ok=False, detail=f"see {component.log_path}")
                 return None
             self._notify()
             time.sleep(SAMPLE_S)

@@ -154,6 +154,8 @@ class World:
         ]  # fmt: skip
         if topo.gateway_max_buffer_batches:
             gateway_args += ["--max-buffer-batches", str(topo.gateway_max_buffer_batches)]
+        if topo.gateway_max_buffer_bytes:
+            gateway_args += ["--max-buffer-bytes", str(topo.gateway_max_buffer_bytes)]
         if topo.gateway_keepalive:
             gateway_args += ["--keepalive", str(topo.gateway_keepalive)]
         gateway = Component(f"gateway{k}", gateway_args, work, env=dict(gateway_env or {}))
