@@ -42,3 +42,30 @@ def test_run_plays_the_faults_and_writes_a_passing_report(tmp_path: Path) -> Non
     assert [e["what"] for e in data["events"]][:3] == ["fleets started", "cut uplink", "restore uplink"]
     assert data["verdict"]["ok"] and data["verdict"]["lost"] == []
     assert "VERDICT: PASS" in proc.stdout
+
+
+def test_the_live_view_shows_components_stages_and_the_timeline(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from edgetally.scenarios.cli import _LiveView
+    from edgetally.scenarios.model import shipped
+    from edgetally.scenarios.runner import Event, Sample
+    from edgetally.scenarios.world import World
+
+    scenario = next(s for s in shipped() if s.name == "cloud-worker-crash")
+    world = World(scenario, tmp_path / "world")  # no I/O: nothing started
+    sample = Sample(
+        elapsed=4.2,
+        ledger=37,
+        expected=120,
+        backlog=5,
+        peak_backlog=9,
+        fleet={'edgetally_fleet_batches_total{stage="sent"}': 50.0},
+        phase="timeline",
+    )
+    console = Console(width=120, record=True)
+    console.print(_LiveView(console, scenario.name).render(sample, [Event(3.0, "kill cloud1")], world))
+    text = console.export_text()
+    for expected in ("cloud-worker-crash · timeline · 4.2s", "cloud1", "cloud2", "gateway1", "fleet1",
+                     "sent by devices", "50", "gateway backlog", "5 (peak 9)", "37 / 120", "kill cloud1"):  # fmt: skip
+        assert expected in text, (expected, text)
