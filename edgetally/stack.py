@@ -15,17 +15,14 @@ import json
 import logging
 import subprocess
 import sys
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-
 from devices.election_file import load_election
 from devices.generator import ExpectedTotals, expected_totals
 from edgetally.brokers import BrokerProcess
+from edgetally.pgdb import ThrowawayDatabase
 from edgetally.processes import Component
 from protocol import Registry, provision
 
@@ -59,17 +56,12 @@ class Stack:
         work = config.workdir
         self.keys = work / "keys"
         self.buffer_path = work / "gateway-buffer.db"
-        self._pg_database: str | None = None
-        self._pg_created = False
+        self._pg: ThrowawayDatabase | None = None
         if config.db_url:
             self.db_url = config.db_url
         elif config.postgres_admin_url:
-            self._pg_database = f"edgetally_stack_{uuid.uuid4().hex[:12]}"
-            self.db_url = (
-                make_url(config.postgres_admin_url)
-                .set(database=self._pg_database)
-                .render_as_string(hide_password=False)
-            )
+            self._pg = ThrowawayDatabase(config.postgres_admin_url, "edgetally_stack")
+            self.db_url = self._pg.url
         else:
             self.db_url = f"sqlite:///{work / 'cloud.db'}"
         self.summary_path = work / "fleet-summary.json"
@@ -158,25 +150,13 @@ class Stack:
             broker.stop()
         self._drop_database()
 
-    def _admin(self, statement: str) -> None:
-        assert self.config.postgres_admin_url is not None
-        admin = create_engine(self.config.postgres_admin_url, isolation_level="AUTOCOMMIT")
-        try:
-            with admin.connect() as conn:
-                conn.execute(text(statement))
-        finally:
-            admin.dispose()
-
     def _create_database(self) -> None:
-        if self._pg_database is not None and not self._pg_created:
-            self._admin(f'CREATE DATABASE "{self._pg_database}"')
-            self._pg_created = True
-            log.info("created PostgreSQL database %s", self._pg_database)
+        if self._pg is not None:
+            self._pg.create()
 
     def _drop_database(self) -> None:
-        if self._pg_database is not None and self._pg_created:
-            self._admin(f'DROP DATABASE IF EXISTS "{self._pg_database}" WITH (FORCE)')
-            self._pg_created = False
+        if self._pg is not None:
+            self._pg.drop()
 
     def __enter__(self) -> Stack:
         return self

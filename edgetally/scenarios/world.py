@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-
 from devices.election_file import load_election
 from edgetally.brokers import BrokerProcess, BrokerSettings, free_port
+from edgetally.pgdb import ThrowawayDatabase
 from edgetally.processes import Component
 from edgetally.scenarios.model import Action, Scenario
 from protocol import Registry, provision
@@ -99,14 +96,12 @@ class World:
         topo = scenario.topology
         self.keys = workdir / "keys"
         self.election_file = topo.election or SAMPLE_ELECTION
-        self._postgres_admin_url = postgres_admin_url
-        self._pg_database: str | None = None
-        self._pg_created = False
+        self._pg: ThrowawayDatabase | None = None
         if topo.database == "postgresql":
             if postgres_admin_url is None:
                 raise WorldError("this scenario needs PostgreSQL: give --postgres URL (a server that lets us CREATE DATABASE)")
-            self._pg_database = f"edgetally_scenario_{uuid.uuid4().hex[:12]}"
-            self.db_url = make_url(postgres_admin_url).set(database=self._pg_database).render_as_string(hide_password=False)
+            self._pg = ThrowawayDatabase(postgres_admin_url, "edgetally_scenario")
+            self.db_url = self._pg.url
         else:
             self.db_url = f"sqlite:///{workdir / 'cloud.db'}"
         self.cloud_broker = BrokerProcess(workdir / "cloud-broker", name="cloud-broker", embedded=embedded_brokers)
@@ -259,24 +254,13 @@ class World:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     # -- PostgreSQL ------------------------------------------------------------------------
-    def _admin(self, statement: str) -> None:
-        assert self._postgres_admin_url is not None
-        admin = create_engine(self._postgres_admin_url, isolation_level="AUTOCOMMIT")
-        try:
-            with admin.connect() as conn:
-                conn.execute(text(statement))
-        finally:
-            admin.dispose()
-
     def _create_database(self) -> None:
-        if self._pg_database is not None and not self._pg_created:
-            self._admin(f'CREATE DATABASE "{self._pg_database}"')
-            self._pg_created = True
+        if self._pg is not None:
+            self._pg.create()
 
     def _drop_database(self) -> None:
-        if self._pg_database is not None and self._pg_created:
-            self._admin(f'DROP DATABASE IF EXISTS "{self._pg_database}" WITH (FORCE)')
-            self._pg_created = False
+        if self._pg is not None:
+            self._pg.drop()
 
     # -- targets ---------------------------------------------------------------------------
     def _sites(self, action: Action) -> list[Site]:

@@ -10,9 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from edgetally.scenarios.model import Scenario, shipped
 from edgetally.scenarios.runner import RunOptions, ScenarioRunner
+from tests.support.postgres import PG_ADMIN_URL, require_server
 
 pytestmark = pytest.mark.integration
 
@@ -42,3 +44,27 @@ def test_shipped_scenario_passes_shortened(scenario: Scenario, tmp_path: Path) -
     assert [e.what for e in report.events if e.what.split()[0] in faults], "no fault was played"
     if "backpressure" in scenario.tags:  # the quota was really reached, and held ingress
         assert "holding ingress" in (tmp_path / "world" / "site1" / "gateway1.log").read_text()
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(240)
+def test_a_scenario_on_postgresql_with_two_workers_passes(tmp_path: Path) -> None:
+    """The same runner on a throw-away PostgreSQL database (created and dropped by the run)."""
+    admin = require_server(PG_ADMIN_URL)
+    scenario = next(s for s in SHIPPED if s.name == "cloud-worker-crash")
+    scenario = _short(scenario).with_topology(database="postgresql")
+    options = RunOptions(workdir=tmp_path / "world", speed=SPEED, fleet_timeout=150, postgres_admin_url=admin)
+    runner = ScenarioRunner(scenario, options)
+    assert runner.world.db_url.startswith("postgresql+psycopg://") and "edgetally_scenario_" in runner.world.db_url
+
+    report = runner.run()
+
+    assert report.error is None and report.verdict is not None, report.error
+    assert report.verdict.ok, report.verdict.to_mapping()
+    engine = create_engine(admin)
+    try:
+        with engine.connect() as conn:
+            names = set(conn.execute(text("SELECT datname FROM pg_database")).scalars())
+    finally:
+        engine.dispose()
+    assert runner.world.db_url.rsplit("/", 1)[1] not in names, "the run's database was not dropped"
