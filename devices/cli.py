@@ -28,7 +28,7 @@ from devices.shards import parse_shard, pick, run_shards
 from devices.snapshot import FleetMonitor
 from devices.state import StateStore
 from devices.synth import synth_mapping
-from devices.truth import build_truth, write_truth
+from devices.truth import build_truth, load_truth, merge_truths, write_truth
 from protocol import ProtocolError, Registry, parse_broker_url, provision
 
 app = typer.Typer(help="Provision tabulators, compute expected totals, run a device fleet.", no_args_is_help=True)
@@ -155,6 +155,7 @@ def _run_sharded(
     confirm: bool,
     summary_file: Path | None,
     as_json: bool,
+    truth_file: Path | None = None,
 ) -> None:
     last_write = [0.0]
 
@@ -166,7 +167,10 @@ def _run_sharded(
     with tempfile.TemporaryDirectory(prefix="edgetally-shards-") as tmp, err.status(f"{processes} fleet shards running"):
         try:
             summary = run_shards(child_args, processes, Path(tmp), timeout, confirm, on_tick=tick)
-        except DeviceError as exc:
+            if truth_file is not None:  # each shard wrote its devices' truth: one file of them all
+                parts = [load_truth(_shard_truth(Path(tmp) / "x", k)) for k in range(processes)]
+                write_truth(truth_file, merge_truths(parts))
+        except (DeviceError, OSError, ValueError) as exc:
             raise _fail(str(exc)) from exc
     if summary_file is not None:
         _write_summary(summary_file, summary, running=False)
@@ -175,6 +179,11 @@ def _run_sharded(
     else:
         out.print(_summary_table(summary))
     raise typer.Exit(0 if summary.ok else 1)
+
+
+def _shard_truth(beside: Path, k: int) -> Path:
+    """Where shard ``k`` of a ``--processes`` run writes its truth (beside its summary)."""
+    return beside.with_name(f"truth-{k}.json")
 
 
 def _write_summary(path: Path, summary: FleetSummary, *, running: bool) -> None:
@@ -230,8 +239,6 @@ def run_cmd(
         if chosen is not None:
             mine = set(chosen)
             assigned = {d: b for d, b in assigned.items() if d in mine}
-        if truth_file is not None and processes > 1:
-            raise _fail("--truth is not supported with --processes yet (run one process)")
         if processes > 1:
             if shard is not None:
                 raise _fail("--processes and --shard do not mix")
@@ -251,9 +258,10 @@ def run_cmd(
                     *[a for spec in behaviour_specs for a in ("--behaviour", spec)],
                     *(["--behaviours", str(behaviours_file)] if behaviours_file is not None else []),
                     *(["--metrics-port", str(metrics_port + k), "--metrics-linger", str(metrics_linger)] if metrics_port is not None else []),
+                    *(["--truth", str(_shard_truth(file, k))] if truth_file is not None else []),
                 ]  # fmt: skip
 
-            _run_sharded(child_args, processes, timeout, confirm, summary_file, as_json)
+            _run_sharded(child_args, processes, timeout, confirm, summary_file, as_json, truth_file)
             return
         config = FleetConfig(
             broker=address,

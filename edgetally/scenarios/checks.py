@@ -4,7 +4,7 @@ The scenario runner calls :func:`judge` once the timeline has ended and the syst
 the bounded wait for it ran out). Every check reads the real stores, read-only: the cloud
 database (any SQLAlchemy URL ``cloud`` accepts, SQLite or PostgreSQL), every gateway buffer file,
 the fleet summaries (``devices run --summary FILE``) and the truth (``devices run --truth FILE``,
-one per fleet shard, merged with :func:`merge_truths`; devices/truth.py says what it holds).
+one per fleet shard, merged with ``devices.truth.merge_truths``; devices/truth.py says what it holds).
 
 The checks (names are the module constants below; each a :class:`edgetally.verdict.Check`):
 
@@ -44,8 +44,7 @@ A store that cannot be read fails the checks that need it, with the error as the
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -62,7 +61,6 @@ from cloud._exceptions import CloudError
 from cloud.audit import AuditReport, run_audit
 from cloud.db import make_engine
 from cloud.results import Results, load_results, read_snapshot
-from devices.truth import aggregate
 from edgetally.verdict import Check
 from gateway._exceptions import GatewayError
 from gateway.inspect import buffer_stats, snapshot
@@ -91,92 +89,6 @@ Key = tuple[str, int]  # (device, seq)
 
 
 # -- merging the truth files of a sharded fleet ------------------------------------------
-_MERGED_KEYS = frozenset({"devices", "expected", "behaviours"})
-_ABSENT = object()
-
-
-def merge_truths(truths: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """One truth out of several fleet shards' (``devices run --shard k/N --truth FILE_k``).
-
-    The shards' devices must be disjoint and every other top-level field (version, election,
-    seed, batches per device, ...) the same; else :class:`ValueError` names the difference.
-    ``devices`` and ``behaviours`` are united, ``expected`` added up (counters, per contest and
-    choice, per precinct, per rejection reason) and checked against the merged devices
-    (devices/truth.py ``aggregate``). The result equals the truth of the whole fleet run as one
-    (up to the publish counters each device records).
-    """
-    if not truths:
-        raise ValueError("no truth to merge")
-    merged: dict[str, Any] = {}
-    keys = sorted({k for truth in truths for k in truth} - _MERGED_KEYS)
-    for key in keys:
-        values = [truth.get(key, _ABSENT) for truth in truths]
-        for i, value in enumerate(values[1:], start=2):
-            if value != values[0]:
-                raise ValueError(
-                    f"the truths differ in {key!r}: {_shown(values[0])} (truth 1)"
-                    f" vs {_shown(value)} (truth {i}); they are not shards of one fleet run"
-                )
-        merged[key] = copy.deepcopy(values[0])
-    devices: dict[str, Any] = {}
-    owner: dict[str, int] = {}
-    for i, truth in enumerate(truths, start=1):
-        for device, entry in truth.get("devices", {}).items():
-            if device in devices:
-                raise ValueError(
-                    f"device {device} is in truth {owner[device]} and truth {i}:"
-                    " the shards of a fleet hold disjoint devices"
-                )
-            devices[device] = copy.deepcopy(entry)
-            owner[device] = i
-    behaviours: dict[str, Any] = {}
-    for truth in truths:
-        behaviours.update(truth.get("behaviours", {}))
-    expected: dict[str, Any] = {}
-    for truth in truths:
-        expected = _add(expected, truth.get("expected", {}), "expected")
-    for key in ("ballots_by_precinct", "rejected"):
-        if isinstance(expected.get(key), dict):
-            expected[key] = dict(sorted(expected[key].items()))
-    contests = {c: list(choices) for c, choices in expected.get("contests", {}).items()}
-    for key, value in aggregate(devices, contests).items():
-        if key in expected and expected[key] != value:
-            raise ValueError(
-                f"the truths' expected {key!r} do not add up to their devices':"
-                f" {_shown(expected[key])} vs {_shown(value)}"
-            )
-    merged["behaviours"] = dict(sorted(behaviours.items()))
-    merged["expected"] = expected
-    merged["devices"] = dict(sorted(devices.items()))
-    return merged
-
-
-def _add(a: Any, b: Any, where: str) -> Any:
-    """``a`` + ``b``: numbers added, mappings merged key by key, anything else must be equal."""
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        out = dict(a)
-        for key, value in b.items():
-            out[key] = (
-                _add(out[key], value, f"{where}.{key}") if key in out else copy.deepcopy(value)
-            )
-        return out
-    numbers = (int, float)
-    if (
-        isinstance(a, numbers)
-        and isinstance(b, numbers)
-        and not isinstance(a, bool)
-        and not isinstance(b, bool)
-    ):
-        return a + b
-    if a != b:
-        raise ValueError(f"the truths differ in {where}: {_shown(a)} vs {_shown(b)}")
-    return a
-
-
-def _shown(value: object) -> str:
-    return "absent" if value is _ABSENT else repr(value)
-
-
 # -- what the truth says --------------------------------------------------------------------
 def expected_accepts(truth: Mapping[str, Any]) -> dict[Key, str]:
     """(device, seq) -> body hash: every batch that must be in the ledger exactly once."""

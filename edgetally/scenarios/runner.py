@@ -25,6 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from cloud import models
+from devices.truth import merge_truths
 from edgetally.brokers import BrokerError, BrokerProcess
 from edgetally.processes import Component, ComponentError
 from edgetally.proxy import ProxyError
@@ -35,7 +36,6 @@ from edgetally.scenarios.checks import (
     cloud_engine,
     expected_accepts,
     judge,
-    merge_truths,
     undelivered,
 )
 from edgetally.scenarios.model import Action, Scenario

@@ -14,6 +14,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from devices.synth import synth_election, synth_mapping
+from devices.truth import load_truth
 from edgetally.brokers import BrokerProcess
 from protocol import (
     BATCH_FILTER,
@@ -233,3 +234,27 @@ def test_sigterm_to_a_sharded_fleet_stops_its_shards_too(
     assert parent.wait(30) != 0  # stopped, not finished
     wait_until(lambda: not any(_alive(pid) for pid in shards), 15, "every shard stopped")
     assert "stopped by SIGTERM" in (tmp_path / "fleet.log").read_text()
+
+
+def test_processes_write_one_truth_equal_to_a_single_process_run(
+    broker: BrokerProcess, synth_keys: Path, tmp_path: Path
+) -> None:
+    """--truth with --processes: each shard writes its devices' truth, the parent merges them."""
+    common = (
+        "devices", "run", "--broker", broker.url, "--keys", str(synth_keys), "--seed", "5",
+        "--devices", "24", "--batches-per-device", "3", "--no-confirm", "--connect-rate", "0",
+        "--behaviour", "tampered=2", "--behaviour", "duplicate=3", "--json",
+    )  # fmt: skip
+    run_cli(*common, "--truth", str(tmp_path / "one.json"))
+    run_cli(*common, "--processes", "3", "--truth", str(tmp_path / "three.json"))
+
+    def plan(path: Path) -> dict[str, object]:  # what was decided before the run, not what it published
+        truth = load_truth(path)
+        for entry in truth["devices"].values():
+            entry.pop("published", None)
+            entry.pop("resends", None)
+        return truth
+
+    one, three = plan(tmp_path / "one.json"), plan(tmp_path / "three.json")
+    assert len(three["devices"]) == 24 and sorted(three["behaviours"].values()).count("tampered") == 2
+    assert three == one

@@ -11,8 +11,7 @@ import pytest
 from devices.behaviours import assign, profile_from_specs
 from devices.fleet import Fleet, FleetConfig
 from devices.shards import pick
-from devices.truth import build_truth
-from edgetally.scenarios.checks import merge_truths
+from devices.truth import build_truth, merge_truths
 from protocol import BrokerAddress, Registry
 
 SEED = 4
