@@ -327,7 +327,10 @@ def run_cmd(
 
     try:
         with LiveView(monitor, out) if show_live else progress:
-            summary = asyncio.run(fleet.run(on_tick=tick))
+            try:
+                summary = asyncio.run(fleet.run(on_tick=tick))
+            except DeviceError as exc:  # e.g. the state store failed mid-run: one line, no traceback
+                raise _fail(f"the fleet stopped: {exc}") from exc
         if truth_file is not None:
             write_truth(truth_file, build_truth(fleet))  # again, with what each device published
         if summary_file is not None:
@@ -345,5 +348,8 @@ def run_cmd(
         if metrics is not None:
             metrics.close()
         if store is not None:
-            store.close()
+            try:
+                store.close()  # writes the acks and receipts it kept for later
+            except DeviceError as exc:  # what was sent is recorded; only these are lost
+                raise _fail(f"the fleet stopped: its state store could not be saved: {exc}") from exc
     raise typer.Exit(0 if summary.ok else 1)

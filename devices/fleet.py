@@ -29,7 +29,7 @@ from pathlib import Path
 import orjson
 
 from devices import behaviours as bh
-from devices._exceptions import ConnectionFailed, FleetError
+from devices._exceptions import ConnectionFailed, FleetError, StateError
 from devices.behaviours import Behaviour
 from devices.connection import ConnectOptions, KeepaliveWheel, MqttConnection, Will, connect
 from devices.snapshot import batch_counts
@@ -757,9 +757,12 @@ class Fleet:
         ticker = asyncio.create_task(self._tick(on_tick), name="fleet-progress")
         try:
             async with asyncio.timeout(config.timeout):
-                async with asyncio.TaskGroup() as tasks:
-                    for runner in runners:
-                        tasks.create_task(runner.run(), name=f"device-{runner.tab.device}")
+                try:
+                    async with asyncio.TaskGroup() as tasks:
+                        for runner in runners:
+                            tasks.create_task(runner.run(), name=f"device-{runner.tab.device}")
+                except* StateError as failed:  # --state-dir failed (disk full, I/O error): stop
+                    raise failed.exceptions[0] from None
         except TimeoutError:
             log.error("fleet timed out after %.0fs", config.timeout)
         finally:

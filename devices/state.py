@@ -168,10 +168,13 @@ class StateStore:
         return self
 
     def close(self) -> None:
+        """Write what was deferred, then close (closed even when the write fails)."""
         if self._conn is not None:
-            self.flush()
-            self._conn.close()
-            self._conn = None
+            try:
+                self.flush()
+            finally:
+                self._conn.close()
+                self._conn = None
 
     def flush(self) -> None:
         """Write the deferred acks and receipts now (one transaction)."""

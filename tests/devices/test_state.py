@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,10 @@ import pytest
 from devices._exceptions import StateError, StateMismatch
 from devices.state import STATE_FILE, StateStore
 from devices.tabulator import Tabulator
+from edgetally.brokers import BrokerProcess
 from protocol import GENESIS_HASH, Election, Receipt, Registry, load_signing_key, verify
 from tests.devices.state_support import read_wire
-from tests.helpers import REPO, wait_until
+from tests.helpers import REPO, edgetally_cmd, wait_until
 
 SEED = 7
 BATCHES = 5
@@ -270,3 +272,55 @@ def test_acks_outside_a_group_are_written_with_the_next_transaction(
         assert not acked()  # deferred: no fsync of its own
         other.record_sent(1)  # any device's next write-ahead carries it
         assert acked()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs the test can fill (needs root and mount rights; skipped without)."""
+    where = tmp_path / "small"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _fill(directory: Path) -> None:
+    """Write zeros until the file system is full."""
+    with open(directory / "filler", "wb") as filler, contextlib.suppress(OSError):
+        while True:
+            filler.write(b"\0" * 65536)
+            filler.flush()
+            os.fsync(filler.fileno())
+
+
+@pytest.mark.integration
+def test_a_state_store_whose_disk_fills_mid_run_stops_the_fleet_with_one_line(
+    small_disk: Path, broker: BrokerProcess, keys_dir: Path
+) -> None:
+    state = small_disk / "state"
+    proc = subprocess.Popen(
+        edgetally_cmd(
+            "devices", "run", "--broker", broker.url, "--keys", str(keys_dir), "--seed", str(SEED),
+            "--devices", "20", "--batches-per-device", "10", "--rate", "40", "--no-confirm",
+            "--no-live", "--state-dir", str(state), "--timeout", "60",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    try:
+        wait_until(lambda: len(set(broker.log_path.read_text().split("New client connected"))) > 5, 30, "devices connected")
+        _fill(small_disk)  # the fleet is publishing: its next state write finds the disk full
+        _out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 2, err[-3000:]
+    assert "the fleet stopped:" in err and "full" in err, err[-3000:]
+    assert "Traceback" not in err
