@@ -138,6 +138,8 @@ def run_cmd(
     scenario: str = typer.Argument(..., help="A scenario file, or the name of a shipped one"),
     seed: int | None = typer.Option(None, "--seed", help="Override the scenario's seed"),
     speed: float = typer.Option(1.0, "--speed", min=0.01, help="Play the timeline X times as fast"),
+    devices: int | None = typer.Option(None, "--devices", min=1, help="Override the topology's device count"),
+    batches: int | None = typer.Option(None, "--batches", min=1, help="Override the batches per device"),
     report: Path | None = typer.Option(None, "--report", help="Write the report (events, verdict) to this JSON file"),
     workdir: Path | None = typer.Option(None, "--workdir", help="Where the brokers, buffers and logs go (default: a temporary directory)"),
     keep: bool = typer.Option(False, "--keep", help="Keep the working directory (logs, buffers, database)"),
@@ -150,6 +152,11 @@ def run_cmd(
     console = Console(stderr=json_out)
     try:
         loaded = load_scenario(_find(scenario))
+        overrides = {k: v for k, v in (("devices", devices), ("batches", batches)) if v is not None}
+        if overrides:
+            loaded = loaded.with_topology(**overrides)
+            if loaded.topology.devices < loaded.topology.sites:
+                raise ScenarioError(f"--devices {loaded.topology.devices} cannot fill {loaded.topology.sites} sites")
     except ScenarioError as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -26,6 +26,8 @@ def test_a_bad_scenario_file_is_refused_before_anything_starts(tmp_path: Path) -
     assert "bad.yaml: timeline[0]: link 'uplink' has no fault proxy" in proc.stderr
     missing = run_cli("scenario", "run", "no-such-scenario", "--no-live", check=False)
     assert missing.returncode == 2 and "no shipped scenario of that name" in missing.stderr
+    too_few = run_cli("scenario", "run", "election-night", "--devices", "1", "--no-live", check=False)
+    assert too_few.returncode == 2 and "--devices 1 cannot fill 2 sites" in too_few.stderr
 
 
 @pytest.mark.integration
@@ -33,12 +35,14 @@ def test_a_bad_scenario_file_is_refused_before_anything_starts(tmp_path: Path) -
 def test_run_plays_the_faults_and_writes_a_passing_report(tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     proc = run_cli(
-        "scenario", "run", "uplink-outage", "--speed", "2", "--no-live", "--report", str(report),
+        "scenario", "run", "uplink-outage", "--speed", "2", "--devices", "12", "--batches", "4",
+        "--no-live", "--report", str(report),
         "--workdir", str(tmp_path / "world"), check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(report.read_text())
     assert data["ok"] is True and data["scenario"] == "uplink-outage" and data["speed"] == 2.0
+    assert (data["topology"]["devices"], data["topology"]["batches"]) == (12, 4)
     assert [e["what"] for e in data["events"]][:3] == ["fleets started", "cut uplink", "restore uplink"]
     assert data["verdict"]["ok"] and data["verdict"]["lost"] == []
     assert "VERDICT: PASS" in proc.stdout
