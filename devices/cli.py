@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 import yaml
 from rich.console import Console
+from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -156,15 +157,23 @@ def _run_sharded(
     summary_file: Path | None,
     as_json: bool,
     truth_file: Path | None = None,
+    show_live: bool = False,
 ) -> None:
     last_write = [0.0]
+    board: Live | None = None
 
     def tick(summary: FleetSummary) -> None:
+        if board is not None:  # the shards' summaries, added up, as they come
+            table = _summary_table(summary)
+            table.title = f"Fleet: {processes} processes, running"
+            board.update(table)
         if summary_file is not None and time.monotonic() - last_write[0] >= 0.5:
             last_write[0] = time.monotonic()
             _write_summary(summary_file, summary, running=True)
 
-    with tempfile.TemporaryDirectory(prefix="edgetally-shards-") as tmp, err.status(f"{processes} fleet shards running"):
+    display = Live(console=out, refresh_per_second=4, transient=True) if show_live else err.status(f"{processes} fleet shards running")
+    with tempfile.TemporaryDirectory(prefix="edgetally-shards-") as tmp, display as shown:
+        board = shown if isinstance(shown, Live) else None
         try:
             summary = run_shards(child_args, processes, Path(tmp), timeout, confirm, on_tick=tick)
             if truth_file is not None:  # each shard wrote its devices' truth: one file of them all
@@ -215,7 +224,7 @@ def run_cmd(
     shard: str | None = typer.Option(None, "--shard", hidden=True, help="K/N: run only shard K of N (set by --processes)"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
     summary_file: Path | None = typer.Option(None, "--summary", help="Also write the JSON summary to this file"),
-    live: bool | None = typer.Option(None, "--live/--no-live", help="Live table of the fleet (default: on when stdout is a terminal; never with --json or --processes)"),
+    live: bool | None = typer.Option(None, "--live/--no-live", help="Live table of the fleet (default: on when stdout is a terminal; never with --json; with --processes the shards' summaries added up)"),
     metrics_port: int | None = typer.Option(None, "--metrics-port", min=0, max=65535, help="Prometheus metrics on http://127.0.0.1:P/metrics (0 = a free port, printed on stderr); with --processes N, shard k serves P+k"),
     metrics_linger: float = typer.Option(0.0, "--metrics-linger", min=0.0, help="After the run, keep serving the final metrics this many seconds (SIGTERM/SIGINT ends it)"),
     state_dir: Path | None = typer.Option(None, "--state-dir", help="Keep each device's chain and unreceipted batches here (resume after a crash)"),
@@ -261,7 +270,8 @@ def run_cmd(
                     *(["--truth", str(_shard_truth(file, k))] if truth_file is not None else []),
                 ]  # fmt: skip
 
-            _run_sharded(child_args, processes, timeout, confirm, summary_file, as_json, truth_file)
+            show = (live if live is not None else out.is_terminal) and not as_json
+            _run_sharded(child_args, processes, timeout, confirm, summary_file, as_json, truth_file, show)
             return
         config = FleetConfig(
             broker=address,

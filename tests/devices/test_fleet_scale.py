@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -26,7 +27,7 @@ from protocol import (
     receipt_topic,
     verify,
 )
-from tests.helpers import run_cli, start_cli, wait_until
+from tests.helpers import edgetally_cmd, run_cli, start_cli, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -258,3 +259,21 @@ def test_processes_write_one_truth_equal_to_a_single_process_run(
     one, three = plan(tmp_path / "one.json"), plan(tmp_path / "three.json")
     assert len(three["devices"]) == 24 and sorted(three["behaviours"].values()).count("tampered") == 2
     assert three == one
+
+
+def test_processes_show_a_live_table_of_the_shards_added_up(broker: BrokerProcess, synth_keys: Path) -> None:
+    proc = subprocess.run(
+        edgetally_cmd(
+            "--log-level", "WARNING", "devices", "run", "--broker", broker.url, "--keys", str(synth_keys),
+            "--seed", "6", "--devices", "20", "--batches-per-device", "10", "--rate", "80", "--no-confirm",
+            "--connect-rate", "0", "--processes", "2", "--live",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "120", "TTY_INTERACTIVE": "1", "TTY_COMPATIBLE": "1"},  # a terminal, as rich sees it
+    )
+    assert proc.returncode == 0, proc.stderr
+    frames = proc.stdout.count("Fleet: 2 processes, running")
+    assert frames >= 2, proc.stdout[-2000:]  # refreshed while the shards ran, not only at the end
+    assert "acked by broker" in proc.stdout and "200" in proc.stdout
