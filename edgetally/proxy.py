@@ -45,6 +45,7 @@ T = TypeVar("T")
 
 CHUNK = 64 * 1024
 DEFAULT_MAX_BUFFER = 4 * 1024 * 1024  # per connection and direction
+LISTEN_BACKLOG = 4096
 CONNECT_TIMEOUT_S = 10.0
 BURST_S = 0.05  # a token bucket holds at most this many seconds of bandwidth
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a RST
@@ -442,7 +443,9 @@ class FaultProxy:
         if self._server is not None:
             raise ProxyError(f"proxy {self.name} is already started")
         self._loop = asyncio.get_running_loop()
-        self._server = await asyncio.start_server(self._accept, self.listen_host, self._port)
+        # A reconnect storm arrives all at once: asyncio's default backlog (100) overflowed by
+        # thousands and left clients waiting for SYN retransmits (scripts/bench proxy).
+        self._server = await asyncio.start_server(self._accept, self.listen_host, self._port, backlog=LISTEN_BACKLOG)
         self._port = int(self._server.sockets[0].getsockname()[1])
         log.info(
             "proxy %s: listening on %s:%d -> %s:%d (%s)",
