@@ -41,15 +41,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select
 
 from benchmarks._mqtt import (
     Envelope,
@@ -64,6 +62,7 @@ from cloud.db import make_engine
 from devices.election_file import load_election, sample_election_path
 from devices.generator import iter_batches
 from edgetally.brokers import BrokerProcess, mosquitto_binary
+from edgetally.pgdb import ThrowawayDatabase
 from edgetally.processes import Component
 from protocol import Election, batch_topic, gateway_bundle_topic, load_signing_key, provision, seal
 from protocol import bundle as bundles
@@ -135,29 +134,17 @@ class Database:
 
     def __init__(self, backend: str, work: Path, admin_url: str) -> None:
         self.backend = backend
-        self._admin_url = admin_url
-        self._name = f"edgetally_bench_{uuid.uuid4().hex[:10]}"
-        if backend == "sqlite":
-            self.url = f"sqlite:///{work / 'cloud.db'}"
-        else:
-            self.url = make_url(admin_url).set(database=self._name).render_as_string(hide_password=False)
+        self._pg = ThrowawayDatabase(admin_url, "edgetally_bench") if backend != "sqlite" else None
+        self.url = self._pg.url if self._pg is not None else f"sqlite:///{work / 'cloud.db'}"
 
     def __enter__(self) -> Database:
-        if self.backend == "postgresql":
-            self._admin(f'CREATE DATABASE "{self._name}"')
+        if self._pg is not None:
+            self._pg.create()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.backend == "postgresql":
-            self._admin(f'DROP DATABASE IF EXISTS "{self._name}" WITH (FORCE)')
-
-    def _admin(self, statement: str) -> None:
-        admin = create_engine(self._admin_url, isolation_level="AUTOCOMMIT")
-        try:
-            with admin.connect() as conn:
-                conn.execute(text(statement))
-        finally:
-            admin.dispose()
+        if self._pg is not None:
+            self._pg.drop()
 
     def progress(self) -> tuple[int, float | None]:
         """Ledger rows, and the earliest received_at as a POSIX time (None while empty)."""
