@@ -14,8 +14,6 @@ import pytest
 from edgetally.brokers import BrokerProcess
 from protocol import (
     BATCH_FILTER,
-    GENESIS_HASH,
-    Receipt,
     Registry,
     parse_broker_url,
     parse_device_topic,
@@ -23,6 +21,7 @@ from protocol import (
     verify,
 )
 from protocol.topics import STATUS_FILTER
+from tests.devices.receipt_support import contiguous_receipt
 from tests.helpers import run_cli, start_cli, wait_until
 
 pytestmark = pytest.mark.integration
@@ -62,11 +61,7 @@ class ReceiptingCloud:
                 self.withhold.discard((device, seq))
                 return
             self.held[device][seq] = batch.body_hash
-            top, top_hash = 0, GENESIS_HASH
-            while top + 1 in self.held[device]:
-                top += 1
-                top_hash = self.held[device][top]
-        receipt = Receipt(batch.body.election, device, top, top_hash)
+            receipt = contiguous_receipt(batch.body.election, device, self.held[device])
         client.publish(receipt_topic(receipt.election, device), receipt.to_bytes(), qos=1, retain=True)
 
     def close(self) -> None:

@@ -19,14 +19,13 @@ from devices.truth import load_truth
 from edgetally.brokers import BrokerProcess
 from protocol import (
     BATCH_FILTER,
-    GENESIS_HASH,
-    Receipt,
     Registry,
     parse_device_topic,
     provision,
     receipt_topic,
     verify,
 )
+from tests.devices.receipt_support import contiguous_receipt
 from tests.helpers import edgetally_cmd, run_cli, start_cli, wait_until
 
 pytestmark = pytest.mark.integration
@@ -113,11 +112,7 @@ class PausableCloud:
         with self.lock:
             held = {device: dict(seqs) for device, seqs in self.held.items()}
         for device, seqs in held.items():
-            top, top_hash = 0, GENESIS_HASH
-            while top + 1 in seqs:
-                top += 1
-                top_hash = seqs[top]
-            receipt = Receipt(election, device, top, top_hash)
+            receipt = contiguous_receipt(election, device, seqs)
             info = self.client.publish(receipt_topic(election, device), receipt.to_bytes(), qos=1, retain=True)
             assert info.rc == mqtt.MQTT_ERR_SUCCESS
 

@@ -20,8 +20,6 @@ from devices.snapshot import FleetSnapshot
 from edgetally.brokers import BrokerProcess
 from protocol import (
     BATCH_FILTER,
-    GENESIS_HASH,
-    Receipt,
     Registry,
     parse_broker_url,
     parse_device_topic,
@@ -29,6 +27,7 @@ from protocol import (
     verify,
 )
 from tests.devices.prometheus_text import ExpositionError, Family, parse
+from tests.devices.receipt_support import contiguous_receipt
 from tests.helpers import run_cli, start_cli, wait_until
 
 DEVICES, BATCHES = 20, 3
@@ -157,12 +156,7 @@ class HeldCloud:
 
     def _receipt(self, election: str, device: str) -> None:
         with self.lock:
-            seqs = self.held[device]
-            top, top_hash = 0, GENESIS_HASH
-            while top + 1 in seqs:
-                top += 1
-                top_hash = seqs[top]
-        receipt = Receipt(election, device, top, top_hash)
+            receipt = contiguous_receipt(election, device, self.held[device])
         info = self.client.publish(receipt_topic(election, device), receipt.to_bytes(), qos=1, retain=True)
         assert info.rc == mqtt.MQTT_ERR_SUCCESS
 
