@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -131,16 +131,11 @@ class Scenario:
         """The same scenario with every time divided by ``speed`` (``--speed 2``: twice as fast)."""
         if speed <= 0:
             raise ScenarioError(f"--speed must be above 0, got {speed}")
-        timeline = tuple(
-            Action(a.at / speed, a.verb, a.target, a.site, a.worker, a.ms, a.jitter_ms, a.bps, a.duration / speed)
-            for a in self.timeline
-        )
-        return Scenario(self.name, self.description, self.topology, timeline, self.drain_timeout, self.path, self.tags)
+        timeline = tuple(replace(a, at=a.at / speed, duration=a.duration / speed) for a in self.timeline)
+        return replace(self, timeline=timeline)
 
     def with_topology(self, **changes: Any) -> Scenario:
-        fields = {name: getattr(self.topology, name) for name in Topology.__slots__}
-        fields.update(changes)
-        return Scenario(self.name, self.description, Topology(**fields), self.timeline, self.drain_timeout, self.path, self.tags)
+        return replace(self, topology=replace(self.topology, **changes))
 
 
 def parse_seconds(value: object, what: str) -> float:
@@ -295,8 +290,7 @@ def parse_scenario(data: object, *, source: str = "<scenario>", path: Path | Non
         raise ScenarioError(f"{source}: unknown key(s) {', '.join(unknown)}")
     topology = _topology(data.get("topology"), source)
     if topology.election is not None and not topology.election.is_absolute() and path is not None:
-        election = path.parent / topology.election  # relative to the scenario file
-        topology = Topology(**{**{n: getattr(topology, n) for n in Topology.__slots__}, "election": election})
+        topology = replace(topology, election=path.parent / topology.election)  # relative to the file
     if topology.election is not None and path is not None and not topology.election.exists():
         raise ScenarioError(f"{source}: topology.election: no such file {topology.election}")
     timeline_raw = data.get("timeline") or []

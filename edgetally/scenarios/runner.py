@@ -23,8 +23,10 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from cloud import models
+from cloud._exceptions import CloudError
 from devices.truth import merge_truths
 from edgetally.brokers import BrokerError, BrokerProcess
 from edgetally.processes import Component, ComponentError
@@ -137,6 +139,7 @@ class ScenarioRunner:
         self._engine: Engine | None = None
         self._t0 = time.monotonic()
         self._awaiting: dict[str, tuple[Component, float]] = {}  # started, not yet ready
+        self._merged_truth: dict[str, Any] | None = None
         self.world = World(
             self.scenario,
             options.workdir,
@@ -310,7 +313,7 @@ class ScenarioRunner:
                 self._engine = cloud_engine(self.world.db_url)
             with self._engine.connect() as conn:
                 return int(conn.execute(select(func.count()).select_from(models.ledger)).scalar_one())
-        except Exception:  # noqa: BLE001 - the schema may not exist yet, the file may be busy
+        except (SQLAlchemyError, CloudError):  # no schema or file yet, or the file busy: next time
             return self.sample.ledger
 
     def _fleet_metrics(self) -> dict[str, float]:
@@ -335,7 +338,10 @@ class ScenarioRunner:
 
     # -- bookkeeping -----------------------------------------------------------------------
     def _truth(self) -> dict[str, Any]:
-        return merge_truths([_read_json(s.truth_path) for s in self.world.sites])
+        """The fleets' truth files merged; read once, after the fleets have finished."""
+        if self._merged_truth is None:
+            self._merged_truth = merge_truths([_read_json(s.truth_path) for s in self.world.sites])
+        return self._merged_truth
 
     def _event(self, what: str, *, ok: bool = True, detail: str = "") -> None:
         event = Event(time.monotonic() - self._t0, what, ok, detail)

@@ -19,13 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine
+from sqlalchemy.exc import OperationalError
 
-from cloud.models import ledger
 from edgetally.brokers import BrokerSettings
 from edgetally.stack import Stack, StackConfig
 from edgetally.verdict import Verdict, compare
 from protocol import BATCH_FILTER
+from tests.cloud.support import ledger_rows
 from tests.gateway.support import Collector
 from tests.helpers import SAMPLE_ELECTION, wait_until
 
@@ -76,9 +77,8 @@ def _ledger_rows(stack: Stack) -> int:
     """Rows in the cloud's ledger, read straight from its SQLite file (a CLI call takes ~1.5 s)."""
     engine = create_engine(stack.db_url)
     try:
-        with engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(ledger)).scalar_one())
-    except Exception:  # noqa: BLE001 - the cloud may not have created the schema yet
+        return ledger_rows(engine)
+    except OperationalError:  # the cloud has not created the schema yet
         return 0
     finally:
         engine.dispose()
