@@ -8,7 +8,7 @@ import multiprocessing as mp
 import multiprocessing.synchronize
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -344,6 +344,15 @@ def bridge_config(remote_port: int) -> str:
             "",
         ]
     )
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll ``condition`` until it holds; RuntimeError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(interval)
 
 
 def proc_status_kib(pid: int, field: str) -> int:

@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +44,7 @@ from benchmarks._mqtt import (
     raw_ceiling,
     register_session,
     signed_envelopes,
+    wait_for,
 )
 from cloud.receipts import DEFAULT_RECEIPT_INTERVAL_S
 from devices.election_file import load_election, sample_election_path
@@ -81,13 +82,6 @@ class Figures:
     drain_from_restart_s: float = 0.0
     peak_rss_mib: float = 0.0
 
-
-def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class Pair:
@@ -226,7 +220,7 @@ def run_pair(
             started = time.time()
             publish_all(pair.edge.port, backlog)
             if not bridge:
-                _wait(
+                wait_for(
                     lambda: _stored(pair.buffer) >= len(backlog),
                     900,
                     "the backlog committed to the buffer",

@@ -39,14 +39,21 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks._mqtt import Envelope, Sink, proc_status_kib, publish_all, signed_envelopes
+from benchmarks._mqtt import (
+    Envelope,
+    Sink,
+    proc_status_kib,
+    publish_all,
+    signed_envelopes,
+    wait_for,
+)
 from devices._exceptions import ConnectionFailed
 from devices.connection import ConnectOptions, KeepaliveWheel, MqttConnection, connect
 from devices.election_file import load_election, sample_election_path
@@ -60,13 +67,6 @@ console = Console(width=max(Console().width, 120))
 LATENCY_MS = 5.0
 PUBLISH_WINDOW = 1000  # publish_all's in-flight window
 
-
-def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -262,7 +262,7 @@ async def _connections(
             warm = await connect_all(proxy.port, min(50, count), concurrency, "warm", wheel)
             await close_all(warm)
             await asyncio.to_thread(
-                _wait, lambda: proxy.control.stats()["open"] == 0, 30, "warm-up closed"
+                wait_for, lambda: proxy.control.stats()["open"] == 0, 30, "warm-up closed", 0.005
             )
             out.warm_rss_kib = proc_status_kib(proxy.pid, "VmRSS")
 
@@ -285,7 +285,7 @@ async def _connections(
                 return int(proxy.control.stats()["open"]) == 0
 
             if out.cut_reply.get("open") != 0:
-                await asyncio.to_thread(_wait, none_open, 30, "the proxy to report open == 0")
+                await asyncio.to_thread(wait_for, none_open, 30, "the proxy to report open == 0", 0.005)
             out.cut_to_open_zero_s = time.monotonic() - cut_at
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(30):
