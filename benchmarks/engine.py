@@ -26,9 +26,9 @@ from tempfile import TemporaryDirectory
 
 import yaml
 
-from cloud.chain import Verdict
 from cloud.engine import RulesEngine, _Attempt
-from cloud.ledger import Inbound, Ledger, Outcome
+from cloud.ledger.chain import Verdict
+from cloud.ledger.ledger import Inbound, Ledger, Outcome
 from cloud.rulefile import RulesConfig, load_rules, parse_rules
 from devices.election_file import load_election, sample_election_path
 from devices.generator import device_batches

@@ -25,7 +25,7 @@ from cloud.audit import DEFAULT_LIMIT, render_audit, run_audit
 from cloud.config import DEFAULT_CLOUD_ID, DEFAULT_DB_URL, CloudConfig
 from cloud.db import make_engine, upgrade
 from cloud.engine import RulesEngine
-from cloud.ledger import Ledger
+from cloud.ledger.ledger import Ledger
 from cloud.receipts import DEFAULT_RECEIPT_INTERVAL_S
 from cloud.results import load_results, render
 from cloud.rulefile import load_rules

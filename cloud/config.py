@@ -57,7 +57,7 @@ class CloudConfig:
     # How long a graceful stop waits for the broker to acknowledge receipts already sent,
     # and, with a clean session, for what was already routed to this worker to be committed.
     drain_timeout_s: float = 5.0
-    # Repair requests (cloud/repairs.py): a seq gap is first requested once it has stayed open
+    # Repair requests (cloud/ledger/repairs.py): a seq gap is first requested once it has stayed open
     # repair_grace_s, then at most once per repair_interval_s per device (doubling, capped).
     repair_interval_s: float = 2.0
     repair_grace_s: float = 0.5

@@ -2,7 +2,7 @@
 ledger's one transaction.
 
 For each group (bundles already unwrapped, every envelope verified once by
-:meth:`cloud.ledger.Ledger.check`):
+:meth:`cloud.ledger.ledger.Ledger.check`):
 
 1. Match. Each message's topic is matched against the enabled rules' topic filters (cached per
    topic). A verified message gets a document: the body's fields plus ``kid`` and
@@ -74,9 +74,9 @@ from cloud.actions import (
     write_dead_letters,
     write_stored,
 )
-from cloud.chain import Verdict
 from cloud.db import translate_errors
-from cloud.ledger import Checked, GroupResult, Inbound, Ledger, Outcome
+from cloud.ledger.chain import Verdict
+from cloud.ledger.ledger import Checked, GroupResult, Inbound, Ledger, Outcome
 from cloud.rulefile import RESERVED_TOPICS, RulesConfig, RuleSpec
 from cloud.rules import EvalContext, RuleError, topic_matches
 from protocol import Registry, VerifiedBatch

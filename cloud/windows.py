@@ -2,7 +2,7 @@
 
 Each accepted batch adds its votes to ``window_tallies`` (election, window start, precinct,
 contest, choice) and its ballots to ``window_ballots`` (election, window start, precinct), in
-the ledger's transaction (:func:`write_windows`, called by cloud/ledger_store.py), so a
+the ledger's transaction (:func:`write_windows`, called by cloud/ledger/store.py), so a
 duplicate, which is never accepted, never counts twice. A choice with no vote in a window has
 no row (readers take a missing row as zero).
 

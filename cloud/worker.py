@@ -37,7 +37,7 @@ broker routes nothing new here, and commits what was already routed (up to
 dropped by the broker at disconnect, and only device resends would bring them back.
 
 Subscriptions: device batches (``edgetally/v1/+/+/batch``), gateway bundles
-(``edgetally/v1/_gateway/+/bundle``: unwrapped by :func:`cloud.ledger.unwrap`, every entry
+(``edgetally/v1/_gateway/+/bundle``: unwrapped by :func:`cloud.ledger.ledger.unwrap`, every entry
 treated as if it had arrived alone; all entries of a bundle go into one transaction, and the
 bundle is acknowledged only after it committed) and gateway status
 (``edgetally/v1/_gateway/+/status``: the latest per gateway is upserted by
@@ -67,12 +67,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from cloud import faults
 from cloud._exceptions import DatabaseUnavailable
-from cloud.chain import Verdict
 from cloud.config import CloudConfig
 from cloud.engine import EngineResult, RulesEngine
-from cloud.ledger import Checked, GroupResult, Inbound, Ledger, unwrap
+from cloud.ledger.chain import Verdict
+from cloud.ledger.ledger import Checked, GroupResult, Inbound, Ledger, unwrap
+from cloud.ledger.repairs import RepairScheduler
 from cloud.receipts import ReceiptSender
-from cloud.repairs import RepairScheduler
 from cloud.status import StatusStore, StatusUpdate
 from protocol import ProtocolError, RepairRequest, command_topic, parse_gateway_topic
 from protocol.gateway_status import GatewayStatus

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from cloud import models
 from cloud.db import make_engine, upgrade
-from cloud.ledger import Ledger
+from cloud.ledger.ledger import Ledger
 from protocol import Registry
 from tests.cloud.support import Envelopes
 from tests.support.postgres import PG_ADMIN_URL, require_server

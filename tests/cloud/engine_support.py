@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 
 from cloud import models
 from cloud.engine import RulesEngine
-from cloud.ledger import Inbound, Ledger
+from cloud.ledger.ledger import Inbound, Ledger
 from cloud.rulefile import RulesConfig, load_rules, parse_rules
 from protocol import GENESIS_HASH, BatchBody, Registry, Totals, body_hash
 from tests.cloud.support import Envelopes

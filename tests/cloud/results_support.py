@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from cloud.ledger import Inbound, Ledger
+from cloud.ledger.ledger import Inbound, Ledger
 from devices.generator import expected_totals
 from protocol import Election
 from tests.cloud.support import SEED, Envelopes

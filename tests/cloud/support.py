@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from cloud import models
-from cloud.ledger import Inbound
+from cloud.ledger.ledger import Inbound
 from devices.generator import device_batches
 from protocol import (
     BatchBody,

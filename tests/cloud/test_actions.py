@@ -17,8 +17,8 @@ from sqlalchemy.engine import Engine
 from cloud import models
 from cloud._exceptions import DatabaseError
 from cloud.actions import Publish
-from cloud.chain import Verdict
-from cloud.ledger import Ledger
+from cloud.ledger.chain import Verdict
+from cloud.ledger.ledger import Ledger
 from cloud.results import load_results
 from edgetally.brokers import BrokerProcess
 from protocol import Registry

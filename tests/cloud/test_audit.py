@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 
 from cloud._exceptions import ConfigError
 from cloud.audit import AuditReport, run_audit
-from cloud.ledger import Ledger
+from cloud.ledger.ledger import Ledger
 from protocol import Registry, Totals, provision
 from tests.cloud.results_support import BATCHES, fill, scalar, sql
 from tests.cloud.support import Envelopes

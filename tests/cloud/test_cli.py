@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from cloud.db import head_revision, make_engine
-from cloud.ledger import Ledger
+from cloud.ledger.ledger import Ledger
 from devices.generator import expected_totals
 from protocol import Registry
 from tests.cloud.support import SEED, Envelopes

@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from cloud import models
-from cloud.chain import Verdict
 from cloud.engine import RateWindows
-from cloud.ledger import Ledger
+from cloud.ledger.chain import Verdict
+from cloud.ledger.ledger import Ledger
 from cloud.results import load_results
 from devices.generator import expected_totals
 from protocol import Envelope, Registry

@@ -7,7 +7,7 @@ import json
 
 from sqlalchemy.engine import Engine
 
-from cloud.ledger import Ledger
+from cloud.ledger.ledger import Ledger
 from tests.cloud.results_support import BATCHES, expected_for, fill
 from tests.cloud.support import Envelopes
 from tests.helpers import run_cli

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from cloud._exceptions import ResultsError
-from cloud.ledger import Ledger
+from cloud.ledger.ledger import Ledger
 from cloud.results import load_results
 from cloud.rollups import PrecinctFigures, roll_up
 from protocol import Election

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from cloud._exceptions import ConfigError
 from cloud.audit import run_audit
 from cloud.db import MIGRATIONS, upgrade
-from cloud.ledger import Ledger
+from cloud.ledger.ledger import Ledger
 from cloud.trend import load_trend
 from cloud.windows import load_width, set_window_width, window_start
 from protocol import Registry

@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from cloud import models
-from cloud.ledger import Inbound
+from cloud.ledger.ledger import Inbound
 from devices.generator import expected_totals
 from edgetally.brokers import BrokerProcess
 from protocol import RECEIPT_FILTER, Receipt

@@ -60,7 +60,7 @@ def test_device_resends_requested_seqs_long_before_its_resend_timeout(
     assert (summary.confirmed_devices, summary.receipted) == (1, BATCHES)
     assert (summary.publishes, summary.resends) == (BATCHES, 2)  # 3 and 4, once each, nothing else
     assert fleet.tabulators[0].resends == 2
-    wait_until(lambda: cloud.ledger() == BATCHES, 10, f"{BATCHES} batches in the ledger")
+    wait_until(lambda: cloud.ledger.ledger() == BATCHES, 10, f"{BATCHES} batches in the ledger")
     results = json.loads(
         run_cli("--log-level", "WARNING", "cloud", "results", "--db", cloud.db_url, "--json").stdout
     )
@@ -73,7 +73,7 @@ def test_device_resends_requested_seqs_long_before_its_resend_timeout(
         ).stdout
     )  # fmt: skip
     # The gap 3-4 was recorded once and repaired (if 3 and 4 landed in separate commit groups
-    # the narrowed gap, 4, keeps the row of 3-4: cloud/ledger_store.py write_gaps).
+    # the narrowed gap, 4, keeps the row of 3-4: cloud/ledger/store.py write_gaps).
     rows = [(r["device"], r["seqs"], r["state"], r["requests"] >= 1) for r in report["repairs"]]
     assert rows == [(device, "3-4", "repaired", True)]
     assert cloud.terminate() == 0

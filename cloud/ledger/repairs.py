@@ -1,7 +1,7 @@
 """Repair requests: ask a device to resend the seqs missing from its chain (protocol/repair.py).
 
 The ledger reports, after each commit, the missing ranges of every device whose chain had or
-has a gap (cloud/ledger_store.py ``write_gaps``). :class:`RepairScheduler` keeps the latest
+has a gap (cloud/ledger/store.py ``write_gaps``). :class:`RepairScheduler` keeps the latest
 ranges per device and coalesces: a gap is first requested once it has stayed open ``grace_s``
 (out-of-order arrival often fills it by itself), then again every interval while it stays open,
 the interval doubling per request up to ``max_interval_s`` (a dead device is not asked forever
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from cloud.chain import DeviceKey
+from cloud.ledger.chain import DeviceKey
 from protocol import RepairRequest
 from protocol.repair import SeqRange
 

@@ -11,8 +11,8 @@ from sqlalchemy.engine import Engine
 
 from cloud import models
 from cloud._exceptions import CloudError, ElectionMismatch
-from cloud.chain import Verdict
-from cloud.ledger import Inbound, Ledger
+from cloud.ledger.chain import Verdict
+from cloud.ledger.ledger import Inbound, Ledger
 from cloud.results import load_results
 from devices.generator import expected_totals
 from protocol import (

@@ -1,4 +1,4 @@
-"""Reading and writing one group's rows: the ledger's storage half (see cloud/ledger.py).
+"""Reading and writing one group's rows: the ledger's storage half (see cloud/ledger/ledger.py).
 
 Everything here runs inside the group's one transaction, on SQLite and PostgreSQL alike.
 It is the hot path of the cloud: statements are few per group (one read of the device rows,
@@ -16,8 +16,8 @@ from sqlalchemy import and_, select, update
 from sqlalchemy.engine import Connection
 
 from cloud import models
-from cloud.chain import BatchKey, DeviceKey, DeviceState, GroupPlan, HeldBatch
 from cloud.db import insert_missing, insert_rows, placeholder, update_rows, upsert_add
+from cloud.ledger.chain import BatchKey, DeviceKey, DeviceState, GroupPlan, HeldBatch
 from cloud.windows import write_windows
 from protocol import VerifiedBatch, missing_ranges
 from protocol.election import parse_timestamp

@@ -3,7 +3,7 @@
 For each group: every envelope is verified against the registry (outside the transaction;
 a verification failure becomes a rejection row). Then, in one transaction, the rows the
 group can collide with are loaded (device rows locked ``FOR UPDATE`` on PostgreSQL), each
-batch is decided in memory (cloud/chain.py) and everything is written at once: new ledger
+batch is decided in memory (cloud/ledger/chain.py) and everything is written at once: new ledger
 rows, duplicate counts, tallies, precinct ballots, device state and rejections. A bad
 message is decided, not executed, so it can never roll the others back.
 
@@ -38,9 +38,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from cloud import models
 from cloud._exceptions import DatabaseUnavailable, ElectionMismatch
-from cloud.chain import BatchKey, DeviceKey, GroupPlan, Verdict
 from cloud.db import insert_missing, translate_errors
-from cloud.ledger_store import load_devices, load_held, read_gaps, write_gaps, write_group
+from cloud.ledger.chain import BatchKey, DeviceKey, GroupPlan, Verdict
+from cloud.ledger.store import load_devices, load_held, read_gaps, write_gaps, write_group
 from protocol import (
     GENESIS_HASH,
     BadBundle,

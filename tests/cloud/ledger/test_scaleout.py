@@ -19,10 +19,10 @@ from sqlalchemy.engine import Connection, Engine
 
 from cloud import models
 from cloud._exceptions import CloudError
-from cloud.chain import Verdict
 from cloud.db import insert_rows, make_engine
-from cloud.ledger import GroupResult, Inbound, Ledger
-from cloud.ledger_store import ledger_row
+from cloud.ledger.chain import Verdict
+from cloud.ledger.ledger import GroupResult, Inbound, Ledger
+from cloud.ledger.store import ledger_row
 from cloud.results import load_results
 from devices.generator import expected_totals
 from protocol import Registry, canonical, parse_batch_topic, verify
@@ -149,7 +149,7 @@ def test_a_group_that_loses_a_unique_key_race_is_decided_again(
     batch = verify(
         message.payload, registry, topic_device=topic.device, topic_election=topic.election
     )
-    caplog.set_level(logging.WARNING, logger="cloud.ledger")
+    caplog.set_level(logging.WARNING, logger="cloud.ledger.ledger")
     with engine.connect() as rogue:  # inserts the same key without taking the device lock
         transaction = rogue.begin()
         now = datetime.now(UTC)
@@ -186,7 +186,7 @@ def test_a_deadlock_victim_group_is_run_again(
 ) -> None:
     first, second = sorted(envelopes.devices(2))  # the ledger locks them in this order
     messages = [envelopes.inbound(envelopes.bodies(d, 1)[0]) for d in (second, first)]
-    caplog.set_level(logging.WARNING, logger="cloud.ledger")
+    caplog.set_level(logging.WARNING, logger="cloud.ledger.ledger")
     with engine.connect() as rogue:  # takes the two device rows in the opposite order
         transaction = rogue.begin()
         rogue.execute(text("SET LOCAL deadlock_timeout = '10s'"))  # so the group is the victim

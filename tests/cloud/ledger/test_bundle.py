@@ -15,8 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from cloud import models
-from cloud.chain import Verdict
-from cloud.ledger import Inbound, Ledger, unwrap
+from cloud.ledger.chain import Verdict
+from cloud.ledger.ledger import Inbound, Ledger, unwrap
 from cloud.results import load_results
 from devices.generator import expected_totals
 from edgetally.brokers import BrokerProcess
