@@ -26,10 +26,10 @@ from tempfile import TemporaryDirectory
 
 import yaml
 
-from cloud.engine import RulesEngine, _Attempt
+from cloud.engine.engine import RulesEngine, _Attempt
+from cloud.engine.rulefile import RulesConfig, load_rules, parse_rules
 from cloud.ledger.chain import Verdict
 from cloud.ledger.ledger import Inbound, Ledger, Outcome
-from cloud.rulefile import RulesConfig, load_rules, parse_rules
 from devices.election_file import load_election, sample_election_path
 from devices.generator import device_batches
 from protocol import Registry, batch_topic, load_signing_key, provision, seal, verify

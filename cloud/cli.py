@@ -19,16 +19,17 @@ from typing import NoReturn
 import typer
 from rich.console import Console
 
-from cloud import faults, rule_output
+from cloud import faults
 from cloud._exceptions import CloudError, ConfigError
 from cloud.audit import DEFAULT_LIMIT, render_audit, run_audit
 from cloud.config import DEFAULT_CLOUD_ID, DEFAULT_DB_URL, CloudConfig
 from cloud.db import make_engine, upgrade
-from cloud.engine import RulesEngine
+from cloud.engine import outputs
+from cloud.engine.engine import RulesEngine
+from cloud.engine.rulefile import load_rules
 from cloud.ledger.ledger import Ledger
 from cloud.receipts import DEFAULT_RECEIPT_INTERVAL_S
 from cloud.results import load_results, render
-from cloud.rulefile import load_rules
 from cloud.status import StatusStore, load_gateways, render_gateways
 from cloud.trend import Trend, load_trend, render_trend
 from cloud.windows import load_width, set_window_width
@@ -307,7 +308,7 @@ def gateways(
 
 
 LIMIT_OPTION = typer.Option(
-    rule_output.DEFAULT_LIMIT, "--limit", min=0, help="the newest N rows (0: all)"
+    outputs.DEFAULT_LIMIT, "--limit", min=0, help="the newest N rows (0: all)"
 )
 
 
@@ -322,14 +323,14 @@ def alerts(
     """Alerts the rules raised (severity, rule, device, seq, message), oldest first."""
     try:
         engine = make_engine(db, create=False, writer=False)
-        found = rule_output.load_alerts(engine, rule=rule, device=device, limit=limit)
+        found = outputs.load_alerts(engine, rule=rule, device=device, limit=limit)
     except CloudError as err:
         _fail("alerts", err)
     engine.dispose()
     if as_json:
         typer.echo(json.dumps(found, indent=2))
     else:
-        rule_output.render_alerts(found, Console())
+        outputs.render_alerts(found, Console())
 
 
 @app.command("stored")
@@ -345,9 +346,9 @@ def stored(
     try:
         engine = make_engine(db, create=False, writer=False)
         if table is None:
-            tables = rule_output.stored_tables(engine)
+            tables = outputs.stored_tables(engine)
         else:
-            found = rule_output.load_stored(engine, table, limit=limit)
+            found = outputs.load_stored(engine, table, limit=limit)
     except CloudError as err:
         _fail("stored", err)
     engine.dispose()
@@ -355,11 +356,11 @@ def stored(
         if as_json:
             typer.echo(json.dumps(tables, indent=2))
         else:
-            rule_output.render_tables(tables, Console())
+            outputs.render_tables(tables, Console())
     elif as_json:
         typer.echo(json.dumps(found, indent=2))
     else:
-        rule_output.render_stored(table, found, Console())
+        outputs.render_stored(table, found, Console())
 
 
 @app.command("dead-letters")
@@ -371,11 +372,11 @@ def dead_letters(
     """Rows whose action failed, and their error action too (or had none), with the error."""
     try:
         engine = make_engine(db, create=False, writer=False)
-        found = rule_output.load_dead_letters(engine, limit=limit)
+        found = outputs.load_dead_letters(engine, limit=limit)
     except CloudError as err:
         _fail("dead-letters", err)
     engine.dispose()
     if as_json:
         typer.echo(json.dumps(found, indent=2))
     else:
-        rule_output.render_dead_letters(found, Console())
+        outputs.render_dead_letters(found, Console())

@@ -14,7 +14,7 @@ test checks that they agree with what the migrations build.
     settings          named settings stored with the data (the trend window width)
     window_tallies    votes per (election, window start, precinct, contest, choice), on issued_at
     window_ballots    ballots and accepted batches per (election, window start, precinct)
-    alerts            rows of the rules' alert actions (cloud/actions.py), exactly-once per message
+    alerts            rows of the rules' alert actions (cloud/engine/actions.py), exactly-once per message
     stored_rows       rows of the rules' store actions, one physical table keyed by table_name
     dead_letters      rows whose action failed, and their error action too (or had none)
     repairs           seq gaps seen in a device's chain: detected, requested, repaired (or open)
@@ -219,7 +219,7 @@ window_ballots = Table(
     Column("batches", Integer, nullable=False),
 )
 
-# The rules engine's output (cloud/actions.py). ``dedup_key`` (SHA-256 of rule, action, the
+# The rules engine's output (cloud/engine/actions.py). ``dedup_key`` (SHA-256 of rule, action, the
 # message's body hash, its ledger outcome and the row's index) makes a redelivered message add
 # nothing; ``row`` is the rule's row as JSON.
 alerts = Table(

@@ -21,7 +21,7 @@ after each commit, a device's receipt goes out at once unless one went out for i
 it when due (the loop turns at least every ``_POLL_S``, idle or not). Held receipts wait for the
 next connection; a graceful stop publishes every held receipt, then waits for the PUBACKs.
 
-Rules: with a :class:`cloud.engine.RulesEngine` (``cloud run`` always passes one: ``--rules FILE``
+Rules: with a :class:`cloud.engine.engine.RulesEngine` (``cloud run`` always passes one: ``--rules FILE``
 or the default rules) a group goes through the engine instead of straight to the ledger: the
 ledger rule's messages are recorded and the other rules' alerts, stored rows and dead letters
 are written in the same transaction; republishes are published after the commit, then the
@@ -68,7 +68,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from cloud import faults
 from cloud._exceptions import DatabaseUnavailable
 from cloud.config import CloudConfig
-from cloud.engine import EngineResult, RulesEngine
+from cloud.engine.engine import EngineResult, RulesEngine
 from cloud.ledger.chain import Verdict
 from cloud.ledger.ledger import Checked, GroupResult, Inbound, Ledger, unwrap
 from cloud.ledger.repairs import RepairScheduler

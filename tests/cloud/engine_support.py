@@ -15,9 +15,9 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from cloud import models
-from cloud.engine import RulesEngine
+from cloud.engine.engine import RulesEngine
+from cloud.engine.rulefile import RulesConfig, load_rules, parse_rules
 from cloud.ledger.ledger import Inbound, Ledger
-from cloud.rulefile import RulesConfig, load_rules, parse_rules
 from protocol import GENESIS_HASH, BatchBody, Registry, Totals, body_hash
 from tests.cloud.support import Envelopes
 

@@ -1,9 +1,9 @@
 """What a rule does with its rows: the actions, their templates, and the writes they make.
 
-Configuration (built once by :mod:`cloud.rulefile`, frozen):
+Configuration (built once by :mod:`cloud.engine.rulefile`, frozen):
 
     LedgerAction     the exactly-once path (verify, ledger row, tallies, windows, receipts); run
-                     by :mod:`cloud.engine` through :class:`cloud.ledger.ledger.Ledger`, not here
+                     by :mod:`cloud.engine.engine` through :class:`cloud.ledger.ledger.Ledger`, not here
     AlertAction      severity and a message template: a row in ``alerts``, logged at WARNING
     StoreAction      a logical table name: the row in ``stored_rows`` under that name
     RepublishAction  a topic template and a QoS: the row as JSON, published after the commit

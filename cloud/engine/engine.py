@@ -16,7 +16,7 @@ For each group (bundles already unwrapped, every envelope verified once by
    tallies, windows, devices, rejections), then every other rule is evaluated with functions
    that see the ledger's outcome, and the rows of every rule go to its actions: alerts, stored
    rows and dead letters are written in that same transaction, each write under a SAVEPOINT
-   (cloud/actions.py), so a failing action rolls back only itself; republishes are rendered.
+   (cloud/engine/actions.py), so a failing action rolls back only itself; republishes are rendered.
    A failed action goes to the rule's ``error_action``, and when there is none or it fails
    too, to the dead-letter table. A failure of the database itself fails the whole group: it
    is not acknowledged, and the worker retries it.
@@ -30,7 +30,7 @@ A message that no rule selects (no matching filter, or no rule gives a row, or i
 verification and no matching rule has a ledger action) is counted, logged at DEBUG, not stored,
 and acknowledged.
 
-The engine's functions, declared to every rule (``ENGINE_FUNCTIONS`` in cloud/rulefile.py):
+The engine's functions, declared to every rule (``ENGINE_FUNCTIONS`` in cloud/engine/rulefile.py):
 
     ledger_outcome()     'accepted' | 'duplicate' | 'rejected'; null if no ledger action ran
     ledger_reason()      the rejection reason ('after_final', 'broken_chain', ...) or null
@@ -57,8 +57,9 @@ from typing import Any
 from sqlalchemy.engine import Connection, Engine
 
 from cloud._exceptions import CloudError
-from cloud.actions import ActionFailed as _ActionFailed
-from cloud.actions import (
+from cloud.db import translate_errors
+from cloud.engine.actions import ActionFailed as _ActionFailed
+from cloud.engine.actions import (
     AlertAction,
     DeadLetter,
     Failure,
@@ -74,10 +75,9 @@ from cloud.actions import (
     write_dead_letters,
     write_stored,
 )
-from cloud.db import translate_errors
+from cloud.engine.rulefile import RESERVED_TOPICS, RulesConfig, RuleSpec
 from cloud.ledger.chain import Verdict
 from cloud.ledger.ledger import Checked, GroupResult, Inbound, Ledger, Outcome
-from cloud.rulefile import RESERVED_TOPICS, RulesConfig, RuleSpec
 from cloud.rules import EvalContext, RuleError, topic_matches
 from protocol import Registry, VerifiedBatch
 

@@ -15,9 +15,9 @@ from sqlalchemy.engine import Engine
 from cloud.faults import FAULT_DIR_ENV, FAULT_ENV, marker_path
 from edgetally.brokers import BrokerProcess
 from protocol import bundle, gateway_bundle_topic
+from tests.cloud.engine.test_actions import Subscriber
 from tests.cloud.engine_support import crafted
 from tests.cloud.support import Envelopes, Publisher, raw_inbound
-from tests.cloud.test_actions import Subscriber
 from tests.cloud.worker_support import Cloud
 from tests.helpers import run_cli, wait_until
 

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from cloud import models
-from cloud.engine import RateWindows
+from cloud.engine.engine import RateWindows
 from cloud.ledger.chain import Verdict
 from cloud.ledger.ledger import Ledger
 from cloud.results import load_results
@@ -242,7 +242,7 @@ def test_a_message_no_rule_selects_is_counted_logged_at_debug_and_not_stored(
     forged = Envelope(body=forged_body.to_bytes(), sig=key.sign(b"other"), kid=key.kid)
     rules_run = rules_engine(ledger, registry, engine, config)
 
-    with caplog.at_level(logging.DEBUG, logger="cloud.engine"):
+    with caplog.at_level(logging.DEBUG, logger="cloud.engine.engine"):
         rules_run.record(
             [
                 envelopes.inbound(kept[0]),

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 
 from cloud import models
 from cloud._exceptions import DatabaseError
-from cloud.actions import Publish
+from cloud.engine.actions import Publish
 from cloud.ledger.chain import Verdict
 from cloud.ledger.ledger import Ledger
 from cloud.results import load_results
@@ -108,7 +108,7 @@ def test_alert_stores_its_row_and_logs_the_device_and_seq(
     second = crafted(envelopes, DEVICE, seq=2, prev=first, ballots=1)
     rules_run = rules_engine(ledger, registry, engine, config)
 
-    with caplog.at_level(logging.WARNING, logger="cloud.engine"):
+    with caplog.at_level(logging.WARNING, logger="cloud.engine.engine"):
         rules_run.record([envelopes.inbound(first), envelopes.inbound(second)])
 
     [alert] = alerts(engine)
@@ -123,7 +123,7 @@ def test_alert_stores_its_row_and_logs_the_device_and_seq(
     assert alert["row"] == {"device": DEVICE, "seq": 1, "ballots": 2}
     assert alert["topic"] == f"edgetally/v1/{envelopes.election.id}/{DEVICE}/batch"
     assert alert["raised_at"].tzinfo is not None
-    [logged] = [r for r in caplog.records if r.name == "cloud.engine"]
+    [logged] = [r for r in caplog.records if r.name == "cloud.engine.engine"]
     assert logged.levelno == logging.WARNING
     assert f"alert big (info) device={DEVICE} seq=1: {DEVICE}: 2 ballots" == logged.getMessage()
     assert rules_run.stats.alerts == 1
@@ -360,7 +360,7 @@ def test_a_refused_dead_letter_is_logged_and_the_batch_still_commits(
     with (
         refusing(engine, "stored_rows", "table_name", "refused"),
         refusing(engine, "dead_letters", "rule", "keep"),
-        caplog.at_level(logging.ERROR, logger="cloud.engine"),
+        caplog.at_level(logging.ERROR, logger="cloud.engine.engine"),
     ):
         rules_run.record([envelopes.inbound(crafted(envelopes, DEVICE))])
 

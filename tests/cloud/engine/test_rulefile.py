@@ -9,14 +9,15 @@ from typing import Any
 import pytest
 
 from cloud._exceptions import RulesFileError
-from cloud.actions import AlertAction, LedgerAction, RepublishAction, StoreAction
-from cloud.rulefile import (
+from cloud.engine.actions import AlertAction, LedgerAction, RepublishAction, StoreAction
+from cloud.engine.rulefile import (
     MAX_RATE_WINDOW_S,
     default_rules_path,
     filters_overlap,
     load_rules,
     parse_rules,
 )
+from tests.helpers import REPO
 
 BATCH = "'edgetally/v1/+/+/batch'"
 
@@ -377,7 +378,7 @@ def test_the_rules_file_examples_in_the_docs_load_and_agree() -> None:
 
     import yaml
 
-    text = (Path(__file__).resolve().parents[2] / "docs" / "rules.md").read_text()
+    text = (REPO / "docs" / "rules.md").read_text()
     section = text[text.index("## The rules file") :]
     [from_yaml] = re.findall(r"```yaml\n(.*?)```", section, flags=re.DOTALL)
     [from_toml] = re.findall(r"```toml\n(.*?)```", section, flags=re.DOTALL)

@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from cloud._exceptions import RulesFileError
-from cloud.actions import (
+from cloud.engine.actions import (
     ERROR_FIELDS,
     SEVERITIES,
     Action,
@@ -58,7 +58,7 @@ from protocol.topics import STATUS_FILTER
 
 DEFAULT_RULES = "default_rules.yaml"  # shipped in the cloud package
 
-# The engine's functions (name -> arity), provided with every message (cloud/engine.py).
+# The engine's functions (name -> arity), provided with every message (cloud/engine/engine.py).
 ENGINE_FUNCTIONS: Mapping[str, int] = {
     "ledger_outcome": 0,
     "ledger_reason": 0,
