@@ -15,7 +15,7 @@ runs these checks (:data:`CHECKS`); it passes only if every one holds:
                       cumulative totals of its final batch
     tallies           stored votes per (precinct, contest, choice) = the ledger's sum
     precinct ballots  stored ballots and batches per precinct = the ledger's sum
-    windows           stored windows (cloud/windows.py) = the ledger's rows by issued_at
+    windows           stored windows (cloud/results/windows.py) = the ledger's rows by issued_at
     device state      the devices table (contiguous seq and hash, final seq, highest seq,
                       batches, duplicates) = the ledger
 
@@ -47,7 +47,7 @@ from cloud.audit_report import (
     Discrepancy,
     render_audit,
 )
-from cloud.results import read_snapshot, stored_election
+from cloud.results.results import read_snapshot, stored_election
 from protocol import Registry, canonical
 
 __all__ = [

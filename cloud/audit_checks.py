@@ -3,7 +3,7 @@
 Pass 1 streams the ledger in (device, seq) order: signatures, columns, hash chain, seq gaps,
 final batches and totals, and the per-device and per-precinct sums, holding one device's state
 at a time. The stored tallies and precinct ballots (per precinct: small) are then compared with
-those sums. Pass 2 streams the ledger in ``issued_at`` order (cloud/windows.py) alongside the
+those sums. Pass 2 streams the ledger in ``issued_at`` order (cloud/results/windows.py) alongside the
 stored windows, each in window order, and compares them one window at a time.
 """
 
@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 
 from cloud import models
 from cloud.audit_report import CHECKS, AuditReport, CheckResult, Discrepancy
-from cloud.windows import WindowSums, ledger_windows, stored_width
+from cloud.results.windows import WindowSums, ledger_windows, stored_width
 from protocol import (
     DEFAULT_MAX_BYTES,
     GENESIS_HASH,

@@ -196,7 +196,7 @@ settings = Table(
     Column("updated_at", UTCDateTime, nullable=False),
 )
 
-# Tumbling windows of the signed ``issued_at`` (cloud/windows.py); the width is the setting
+# Tumbling windows of the signed ``issued_at`` (cloud/results/windows.py); the width is the setting
 # ``window_seconds``, so every row of these tables has the same width.
 window_tallies = Table(
     "window_tallies",

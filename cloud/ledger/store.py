@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 from cloud import models
 from cloud.db import insert_missing, insert_rows, placeholder, update_rows, upsert_add
 from cloud.ledger.chain import BatchKey, DeviceKey, DeviceState, GroupPlan, HeldBatch
-from cloud.windows import write_windows
+from cloud.results.windows import write_windows
 from protocol import VerifiedBatch, missing_ranges
 from protocol.election import parse_timestamp
 from protocol.keys import b64encode
@@ -174,7 +174,7 @@ def write_group(
         key=("election", "precinct"),
         add=("ballots", "batches"),
     )
-    write_windows(conn, accepted)  # trend windows (cloud/windows.py), same transaction
+    write_windows(conn, accepted)  # trend windows (cloud/results/windows.py), same transaction
     _write_devices(conn, plan, now)
     insert_rows(conn, models.rejections, rejections)
 

@@ -60,7 +60,7 @@ from cloud import models
 from cloud._exceptions import CloudError
 from cloud.audit import AuditReport, run_audit
 from cloud.db import make_engine
-from cloud.results import Results, load_results, read_snapshot
+from cloud.results.results import Results, load_results, read_snapshot
 from edgetally.verdict import Check
 from gateway._exceptions import GatewayError
 from gateway.inspect import buffer_stats, snapshot

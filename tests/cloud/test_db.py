@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 from cloud._exceptions import ConfigError, NotACloudDatabase
 from cloud.db import VERSION_TABLE, head_revision, make_engine, upgrade
 from cloud.models import metadata
-from cloud.results import load_results
+from cloud.results.results import load_results
 
 
 def test_migrations_build_exactly_the_tables_the_code_uses(engine: Engine) -> None:

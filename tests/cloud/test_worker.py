@@ -117,16 +117,16 @@ def test_cloud_sigkilled_mid_stream_loses_nothing_and_counts_nothing_twice(
     wait_until(
         lambda: cloud.ledger.ledger() == total, 60, f"all {total} batches in the ledger after the restart"
     )
-    duplicates_before = cloud.results()["duplicates"]
+    duplicates_before = cloud.results.results()["duplicates"]
     assert isinstance(duplicates_before, int)
     publisher.publish_all(messages)  # everything again, as devices resending would
     wait_until(
-        lambda: cloud.results()["duplicates"] == duplicates_before + total,
+        lambda: cloud.results.results()["duplicates"] == duplicates_before + total,
         60,
         "every resend a duplicate",
     )
 
-    results = cloud.results()
+    results = cloud.results.results()
     expected = expected_totals(envelopes.election, SEED, batches, devices).to_mapping()
     assert {k: results[k] for k in expected} == expected
     assert (results["batches"], results["rejections"], results["devices_final"]) == (
@@ -202,7 +202,7 @@ def test_cloud_never_acks_a_message_of_a_previous_connection(
         )
 
     wait_until(
-        lambda: cloud.results()["duplicates"] == n,
+        lambda: cloud.results.results()["duplicates"] == n,
         30,
         "the redelivered copies counted as duplicates",
     )
@@ -216,7 +216,7 @@ def test_cloud_never_acks_a_message_of_a_previous_connection(
     publisher = Publisher(broker.port)
     publisher.publish_all(sentinel)
     wait_until(lambda: cloud.ledger.ledger() == n + 1, 20, "the sentinel batch")
-    assert cloud.results()["duplicates"] == n
+    assert cloud.results.results()["duplicates"] == n
     publisher.close()
     assert cloud.terminate() == 0
 

@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from cloud.db import make_engine
-from cloud.results import load_results
+from cloud.results.results import load_results
 from edgetally.brokers import BrokerProcess
 from tests.cloud.support import ledger_rows
 from tests.helpers import start_cli, wait_until

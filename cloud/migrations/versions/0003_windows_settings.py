@@ -23,7 +23,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 ID = sa.String(64)
-WIDTH = 60  # the default window width, seconds (cloud/windows.py DEFAULT_WINDOW_SECONDS)
+WIDTH = 60  # the default window width, seconds (cloud/results/windows.py DEFAULT_WINDOW_SECONDS)
 
 
 def upgrade() -> None:
@@ -62,7 +62,7 @@ def _backfill(conn: sa.Connection) -> None:
     """Store the default width and put the batches already in the ledger in windows.
 
     Self-contained (a migration must not depend on code that changes after it): the same
-    bucketing as cloud/windows.py, floor(issued_at / width) * width in UTC epoch seconds, over
+    bucketing as cloud/results/windows.py, floor(issued_at / width) * width in UTC epoch seconds, over
     the signed bodies' counts. Streams the ledger in issued_at order, one window in memory.
     """
     now = datetime.now(UTC).replace(tzinfo=None)

@@ -19,7 +19,7 @@ from cloud._exceptions import DatabaseError
 from cloud.engine.actions import Publish
 from cloud.ledger.chain import Verdict
 from cloud.ledger.ledger import Ledger
-from cloud.results import load_results
+from cloud.results.results import load_results
 from edgetally.brokers import BrokerProcess
 from protocol import Registry
 from tests.cloud.engine_support import (

@@ -15,7 +15,7 @@ from cloud import models
 from cloud.engine.engine import RateWindows
 from cloud.ledger.chain import Verdict
 from cloud.ledger.ledger import Ledger
-from cloud.results import load_results
+from cloud.results.results import load_results
 from devices.generator import expected_totals
 from protocol import Envelope, Registry
 from tests.cloud.engine_support import (

@@ -61,7 +61,7 @@ def test_an_alert_is_not_duplicated_when_the_worker_dies_after_commit_before_ack
     cloud.kill()  # committed, not acknowledged: the broker delivers the bundle again
 
     cloud.start()
-    wait_until(lambda: cloud.results()["duplicates"] == 2, 30, "the redelivery: two duplicates")
+    wait_until(lambda: cloud.results.results()["duplicates"] == 2, 30, "the redelivery: two duplicates")
     # the log keeps both runs: the late batch was rejected once by each
     wait_until(lambda: cloud.count("rejected device=harbor-p03-a seq=2") == 2, 10, "late again")
     assert _json("alerts", "--db", db_url) == before  # rejected again, alerted once

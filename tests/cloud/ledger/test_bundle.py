@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from cloud import models
 from cloud.ledger.chain import Verdict
 from cloud.ledger.ledger import Inbound, Ledger, unwrap
-from cloud.results import load_results
+from cloud.results.results import load_results
 from devices.generator import expected_totals
 from edgetally.brokers import BrokerProcess
 from protocol import Envelope, RejectReason, batch_topic, gateway_bundle_topic

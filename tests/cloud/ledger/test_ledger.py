@@ -13,7 +13,7 @@ from cloud import models
 from cloud._exceptions import CloudError, ElectionMismatch
 from cloud.ledger.chain import Verdict
 from cloud.ledger.ledger import Inbound, Ledger
-from cloud.results import load_results
+from cloud.results.results import load_results
 from devices.generator import expected_totals
 from protocol import (
     GENESIS_HASH,

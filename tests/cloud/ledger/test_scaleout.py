@@ -23,7 +23,7 @@ from cloud.db import insert_rows, make_engine
 from cloud.ledger.chain import Verdict
 from cloud.ledger.ledger import GroupResult, Inbound, Ledger
 from cloud.ledger.store import ledger_row
-from cloud.results import load_results
+from cloud.results.results import load_results
 from devices.generator import expected_totals
 from protocol import Registry, canonical, parse_batch_topic, verify
 from tests.cloud.support import SEED, Envelopes

@@ -8,8 +8,8 @@ from sqlalchemy.engine import Engine
 
 from cloud._exceptions import ResultsError
 from cloud.ledger.ledger import Ledger
-from cloud.results import load_results
-from cloud.rollups import PrecinctFigures, roll_up
+from cloud.results.results import load_results
+from cloud.results.rollups import PrecinctFigures, roll_up
 from protocol import Election
 from tests.cloud.results_support import BATCHES, devices_of, expected_for, fill
 from tests.cloud.support import Envelopes

@@ -2,7 +2,7 @@
 mapping for ``--json`` and as rich tables for people.
 
 Every figure is read per precinct (tallies, precinct_ballots, devices, rejections) and rolled
-up the election's tree (cloud/rollups.py), so a unit's figures are exactly its children's sum.
+up the election's tree (cloud/results/rollups.py), so a unit's figures are exactly its children's sum.
 The JSON shape keeps the keys of ``edgetally devices expected --json`` where the two overlap::
 
     {"election": id, "ballots": n, "batches": n, "contests": {contest: {choice: n}},
@@ -33,7 +33,7 @@ from sqlalchemy.engine import Connection, Engine
 from cloud import models
 from cloud._exceptions import DatabaseError, ResultsError
 from cloud.db import check_schema, translate_errors
-from cloud.rollups import PrecinctFigures, Rollup, roll_up
+from cloud.results.rollups import PrecinctFigures, Rollup, roll_up
 from protocol import Election, ElectionModelError, Unit, canonical
 
 

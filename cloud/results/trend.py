@@ -1,6 +1,6 @@
 """Ballots over time for people: the windows of a reporting unit (``cloud results --windows``).
 
-Reads ``window_ballots`` and ``window_tallies`` (kept by the ledger, cloud/windows.py), summed
+Reads ``window_ballots`` and ``window_tallies`` (kept by the ledger, cloud/results/windows.py), summed
 over the unit's precincts per window, oldest first. Windows in which nothing was issued are
 shown as zeros between the first and the last (unless the span is absurdly long, as a device
 with a wild clock can make it). JSON::
@@ -23,8 +23,8 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
 from cloud import models
-from cloud.results import find_unit, read_snapshot, stored_election
-from cloud.windows import stored_width
+from cloud.results.results import find_unit, read_snapshot, stored_election
+from cloud.results.windows import stored_width
 from protocol import Election, Unit
 from protocol.election import format_timestamp
 

@@ -17,8 +17,8 @@ from cloud._exceptions import ConfigError
 from cloud.audit import run_audit
 from cloud.db import MIGRATIONS, upgrade
 from cloud.ledger.ledger import Ledger
-from cloud.trend import load_trend
-from cloud.windows import load_width, set_window_width, window_start
+from cloud.results.trend import load_trend
+from cloud.results.windows import load_width, set_window_width, window_start
 from protocol import Registry
 from protocol.election import format_timestamp, parse_timestamp
 from tests.cloud.results_support import BATCHES, devices_of, fill, scalar, sql
