@@ -284,7 +284,7 @@ def test_a_device_committed_batch_by_batch_gets_fewer_receipts_the_last_naming_i
     started = time.monotonic()
     for seq, body in enumerate(bodies, start=1):
         publisher.publish_all([envelopes.inbound(body)])
-        wait_until(lambda seq=seq: cloud.ledger.ledger() == seq, 20, f"batch {seq} in the ledger")
+        wait_until(lambda seq=seq: cloud.ledger() == seq, 20, f"batch {seq} in the ledger")
 
     def got() -> list[Receipt]:
         return [Receipt.parse(m.payload) for m in receipts.messages()]
@@ -328,7 +328,7 @@ def test_a_graceful_stop_publishes_the_held_receipt(
     publisher.publish_all([envelopes.inbound(bodies[0])])
     wait_until(receipts.messages, 20, "the first receipt, at once")
     publisher.publish_all([envelopes.inbound(bodies[1])])
-    wait_until(lambda: cloud.ledger.ledger() == 2, 20, "batch 2 in the ledger")
+    wait_until(lambda: cloud.ledger() == 2, 20, "batch 2 in the ledger")
     assert [Receipt.parse(m.payload).seq for m in receipts.messages()] == [1]  # 2 is held
 
     assert cloud.terminate() == 0

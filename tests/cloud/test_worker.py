@@ -73,7 +73,7 @@ def test_cloud_commits_batches_publishes_retained_receipts_and_stops_cleanly(
 
     publisher.publish_all(envelopes.messages(devices, 4))
 
-    wait_until(lambda: cloud.ledger.ledger() == 32, 20, "32 batches in the ledger")
+    wait_until(lambda: cloud.ledger() == 32, 20, "32 batches in the ledger")
     wait_until(
         lambda: _receipts_are(broker.port, _final_receipts(envelopes, devices, 4)),
         20,
@@ -106,27 +106,27 @@ def test_cloud_sigkilled_mid_stream_loses_nothing_and_counts_nothing_twice(
     sender = threading.Thread(target=publisher.publish_all, args=(messages, 60))
     sender.start()
 
-    wait_until(lambda: cloud.ledger.ledger() >= total // 4, 30, "a quarter of the batches in the ledger")
+    wait_until(lambda: cloud.ledger() >= total // 4, 30, "a quarter of the batches in the ledger")
     cloud.kill()
-    at_kill = cloud.ledger.ledger()
+    at_kill = cloud.ledger()
     sender.join(60)
     assert not sender.is_alive()
     assert at_kill < total, "the worker finished before it was killed: the test proved nothing"
 
     cloud.start()
     wait_until(
-        lambda: cloud.ledger.ledger() == total, 60, f"all {total} batches in the ledger after the restart"
+        lambda: cloud.ledger() == total, 60, f"all {total} batches in the ledger after the restart"
     )
-    duplicates_before = cloud.results.results()["duplicates"]
+    duplicates_before = cloud.results()["duplicates"]
     assert isinstance(duplicates_before, int)
     publisher.publish_all(messages)  # everything again, as devices resending would
     wait_until(
-        lambda: cloud.results.results()["duplicates"] == duplicates_before + total,
+        lambda: cloud.results()["duplicates"] == duplicates_before + total,
         60,
         "every resend a duplicate",
     )
 
-    results = cloud.results.results()
+    results = cloud.results()
     expected = expected_totals(envelopes.election, SEED, batches, devices).to_mapping()
     assert {k: results[k] for k in expected} == expected
     assert (results["batches"], results["rejections"], results["devices_final"]) == (
@@ -162,12 +162,12 @@ def test_cloud_acks_only_after_commit(
             "the worker to receive every message",
         )
         cloud.kill()
-    assert cloud.ledger.ledger() == 0
+    assert cloud.ledger() == 0
 
     cloud.start()  # nothing is published again: only the broker still has them, unacked
 
     wait_until(
-        lambda: cloud.ledger.ledger() == len(messages),
+        lambda: cloud.ledger() == len(messages),
         30,
         "every received-but-uncommitted message redelivered",
     )
@@ -202,11 +202,11 @@ def test_cloud_never_acks_a_message_of_a_previous_connection(
         )
 
     wait_until(
-        lambda: cloud.results.results()["duplicates"] == n,
+        lambda: cloud.results()["duplicates"] == n,
         30,
         "the redelivered copies counted as duplicates",
     )
-    assert cloud.ledger.ledger() == n
+    assert cloud.ledger() == n
     assert cloud.terminate() == 0
     assert f"{n} accepted, {n} duplicates, 0 rejected, {n} stale acks dropped" in cloud.text()
 
@@ -215,8 +215,8 @@ def test_cloud_never_acks_a_message_of_a_previous_connection(
     sentinel = envelopes.messages(["river-p12-a"], 1)
     publisher = Publisher(broker.port)
     publisher.publish_all(sentinel)
-    wait_until(lambda: cloud.ledger.ledger() == n + 1, 20, "the sentinel batch")
-    assert cloud.results.results()["duplicates"] == n
+    wait_until(lambda: cloud.ledger() == n + 1, 20, "the sentinel batch")
+    assert cloud.results()["duplicates"] == n
     publisher.close()
     assert cloud.terminate() == 0
 
@@ -241,6 +241,6 @@ def test_cloud_keeps_retrying_an_unreachable_broker_then_gets_ready(
     wait_until(cloud.ready.exists, 20, "the ready file once the broker is up")
     publisher = Publisher(broker.port)
     publisher.publish_all(envelopes.messages(["mesa-p09-a"], 2))
-    wait_until(lambda: cloud.ledger.ledger() == 2, 20, "both batches in the ledger")
+    wait_until(lambda: cloud.ledger() == 2, 20, "both batches in the ledger")
     publisher.close()
     assert cloud.terminate() == 0

@@ -62,7 +62,7 @@ def _url(engine: Engine) -> str:
 
 
 def _exact(cloud: Cloud, envelopes: Envelopes, devices: list[str], batches: int) -> None:
-    results = cloud.results.results()
+    results = cloud.results()
     expected = expected_totals(envelopes.election, SEED, batches, devices).to_mapping()
     assert {k: results[k] for k in expected} == expected
     assert (results["rejections"], results["devices_final"]) == (0, len(devices))

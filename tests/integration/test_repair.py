@@ -60,7 +60,7 @@ def test_device_resends_requested_seqs_long_before_its_resend_timeout(
     assert (summary.confirmed_devices, summary.receipted) == (1, BATCHES)
     assert (summary.publishes, summary.resends) == (BATCHES, 2)  # 3 and 4, once each, nothing else
     assert fleet.tabulators[0].resends == 2
-    wait_until(lambda: cloud.ledger.ledger() == BATCHES, 10, f"{BATCHES} batches in the ledger")
+    wait_until(lambda: cloud.ledger() == BATCHES, 10, f"{BATCHES} batches in the ledger")
     results = json.loads(
         run_cli("--log-level", "WARNING", "cloud", "results", "--db", cloud.db_url, "--json").stdout
     )

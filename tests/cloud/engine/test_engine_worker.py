@@ -61,12 +61,12 @@ def test_an_alert_is_not_duplicated_when_the_worker_dies_after_commit_before_ack
     cloud.kill()  # committed, not acknowledged: the broker delivers the bundle again
 
     cloud.start()
-    wait_until(lambda: cloud.results.results()["duplicates"] == 2, 30, "the redelivery: two duplicates")
+    wait_until(lambda: cloud.results()["duplicates"] == 2, 30, "the redelivery: two duplicates")
     # the log keeps both runs: the late batch was rejected once by each
     wait_until(lambda: cloud.count("rejected device=harbor-p03-a seq=2") == 2, 10, "late again")
     assert _json("alerts", "--db", db_url) == before  # rejected again, alerted once
     assert _json("dead-letters", "--db", db_url) == []
-    assert cloud.ledger.ledger() == 2
+    assert cloud.ledger() == 2
     publisher.close()
     assert cloud.terminate() == 0
 
@@ -109,7 +109,7 @@ error_action = {alert = {message = "${rule}: ${error}"}}
         "out/harbor-p02-a/1",
         "out/harbor-p02-a/2",
     ]
-    assert cloud.ledger.ledger() == 4
+    assert cloud.ledger() == 4
     stored = _json("stored", "--db", cloud.db_url, "--table", "harbor")
     assert [(s["device"], s["seq"]) for s in stored] == [  # type: ignore[union-attr]
         ("harbor-p01-a", 1), ("harbor-p01-a", 2), ("harbor-p02-a", 1), ("harbor-p02-a", 2)

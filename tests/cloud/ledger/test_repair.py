@@ -76,7 +76,7 @@ def test_cloud_requests_withheld_seqs_and_the_resend_repairs_the_gap(
     assert not any(m.retain for m in commands.messages())
     publisher.publish_all([batches[seq - 1] for seq in request.seqs])  # the device resends
 
-    wait_until(lambda: cloud.ledger.ledger() == 13, 20, "13 batches in the ledger")
+    wait_until(lambda: cloud.ledger() == 13, 20, "13 batches in the ledger")
     results = json.loads(
         run_cli("--log-level", "WARNING", "cloud", "results", "--db", cloud.db_url, "--json").stdout
     )
