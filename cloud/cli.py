@@ -21,7 +21,7 @@ from rich.console import Console
 
 from cloud import faults
 from cloud._exceptions import CloudError, ConfigError
-from cloud.audit import DEFAULT_LIMIT, render_audit, run_audit
+from cloud.audit.audit import DEFAULT_LIMIT, render_audit, run_audit
 from cloud.config import DEFAULT_CLOUD_ID, DEFAULT_DB_URL, CloudConfig
 from cloud.db import make_engine, upgrade
 from cloud.engine import outputs

@@ -22,7 +22,7 @@ The checks (names are the module constants below; each a :class:`edgetally.verdi
     REFUSALS    every truth ``reject`` refused where the truth says, with its reason: the
                 gateway's quarantine (over every buffer) or the cloud's rejections table, keyed
                 by the payload's SHA-256; nothing else refused
-    AUDIT       ``cloud audit`` run in-process (cloud.audit.run_audit). Its ``final batches``
+    AUDIT       ``cloud audit`` run in-process (cloud.audit.audit.run_audit). Its ``final batches``
                 check cannot pass when some devices of the election never send a final batch,
                 and the truth says which: devices outside this run's fleet, silent devices (no
                 final), wrong_key devices (nothing of theirs accepted). Failures of that check
@@ -58,7 +58,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cloud import models
 from cloud._exceptions import CloudError
-from cloud.audit import AuditReport, run_audit
+from cloud.audit.audit import AuditReport, run_audit
 from cloud.db import make_engine
 from cloud.results.results import Results, load_results, read_snapshot
 from edgetally.verdict import Check

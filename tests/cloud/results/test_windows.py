@@ -14,7 +14,7 @@ from alembic.config import Config
 from sqlalchemy.engine import Engine
 
 from cloud._exceptions import ConfigError
-from cloud.audit import run_audit
+from cloud.audit.audit import run_audit
 from cloud.db import MIGRATIONS, upgrade
 from cloud.ledger.ledger import Ledger
 from cloud.results.trend import load_trend

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from cloud._exceptions import ConfigError
-from cloud.audit import AuditReport, run_audit
+from cloud.audit.audit import AuditReport, run_audit
 from cloud.ledger.ledger import Ledger
 from protocol import Registry, Totals, provision
 from tests.cloud.results_support import BATCHES, fill, scalar, sql

@@ -27,7 +27,7 @@ Bounded memory: the ledger is streamed twice (``yield_per``), ordered by (device
 per-row checks and by ``issued_at`` for the windows, which are compared window by window with
 the stored ones; what is held is per device and per precinct, never per row. Discrepancies are
 all counted; the first ``limit`` of each check (1,000 by default; 0: all) are kept for the
-report. cloud/audit_checks.py runs the passes; cloud/audit_report.py holds the report.
+report. cloud/audit/checks.py runs the passes; cloud/audit/report.py holds the report.
 
 Exit codes of the command: 0 when every check holds, 1 when one does not, and 1 with one line
 on stderr when the audit cannot run (no keys, not a cloud database, another election).
@@ -38,8 +38,8 @@ from __future__ import annotations
 from sqlalchemy.engine import Engine
 
 from cloud._exceptions import ConfigError
-from cloud.audit_checks import LedgerAudit
-from cloud.audit_report import (
+from cloud.audit.checks import LedgerAudit
+from cloud.audit.report import (
     CHECKS,
     DEFAULT_LIMIT,
     AuditReport,

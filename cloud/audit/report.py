@@ -1,4 +1,4 @@
-"""What the audit found (cloud/audit.py): the checks, their discrepancies, and a report for
+"""What the audit found (cloud/audit/audit.py): the checks, their discrepancies, and a report for
 people (rich tables) or for programs (``to_mapping``, as ``cloud audit --json`` prints it)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The audit's passes over the database (see cloud/audit.py for what each check holds).
+"""The audit's passes over the database (see cloud/audit/audit.py for what each check holds).
 
 Pass 1 streams the ledger in (device, seq) order: signatures, columns, hash chain, seq gaps,
 final batches and totals, and the per-device and per-precinct sums, holding one device's state
@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from cloud import models
-from cloud.audit_report import CHECKS, AuditReport, CheckResult, Discrepancy
+from cloud.audit.report import CHECKS, AuditReport, CheckResult, Discrepancy
 from cloud.results.windows import WindowSums, ledger_windows, stored_width
 from protocol import (
     DEFAULT_MAX_BYTES,
