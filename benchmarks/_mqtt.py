@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 
-from cloud.receipts import ReceiptSender
+from cloud.worker.receipts import ReceiptSender
 from devices.generator import iter_batches
 from edgetally.brokers import BrokerProcess
 from protocol import (
@@ -188,7 +188,7 @@ class Sink:
     Reports (received, wall time of the first arrival, wall time of the last arrival). With
     ``receipt_interval`` (seconds) it also answers as the cloud would: for every message, each
     device's receipt (highest contiguous seq and its hash), published retained with QoS 1
-    through :class:`cloud.receipts.ReceiptSender` coalescing at that interval (0: every one),
+    through :class:`cloud.worker.receipts.ReceiptSender` coalescing at that interval (0: every one),
     and it stops once it has ``expected`` distinct envelopes, every held receipt published.
     """
 

@@ -13,7 +13,7 @@
       over the steady window (10%..90% of all batches), and its ratio to the ceiling.
   (c') --receipts on|off|both (default both): (c) again on a fresh broker with receipts on: the
       subscriber answers every batch as the cloud would, each device's receipt (highest
-      contiguous seq, hash) published retained, QoS 1, through cloud.receipts.ReceiptSender
+      contiguous seq, hash) published retained, QoS 1, through cloud.worker.receipts.ReceiptSender
       coalescing at --receipt-interval (default 0.25 s); the devices run with --confirm (and
       --resend-after 120, so that no resend muddies the rate), receive and apply the receipts,
       and end once confirmed. Printed: the steady rate on / off, receipts published and
@@ -42,7 +42,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from benchmarks._mqtt import Sink, proc_status_kib, raw_ceiling
-from cloud.receipts import DEFAULT_RECEIPT_INTERVAL_S
+from cloud.worker.receipts import DEFAULT_RECEIPT_INTERVAL_S
 from devices.synth import synth_election
 from devices.tabulator import Tabulator
 from edgetally.brokers import BrokerProcess, mosquitto_binary

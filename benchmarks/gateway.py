@@ -7,7 +7,7 @@ the raw QoS 1 ceiling, all measured in one run on this machine.
       verifies, commits, acks, forwards; a subscriber counts them on the cloud broker.
       --receipts on|off|both (default both): the same, receipts off (as above) and on: the
       subscriber answers every message as the cloud would, each device's receipt published
-      retained, QoS 1, through cloud.receipts.ReceiptSender coalescing at --receipt-interval
+      retained, QoS 1, through cloud.worker.receipts.ReceiptSender coalescing at --receipt-interval
       (default 0.25 s), and with --uncoalesced (default) once more at interval 0; the gateway
       relays them to the edge broker, where a subscriber counts them (as the devices would).
   (b) gateway drain: with the cloud broker down, the backlog is published and committed (that
@@ -46,7 +46,7 @@ from benchmarks._mqtt import (
     signed_envelopes,
     wait_for,
 )
-from cloud.receipts import DEFAULT_RECEIPT_INTERVAL_S
+from cloud.worker.receipts import DEFAULT_RECEIPT_INTERVAL_S
 from devices.election_file import load_election, sample_election_path
 from edgetally.brokers import BrokerProcess, BrokerSettings, mosquitto_binary
 from edgetally.processes import Component

@@ -28,12 +28,12 @@ from cloud.engine import outputs
 from cloud.engine.engine import RulesEngine
 from cloud.engine.rulefile import load_rules
 from cloud.ledger.ledger import Ledger
-from cloud.receipts import DEFAULT_RECEIPT_INTERVAL_S
 from cloud.results.results import load_results, render
 from cloud.results.trend import Trend, load_trend, render_trend
 from cloud.results.windows import load_width, set_window_width
-from cloud.status import StatusStore, load_gateways, render_gateways
-from cloud.worker import CloudWorker
+from cloud.worker.receipts import DEFAULT_RECEIPT_INTERVAL_S
+from cloud.worker.status import StatusStore, load_gateways, render_gateways
+from cloud.worker.worker import CloudWorker
 from protocol import DEFAULT_MAX_BYTES, ProtocolError, Registry, parse_broker_url
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloud._exceptions import ConfigError
-from cloud.receipts import DEFAULT_RECEIPT_INTERVAL_S
+from cloud.worker.receipts import DEFAULT_RECEIPT_INTERVAL_S
 from protocol import (
     BATCH_FILTER,
     DEFAULT_MAX_BYTES,
@@ -61,7 +61,7 @@ class CloudConfig:
     # repair_grace_s, then at most once per repair_interval_s per device (doubling, capped).
     repair_interval_s: float = 2.0
     repair_grace_s: float = 0.5
-    # Receipts (cloud/receipts.py): at most one per device per receipt_interval_s, always the
+    # Receipts (cloud/worker/receipts.py): at most one per device per receipt_interval_s, always the
     # latest; 0 publishes every receipt right after the commit that produced it.
     receipt_interval_s: float = DEFAULT_RECEIPT_INTERVAL_S
 
@@ -100,5 +100,5 @@ class CloudConfig:
     @property
     def subscriptions(self) -> list[tuple[str, int]]:
         """Every subscription, QoS 1. Gateway statuses are not shared: every worker upserts
-        each one (a few per gateway per minute; cloud/status.py keeps the latest)."""
+        each one (a few per gateway per minute; cloud/worker/status.py keeps the latest)."""
         return [(topic, 1) for topic in (*self.shared_filters, GATEWAY_STATUS_FILTER)]

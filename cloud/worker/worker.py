@@ -15,7 +15,7 @@ Threads:
   session it arrived on: a packet id from a previous connection is never acknowledged (the
   broker redelivers those messages anyway, and the ledger counts them as duplicates).
 
-Receipts (:class:`cloud.receipts.ReceiptSender`, owned by the worker, not by a connection):
+Receipts (:class:`cloud.worker.receipts.ReceiptSender`, owned by the worker, not by a connection):
 after each commit, a device's receipt goes out at once unless one went out for it within
 ``receipt_interval_s``; then it is held, a newer one replacing it, and the commit loop publishes
 it when due (the loop turns at least every ``_POLL_S``, idle or not). Held receipts wait for the
@@ -41,7 +41,7 @@ Subscriptions: device batches (``edgetally/v1/+/+/batch``), gateway bundles
 treated as if it had arrived alone; all entries of a bundle go into one transaction, and the
 bundle is acknowledged only after it committed) and gateway status
 (``edgetally/v1/_gateway/+/status``: the latest per gateway is upserted by
-:class:`cloud.status.StatusStore` in its own transaction, then acknowledged; a status that does
+:class:`cloud.worker.status.StatusStore` in its own transaction, then acknowledged; a status that does
 not parse is logged and acknowledged, it is informational).
 """
 
@@ -72,8 +72,8 @@ from cloud.engine.engine import EngineResult, RulesEngine
 from cloud.ledger.chain import Verdict
 from cloud.ledger.ledger import Checked, GroupResult, Inbound, Ledger, unwrap
 from cloud.ledger.repairs import RepairScheduler
-from cloud.receipts import ReceiptSender
-from cloud.status import StatusStore, StatusUpdate
+from cloud.worker.receipts import ReceiptSender
+from cloud.worker.status import StatusStore, StatusUpdate
 from protocol import ProtocolError, RepairRequest, command_topic, parse_gateway_topic
 from protocol.gateway_status import GatewayStatus
 

@@ -1,4 +1,4 @@
-"""Gateway status storage (cloud/status.py) on SQLite and PostgreSQL: the latest per gateway,
+"""Gateway status storage (cloud/worker/status.py) on SQLite and PostgreSQL: the latest per gateway,
 an earlier run never wins, a link-only status keeps the last known figures; the
 `cloud gateways` command; and the worker ignoring statuses that do not hold up."""
 
@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from cloud.db import make_engine
-from cloud.status import StatusStore, StatusUpdate, load_gateways
+from cloud.worker.status import StatusStore, StatusUpdate, load_gateways
 from edgetally.brokers import BrokerProcess
 from protocol import gateway_status_topic
 from protocol.gateway_status import GatewayStatus, Rates

@@ -1,7 +1,7 @@
 """Receipt coalescing: at most one receipt per device per interval, always the latest.
 
-The rules are checked on :class:`cloud.receipts.ReceiptCoalescer` and
-:class:`cloud.receipts.ReceiptSender` with explicit clock values (no sleeping), and end to end
+The rules are checked on :class:`cloud.worker.receipts.ReceiptCoalescer` and
+:class:`cloud.worker.receipts.ReceiptSender` with explicit clock values (no sleeping), and end to end
 with a real Mosquitto and a real `cloud run`: a device's batches committed one by one produce
 fewer receipts than batches, the last naming the final seq and its hash.
 """
@@ -20,7 +20,7 @@ from typing import cast
 import paho.mqtt.client as mqtt
 import pytest
 
-from cloud.receipts import ReceiptCoalescer, ReceiptSender
+from cloud.worker.receipts import ReceiptCoalescer, ReceiptSender
 from edgetally.brokers import BrokerProcess
 from protocol import RECEIPT_FILTER, Receipt, receipt_topic
 from tests.cloud.support import Envelopes, Publisher, hash_of
@@ -193,7 +193,7 @@ def test_a_refused_publish_is_logged_and_held_again_for_the_next_connection(
     down = _FakeClient(refuse=True)
     sender = ReceiptSender(interval_s=0.25)
     sender.offer([_r("a", 3)])
-    with caplog.at_level(logging.WARNING, logger="cloud.receipts"):
+    with caplog.at_level(logging.WARNING, logger="cloud.worker.receipts"):
         assert sender.flush(_client(down), 1.0) == 0
     assert "receipt device=a seq=3 not published now" in caplog.text
     assert sender.held == 1 and sender.published == 0
