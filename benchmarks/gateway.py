@@ -51,7 +51,7 @@ from devices.election_file import load_election, sample_election_path
 from edgetally.brokers import BrokerProcess, BrokerSettings, mosquitto_binary
 from edgetally.processes import Component
 from gateway._exceptions import GatewayError
-from gateway.inspect import buffer_stats
+from gateway.inspect.snapshot import buffer_stats
 from protocol import RECEIPT_FILTER, provision
 
 console = Console(width=max(Console().width, 120))

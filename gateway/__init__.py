@@ -11,12 +11,6 @@
     links.py       paho client construction, link status messages and wills, backoff
     status.py      the health status published on both brokers every few seconds
     service.py     composes the threads under a supervisor; graceful stop
-    inspect.py     what the `buffer` commands share (read snapshots, short writes); stats
-    inspect_rows.py     ls, show, quarantine, export (read-only)
-    inspect_actions.py  retry, purge (short write transactions)
-    inspect_check.py    check: integrity, schema, counters, every payload
-    inspect_pages.py    reading a damaged SQLite file page by page (WAL-aware)
-    inspect_render.py   the rich tables of the `buffer` commands
-    recover.py     salvage every readable row of a damaged buffer into a new file
+    inspect/       the `buffer` commands: stats, ls, show, check, retry, purge, recover
     cli.py         `edgetally gateway run` and `edgetally gateway buffer ...`
 """

@@ -22,10 +22,10 @@ from gateway.config import (
     GatewayConfig,
     SyncMode,
 )
-from gateway.inspect import DEFAULT_WAIT_S, buffer_stats, parse_duration, render_stats
-from gateway.inspect_actions import purge, purge_refusal, retry
-from gateway.inspect_check import check
-from gateway.inspect_render import (
+from gateway.inspect.actions import purge, purge_refusal, retry
+from gateway.inspect.check import check
+from gateway.inspect.recover import recover
+from gateway.inspect.render import (
     render_check,
     render_list,
     render_purge,
@@ -34,8 +34,8 @@ from gateway.inspect_render import (
     render_retry,
     render_show,
 )
-from gateway.inspect_rows import ListQuery, export_to, list_rows, quarantine_summary, show_row
-from gateway.recover import recover
+from gateway.inspect.rows import ListQuery, export_to, list_rows, quarantine_summary, show_row
+from gateway.inspect.snapshot import DEFAULT_WAIT_S, buffer_stats, parse_duration, render_stats
 from gateway.schema import State
 from gateway.service import GatewayService
 from protocol import DEFAULT_MAX_BYTES

@@ -13,9 +13,9 @@ import pytest
 
 from gateway._exceptions import BufferLocked, StoreError
 from gateway.buffer import Buffer, lock_path
-from gateway.inspect_check import check
-from gateway.inspect_pages import leaf_records, open_pages, page_records
-from gateway.recover import LAYOUTS, recover
+from gateway.inspect.check import check
+from gateway.inspect.pages import leaf_records, open_pages, page_records
+from gateway.inspect.recover import LAYOUTS, recover
 from gateway.schema import State
 from protocol import Election, Registry
 from tests.gateway.buffer_support import (

@@ -1,6 +1,6 @@
 """Reading rows of a buffer: ``ls``, ``show``, ``quarantine`` and ``export`` (all read-only).
 
-Each runs in one read snapshot (:func:`gateway.inspect.snapshot`), except ``export``, which
+Each runs in one read snapshot (:func:`gateway.inspect.snapshot.snapshot`), except ``export``, which
 streams in chunks of :data:`EXPORT_CHUNK` rows, each chunk its own short snapshot, so that a
 slow consumer never pins the gateway's write-ahead log and memory stays bounded; a row's
 state is the one it had when its chunk was read.
@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from gateway._exceptions import ConfigError, NoSuchBatch, StoreError
-from gateway.inspect import DEFAULT_WAIT_S, Snapshot, iso, snapshot
+from gateway.inspect.snapshot import DEFAULT_WAIT_S, Snapshot, iso, snapshot
 from gateway.schema import EventKind, State
 from protocol import (
     DEFAULT_MAX_BYTES,

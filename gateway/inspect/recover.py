@@ -1,7 +1,7 @@
 """``buffer recover``: salvage every readable row of a damaged buffer into a new file.
 
 The source is never written: it is read through a read-only SQLite connection and, where
-SQLite cannot reach rows, page by page (:mod:`gateway.inspect_pages`); while it runs, a
+SQLite cannot reach rows, page by page (:mod:`gateway.inspect.pages`); while it runs, a
 shared ``flock`` on ``<buffer>.lock`` keeps a gateway from starting on the source (and a
 running gateway makes it refuse). The new file is built at ``<out>.part`` with the current
 schema and renamed to ``<out>`` only when complete.
@@ -39,8 +39,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from gateway._exceptions import BufferLocked, CorruptBuffer, ForeignFile, StoreError
 from gateway.buffer import Buffer, lock_path
 from gateway.ingress import classify
-from gateway.inspect_pages import leaf_records, open_pages
-from gateway.inspect_rows import load_keys
+from gateway.inspect.pages import leaf_records, open_pages
+from gateway.inspect.rows import load_keys
 from gateway.schema import EventKind, FileKind, State, messages, readonly_engine, recognise
 from protocol import DEFAULT_MAX_BYTES, ProtocolError, Registry, body_hash, parse_envelope
 

@@ -24,8 +24,8 @@ from sqlalchemy import Connection
 from gateway._exceptions import ConfigError
 from gateway.buffer import record_purge
 from gateway.ingress import classify
-from gateway.inspect import DEFAULT_WAIT_S, snapshot, write_transaction, writer
-from gateway.inspect_rows import load_keys
+from gateway.inspect.rows import load_keys
+from gateway.inspect.snapshot import DEFAULT_WAIT_S, snapshot, write_transaction, writer
 from gateway.schema import EventKind, State
 from protocol import DEFAULT_MAX_BYTES, Registry
 

@@ -11,8 +11,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from gateway.inspect_check import CheckReport
-from gateway.recover import RecoverReport
+from gateway.inspect.check import CheckReport
+from gateway.inspect.recover import RecoverReport
 
 
 def _cell(value: Any) -> str:
