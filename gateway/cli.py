@@ -12,7 +12,8 @@ import typer
 from rich.console import Console
 
 from gateway._exceptions import ConfigError, GatewayError
-from gateway.buffer import DEFAULT_RETENTION_S
+from gateway.buffer.schema import State
+from gateway.buffer.store import DEFAULT_RETENTION_S
 from gateway.config import (
     DEFAULT_BUNDLE_MAX,
     DEFAULT_KEEPALIVE_S,
@@ -36,7 +37,6 @@ from gateway.inspect.render import (
 )
 from gateway.inspect.rows import ListQuery, export_to, list_rows, quarantine_summary, show_row
 from gateway.inspect.snapshot import DEFAULT_WAIT_S, buffer_stats, parse_duration, render_stats
-from gateway.schema import State
 from gateway.service import GatewayService
 from protocol import DEFAULT_MAX_BYTES
 

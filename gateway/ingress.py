@@ -16,7 +16,7 @@ because its client was replaced or intake closed is left unacknowledged for the 
 redeliver.
 
 Backpressure (``--max-buffer-batches``/``--max-buffer-bytes``, and a full disk; see
-gateway/backpressure.py): the writer stops taking, committing and acknowledging. Since
+gateway/buffer/backpressure.py): the writer stops taking, committing and acknowledging. Since
 nothing is acknowledged, the broker stops sending after its in-flight limit, the queue
 never fills, and the network thread stays free for keepalives; the rest waits in the
 session's queue on the broker and on the devices.
@@ -44,11 +44,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from gateway import faults
-from gateway.backpressure import HOLD_POLL_S, UNLIMITED, DiskHold, Quota, Room
-from gateway.buffer import Buffer, NewMessage
+from gateway.buffer.backpressure import HOLD_POLL_S, UNLIMITED, DiskHold, Quota, Room
+from gateway.buffer.schema import State
+from gateway.buffer.store import Buffer, NewMessage
 from gateway.config import GatewayConfig
 from gateway.links import OFFLINE, ONLINE, new_client, publish_status, set_offline_will
-from gateway.schema import State
 from protocol import (
     BATCH_FILTER,
     BadTopic,
@@ -366,7 +366,7 @@ class Ingress:
         they use the second core). Groups are committed in the order they were received, so
         each device's batches keep their order in the buffer.
 
-        Backpressure (gateway/backpressure.py): each group is sized to the room the quota
+        Backpressure (gateway/buffer/backpressure.py): each group is sized to the room the quota
         leaves, counting the group still being verified. While the buffer is full, or the
         disk is, the writer takes, commits and acknowledges nothing, so batches wait on the
         edge broker. A stop request during such a hold returns at once; whatever is held

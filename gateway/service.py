@@ -28,12 +28,12 @@ import orjson
 
 from gateway import faults
 from gateway._exceptions import ConfigError, ServiceFailed
-from gateway.backpressure import RESUME_RATIO
-from gateway.buffer import Buffer
+from gateway.buffer.backpressure import RESUME_RATIO
+from gateway.buffer.schema import State
+from gateway.buffer.store import Buffer
 from gateway.config import GatewayConfig
 from gateway.ingress import Ingress
 from gateway.links import Backoff, is_connected
-from gateway.schema import State
 from gateway.status import StatusReporter
 from gateway.uplink import Uplink
 from protocol import ProtocolError, Registry, gateway_status_topic

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from gateway._exceptions import StoreError
-from gateway.buffer import Buffer
-from gateway.schema import State
+from gateway.buffer.schema import State
+from gateway.buffer.store import Buffer
 from protocol.election import format_timestamp
 from protocol.gateway_status import DOWN, OFFLINE, ONLINE, UP, GatewayStatus, Rates
 

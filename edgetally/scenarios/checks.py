@@ -63,8 +63,8 @@ from cloud.db import make_engine
 from cloud.results.results import Results, load_results, read_snapshot
 from edgetally.verdict import Check
 from gateway._exceptions import GatewayError
+from gateway.buffer.schema import State
 from gateway.inspect.snapshot import buffer_stats, snapshot
-from gateway.schema import State
 from protocol import ProtocolError, Registry, sha256_hex
 
 LEDGER = "every accepted batch in the ledger exactly once"

@@ -22,11 +22,11 @@ from typing import Any
 from sqlalchemy import Connection
 
 from gateway._exceptions import ConfigError
-from gateway.buffer import record_purge
+from gateway.buffer.schema import EventKind, State
+from gateway.buffer.store import record_purge
 from gateway.ingress import classify
 from gateway.inspect.rows import load_keys
 from gateway.inspect.snapshot import DEFAULT_WAIT_S, snapshot, write_transaction, writer
-from gateway.schema import EventKind, State
 from protocol import DEFAULT_MAX_BYTES, Registry
 
 CHUNK = 500

@@ -20,8 +20,8 @@ from typing import Any
 import orjson
 
 from gateway._exceptions import ConfigError, NoSuchBatch, StoreError
+from gateway.buffer.schema import EventKind, State
 from gateway.inspect.snapshot import DEFAULT_WAIT_S, Snapshot, iso, snapshot
-from gateway.schema import EventKind, State
 from protocol import (
     DEFAULT_MAX_BYTES,
     ProtocolError,

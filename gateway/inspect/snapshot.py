@@ -30,8 +30,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from gateway._exceptions import ForeignFile
-from gateway.buffer import Usage
-from gateway.schema import FileKind, State, head_revision, readonly_engine, recognise, translate
+from gateway.buffer.schema import (
+    FileKind,
+    State,
+    head_revision,
+    readonly_engine,
+    recognise,
+    translate,
+)
+from gateway.buffer.store import Usage
 
 DEFAULT_WAIT_S = 5.0  # how long a command waits for SQLite locks before "locked"
 

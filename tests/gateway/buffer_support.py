@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devices.generator import device_batches
-from gateway.buffer import Buffer, NewMessage
+from gateway.buffer.store import Buffer, NewMessage
 from gateway.ingress import classify
 from protocol import (
     DEFAULT_MAX_BYTES,

@@ -13,7 +13,7 @@ import pytest
 
 from devices.generator import device_batches
 from edgetally.brokers import BrokerProcess
-from gateway.buffer import Buffer
+from gateway.buffer.store import Buffer
 from protocol import (
     BATCH_FILTER,
     COMMAND_FILTER,

@@ -14,10 +14,10 @@ import pytest
 
 from devices.generator import device_batches
 from edgetally.brokers import BrokerProcess
-from gateway.buffer import Buffer
+from gateway.buffer.schema import State
+from gateway.buffer.store import Buffer
 from gateway.config import GatewayConfig
 from gateway.ingress import Ingress, classify
-from gateway.schema import State
 from protocol import (
     Election,
     Envelope,

@@ -17,10 +17,10 @@ import pytest
 
 from edgetally.brokers import BrokerProcess
 from gateway._exceptions import ConfigError
-from gateway.buffer import Buffer, NewMessage
+from gateway.buffer.schema import State
+from gateway.buffer.store import Buffer, NewMessage
 from gateway.config import GatewayConfig
 from gateway.links import OFFLINE, ONLINE, status_payload
-from gateway.schema import State
 from gateway.status import StatusReporter
 from protocol import Election, gateway_status_topic
 from protocol.gateway_status import GatewayStatus

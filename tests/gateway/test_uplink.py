@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from edgetally.brokers import BrokerProcess
-from gateway.buffer import Buffer, NewMessage
+from gateway.buffer.schema import State
+from gateway.buffer.store import Buffer, NewMessage
 from gateway.config import GatewayConfig
-from gateway.schema import State
 from gateway.uplink import Uplink
 from protocol import BATCH_FILTER, parse_broker_url
 from tests.gateway.support import Collector, publish_all

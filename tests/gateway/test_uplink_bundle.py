@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from edgetally.brokers import BrokerProcess
-from gateway.buffer import Buffer, NewMessage, OutboundMessage
+from gateway.buffer.schema import State
+from gateway.buffer.store import Buffer, NewMessage, OutboundMessage
 from gateway.config import GatewayConfig
-from gateway.schema import State
 from gateway.uplink import Uplink, pack
 from protocol import BATCH_FILTER, gateway_bundle_topic, parse_broker_url
 from protocol import bundle as bundles

@@ -17,10 +17,10 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway._exceptions import BufferMissing, ForeignFile
-from gateway.buffer import Buffer, NewMessage, Usage
+from gateway.buffer.schema import State
+from gateway.buffer.store import Buffer, NewMessage, Usage
 from gateway.cli import app
 from gateway.inspect.snapshot import buffer_stats, parse_duration
-from gateway.schema import State
 from protocol import Election, Registry, load_signing_key
 from tests.gateway.buffer_support import (
     Filled,

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from gateway._exceptions import BufferLocked, StoreError
-from gateway.buffer import Buffer, lock_path
+from gateway.buffer.schema import State
+from gateway.buffer.store import Buffer, lock_path
 from gateway.inspect.check import check
 from gateway.inspect.pages import leaf_records, open_pages, page_records
 from gateway.inspect.recover import LAYOUTS, recover
-from gateway.schema import State
 from protocol import Election, Registry
+from tests.gateway.buffer.test_store import batch
 from tests.gateway.buffer_support import (
     TABLE_LEAF,
     Filled,
@@ -29,7 +30,6 @@ from tests.gateway.buffer_support import (
     snapshot_dir,
     truncate_pages,
 )
-from tests.gateway.test_buffer import batch
 from tests.helpers import run_cli
 
 

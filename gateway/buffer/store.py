@@ -47,8 +47,7 @@ from sqlalchemy import URL, Connection, Engine, create_engine, event
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway._exceptions import BufferLocked, BufferMissing, DiskFull, StoreError
-from gateway.config import SyncMode
-from gateway.schema import (
+from gateway.buffer.schema import (
     APPLICATION_ID,
     BUSY_TIMEOUT_MS,
     MIGRATIONS,
@@ -60,6 +59,7 @@ from gateway.schema import (
     sqlite_code,
     translate,
 )
+from gateway.config import SyncMode
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig

@@ -17,7 +17,6 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from gateway import schema
 from gateway._exceptions import (
     BufferLocked,
     CorruptBuffer,
@@ -26,8 +25,9 @@ from gateway._exceptions import (
     SchemaTooNew,
     StoreError,
 )
-from gateway.buffer import Buffer, NewMessage, Usage
-from gateway.schema import APPLICATION_ID, MIGRATIONS, State, metadata
+from gateway.buffer import schema
+from gateway.buffer.schema import APPLICATION_ID, MIGRATIONS, State, metadata
+from gateway.buffer.store import Buffer, NewMessage, Usage
 from tests.gateway.buffer_support import (
     PAGE,
     TABLE_LEAF,

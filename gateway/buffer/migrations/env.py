@@ -1,6 +1,6 @@
 """Alembic environment for the gateway buffer.
 
-Run only programmatically (``gateway.buffer.migrate``): the caller passes an open SQLAlchemy
+Run only programmatically (``gateway.buffer.store.migrate``): the caller passes an open SQLAlchemy
 connection, already inside the transaction that also claims the file, in
 ``config.attributes["connection"]``. No logging configuration here: only edgetally/cli.py
 installs handlers.
@@ -11,11 +11,11 @@ from __future__ import annotations
 from alembic import context
 
 from gateway._exceptions import StoreError
-from gateway.schema import metadata
+from gateway.buffer.schema import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:
-    raise StoreError("the gateway buffer migrations run only through gateway.buffer.migrate()")
+    raise StoreError("the gateway buffer migrations run only through gateway.buffer.store.migrate()")
 
 context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
 with context.begin_transaction():

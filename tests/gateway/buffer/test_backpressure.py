@@ -24,11 +24,11 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edgetally.brokers import BrokerProcess, BrokerSettings, mosquitto_config
-from gateway.backpressure import RESUME_RATIO, Quota, Room
-from gateway.buffer import Buffer, NewMessage
+from gateway.buffer.backpressure import RESUME_RATIO, Quota, Room
+from gateway.buffer.schema import State
+from gateway.buffer.store import Buffer, NewMessage
 from gateway.config import BROKER_MAX_INFLIGHT, GatewayConfig
 from gateway.ingress import Ingress
-from gateway.schema import State
 from protocol import Election, Registry, parse_broker_url
 from tests.gateway.crash_support import Rig, Workload
 from tests.gateway.support import Sent, envelopes, publish_all
@@ -67,7 +67,7 @@ def test_quota_holds_at_the_limit_and_resumes_only_below_ninety_percent(
     assert quota.room() == Room(10, None)
     assert quota.room(reserved_batches=4) == Room(6, None)  # a group still being verified
     buffer.put_many([batch(seq) for seq in range(1, 11)])
-    with caplog.at_level(logging.WARNING, logger="gateway.backpressure"):
+    with caplog.at_level(logging.WARNING, logger="gateway.buffer.backpressure"):
         quota.refresh()
         assert quota.full and not quota.room().open
         deliver(buffer, 1)  # 9 live: at 90 %, not below it

@@ -2,7 +2,7 @@
 
 A buffer is one SQLite file (WAL mode) whose header carries ``PRAGMA application_id``
 :data:`APPLICATION_ID`. The tables are created and upgraded only by the Alembic migrations
-in ``gateway/migrations``; the tables below are what the code queries and must stay equal to
+in ``gateway/buffer/migrations``; the tables below are what the code queries and must stay equal to
 what the migrations build (a test compares them). The migrations also create the triggers
 that keep :data:`usage` exact (see ``0002_history_usage.py``).
 
