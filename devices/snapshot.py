@@ -27,7 +27,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from devices.fleet import Fleet
+    from devices.fleet.fleet import Fleet
 
 RATE_WINDOW_S = 5.0
 MAX_OBSERVATIONS = 256  # bound on the rate window's samples (ticks are 0.2 s apart: ~50 in 5 s)

@@ -54,7 +54,7 @@ from devices.tabulator import Tabulator
 from protocol import RejectReason, parse_body, parse_envelope, sha256_hex
 
 if TYPE_CHECKING:
-    from devices.fleet import Fleet
+    from devices.fleet.fleet import Fleet
 
 TRUTH_VERSION = 2
 STATEFUL = frozenset({RejectReason.CONFLICT, RejectReason.BROKEN_CHAIN, RejectReason.AFTER_FINAL})
@@ -82,10 +82,10 @@ def gap_rows(withheld: frozenset[int] | set[int]) -> list[dict[str, str]]:
 def device_truth(
     tab: Tabulator, behaviour: Behaviour | None, withheld: frozenset[int] = frozenset()
 ) -> dict[str, Any]:
-    """``withheld``: the seqs the device skips on their first publish (devices/fleet.py
+    """``withheld``: the seqs the device skips on their first publish (devices/fleet/fleet.py
     withheld_seqs). Only those below an accepted seq the device does publish the first time leave
     a gap the cloud sees (for lossy: all of them, never seq 1 nor the final)."""
-    from devices.fleet import last_seq
+    from devices.fleet.fleet import last_seq
 
     last = last_seq(tab, behaviour)
     own = [b for b in tab.batches if b.seq <= last]
@@ -169,7 +169,7 @@ def aggregate(devices: Mapping[str, Mapping[str, Any]], contests: Mapping[str, l
 
 
 def build_truth(fleet: Fleet) -> dict[str, Any]:
-    from devices.fleet import withheld_seqs
+    from devices.fleet.fleet import withheld_seqs
 
     election = fleet.registry.election
     behaviours = fleet.config.behaviours

@@ -1,0 +1,5 @@
+"""The fleet: many simulated tabulators, each with its own MQTT connection, in one asyncio loop.
+
+    fleet.py     Fleet: builds the tabulators (signing every batch up front), runs them, counts
+                 what they report and sums the run up
+"""
