@@ -2,4 +2,6 @@
 
     fleet.py     Fleet: builds the tabulators (signing every batch up front), runs them, counts
                  what they report and sums the run up
+    pacing.py    TokenBucket / RateLimiter (connects and publishes, fleet-wide) and Backoff
+                 (one device's reconnects, capped exponential with full jitter)
 """

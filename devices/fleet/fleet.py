@@ -32,6 +32,7 @@ from devices import behaviours as bh
 from devices._exceptions import ConnectionFailed, FleetError, StateError
 from devices.behaviours import Behaviour
 from devices.connection import ConnectOptions, KeepaliveWheel, MqttConnection, Will, connect
+from devices.fleet.pacing import Backoff, RateLimiter, TokenBucket
 from devices.snapshot import batch_counts
 from devices.state import StateStore
 from devices.tabulator import SignedBatch, Tabulator
@@ -199,50 +200,6 @@ def rss_kib() -> int:
     except OSError:
         pass
     return 0
-
-
-class TokenBucket:
-    """At most ``rate`` acquisitions per second, after a burst of ``burst`` (rate 0 = no limit).
-
-    Callers reserve the next free slot and sleep until it: waiting is FIFO and needs no task.
-    """
-
-    def __init__(self, rate: float, burst: int = 1) -> None:
-        self._interval = 1.0 / rate if rate > 0 else 0.0
-        self._burst = max(1, burst)
-        self._next = 0.0
-
-    async def acquire(self) -> None:
-        if not self._interval:
-            return
-        now = asyncio.get_running_loop().time()
-        at = max(self._next, now - (self._burst - 1) * self._interval)
-        self._next = at + self._interval
-        if at > now:
-            await asyncio.sleep(at - now)
-
-
-class RateLimiter(TokenBucket):
-    """Paces publishes fleet-wide: at most ``rate`` per second (0 = no pacing)."""
-
-    def __init__(self, rate: float) -> None:
-        super().__init__(rate, 1)
-
-
-class Backoff:
-    """Capped exponential backoff with full jitter: uniform(0, min(cap, first * 2**attempt))."""
-
-    def __init__(self, first: float, cap: float, rng: random.Random) -> None:
-        self.first, self.cap, self._rng = first, cap, rng
-        self._attempt = 0
-
-    def reset(self) -> None:
-        self._attempt = 0
-
-    def next(self) -> float:
-        ceiling = min(self.cap, self.first * (2 ** min(self._attempt, 30)))
-        self._attempt += 1
-        return self._rng.uniform(0, ceiling)
 
 
 def _status(device: str, state: str, seq: int) -> bytes:
