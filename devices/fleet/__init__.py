@@ -4,4 +4,5 @@
                  what they report and sums the run up
     pacing.py    TokenBucket / RateLimiter (connects and publishes, fleet-wide) and Backoff
                  (one device's reconnects, capped exponential with full jitter)
+    stats.py     FleetStats (counted while the fleet runs), FleetSummary (a run's result), rss_kib
 """
