@@ -20,7 +20,8 @@ from rich.table import Table
 from devices._exceptions import DeviceError
 from devices.behaviours import EMPTY, assign, load_profile, profile_from_specs
 from devices.election_file import load_election, sample_election_path
-from devices.fleet.fleet import Fleet, FleetConfig
+from devices.fleet.config import FleetConfig
+from devices.fleet.fleet import Fleet
 from devices.fleet.stats import FleetSummary
 from devices.generator import expected_totals
 from devices.live import LiveView

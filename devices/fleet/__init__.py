@@ -1,5 +1,7 @@
 """The fleet: many simulated tabulators, each with its own MQTT connection, in one asyncio loop.
 
+    config.py    FleetConfig (one run's settings); last_seq and withheld_seqs: what each device
+                 publishes of its own batches, decided before the first connection
     fleet.py     Fleet: builds the tabulators (signing every batch up front), runs them, counts
                  what they report and sums the run up
     pacing.py    TokenBucket / RateLimiter (connects and publishes, fleet-wide) and Backoff

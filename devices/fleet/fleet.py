@@ -21,10 +21,9 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 
 import orjson
 
@@ -32,13 +31,13 @@ from devices import behaviours as bh
 from devices._exceptions import ConnectionFailed, FleetError, StateError
 from devices.behaviours import Behaviour
 from devices.connection import ConnectOptions, KeepaliveWheel, MqttConnection, Will, connect
+from devices.fleet.config import FleetConfig, last_seq, withheld_seqs
 from devices.fleet.pacing import Backoff, RateLimiter, TokenBucket
 from devices.fleet.stats import FleetStats, FleetSummary, rss_kib
 from devices.snapshot import batch_counts
 from devices.state import StateStore
 from devices.tabulator import SignedBatch, Tabulator
 from protocol import (
-    BrokerAddress,
     ProtocolError,
     Receipt,
     Registry,
@@ -52,33 +51,6 @@ from protocol import (
 log = logging.getLogger(__name__)
 
 MAX_RATE_SAMPLES = 20_000  # progress samples kept for the steady-rate window (a bound, not a limit hit in practice)
-
-
-@dataclass(frozen=True)
-class FleetConfig:
-    broker: BrokerAddress
-    keys: Path
-    seed: int
-    batches_per_device: int = 5
-    rate: float = 0.0  # batches per second over the whole fleet; 0 = as fast as acks allow
-    confirm: bool = True
-    resend_after: float = 5.0  # seconds without receipt progress before resending
-    resend_cap: float = 60.0
-    timeout: float = 600.0
-    keepalive: int = 30
-    devices: tuple[str, ...] | None = None  # a subset; None = every device of the election
-    client_prefix: str = "edgetally-dev-"
-    connect_rate: float = 200.0  # new connections per second, fleet-wide (0 = unpaced)
-    connect_burst: int = 0  # token bucket size; 0 = a tenth of a second's worth
-    reconnect_min: float = 0.5  # first reconnect backoff ceiling (full jitter below it)
-    reconnect_max: float = 30.0  # backoff cap
-    connect_timeout: float = 10.0
-    hold: bool = False  # publish only once every device is connected; stay connected until all are done
-    behaviours: Mapping[str, Behaviour] = field(default_factory=dict)  # device -> misbehaviour (devices/behaviours.py)
-    # Tests only (no CLI flag): seqs every device skips on their first publish, as if lost on the
-    # way, so the cloud sees a gap and asks for them (repair requests). The lossy behaviour does
-    # the same per device (devices/behaviours.py lost_seqs); both go through withheld_seqs.
-    withhold_first: frozenset[int] = frozenset()
 
 
 def _status(device: str, state: str, seq: int) -> bytes:
@@ -422,25 +394,6 @@ def _consume(future: asyncio.Future[int]) -> None:
     """Retrieve a dropped publish's outcome (power loss): nobody waits for it any more."""
     if not future.cancelled():
         future.exception()
-
-
-def last_seq(tab: Tabulator, behaviour: Behaviour | None) -> int:
-    """The highest seq a device with ``behaviour`` publishes of its own batches."""
-    return tab.final_seq - 1 if behaviour is Behaviour.SILENT else tab.final_seq
-
-
-def withheld_seqs(
-    config: FleetConfig, tab: Tabulator, behaviour: Behaviour | None
-) -> frozenset[int]:
-    """The seqs whose first publish the device skips, as if lost on the way (it sends them again
-    on a repair request, a resend timeout or a reconnect): the lossy behaviour's
-    (:func:`devices.behaviours.lost_seqs`) and ``config.withhold_first`` (tests), within what the
-    device publishes. The fleet and the truth file (devices/truth.py) both read them from here."""
-    lost = set(config.withhold_first)
-    if behaviour is Behaviour.LOSSY:
-        lost |= bh.lost_seqs(config.seed, tab.device, tab.final_seq)
-    last = last_seq(tab, behaviour)
-    return frozenset(s for s in lost if 1 <= s <= last)
 
 
 def _compact(tab: Tabulator) -> None:
