@@ -44,18 +44,16 @@ import copy
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from devices import behaviours as bh
 from devices.behaviours import Behaviour
 from devices.fleet.config import last_seq, withheld_seqs
+from devices.fleet.fleet import Fleet
 from devices.tabulator import Tabulator
 from protocol import RejectReason, parse_body, parse_envelope, sha256_hex
-
-if TYPE_CHECKING:
-    from devices.fleet.fleet import Fleet
 
 TRUTH_VERSION = 2
 STATEFUL = frozenset({RejectReason.CONFLICT, RejectReason.BROKEN_CHAIN, RejectReason.AFTER_FINAL})
