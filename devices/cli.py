@@ -20,7 +20,9 @@ from rich.table import Table
 from devices._exceptions import DeviceError
 from devices.behaviours import EMPTY, assign, load_profile, profile_from_specs
 from devices.election_file import load_election, sample_election_path
-from devices.fleet import Fleet, FleetConfig, FleetSummary
+from devices.fleet.config import FleetConfig
+from devices.fleet.fleet import Fleet
+from devices.fleet.stats import FleetSummary
 from devices.generator import expected_totals
 from devices.live import LiveView
 from devices.metrics import MetricsServer, linger

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from devices._exceptions import FleetError
-from devices.fleet import FleetSummary
+from devices.fleet.stats import FleetSummary
 
 POLL_S = 0.25
 

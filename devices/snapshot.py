@@ -15,22 +15,38 @@ Batches: ``sent`` = distinct batches written to the broker at least once; ``acke
 batches the broker PUBACKed (or a receipt covered); ``receipted`` = distinct batches covered by
 a cloud receipt; ``pending`` = sent and not yet receipted (what device spools still hold).
 Rates are per second over the last ``window_s`` seconds of observations.
+
+A snapshot reads the fleet through :class:`FleetView` (its config, stats and tabulators), so
+this module depends on those types, not on the fleet that imports it (devices/fleet/fleet.py
+sums its run up with :func:`batch_counts`).
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from devices.fleet import Fleet
+from devices.fleet.config import FleetConfig
+from devices.fleet.stats import FleetStats
+from devices.tabulator import Tabulator
 
 RATE_WINDOW_S = 5.0
 MAX_OBSERVATIONS = 256  # bound on the rate window's samples (ticks are 0.2 s apart: ~50 in 5 s)
+
+
+class FleetView(Protocol):
+    """What a snapshot reads of a fleet (:class:`devices.fleet.fleet.Fleet` is one)."""
+
+    @property
+    def config(self) -> FleetConfig: ...
+    @property
+    def stats(self) -> FleetStats: ...
+    @property
+    def tabulators(self) -> Sequence[Tabulator]: ...
 
 
 @dataclass(frozen=True)
@@ -67,7 +83,7 @@ class BatchCounts:
     pending: int
 
 
-def batch_counts(fleet: Fleet) -> BatchCounts:
+def batch_counts(fleet: FleetView) -> BatchCounts:
     """One pass over the tabulators (about 2 ms for 10,000 devices)."""
     sent = acked = receipted = pending = 0
     for tab in fleet.tabulators:
@@ -87,7 +103,7 @@ class FleetMonitor:
         self._seen: deque[tuple[float, int, int, int]] = deque(maxlen=MAX_OBSERVATIONS)
         self.latest: FleetSnapshot | None = None
 
-    def observe(self, fleet: Fleet) -> FleetSnapshot:
+    def observe(self, fleet: FleetView) -> FleetSnapshot:
         """Snapshot ``fleet`` now (call from the fleet's loop); also stored as ``latest``."""
         now = time.monotonic()
         stats = fleet.stats

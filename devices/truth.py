@@ -44,17 +44,16 @@ import copy
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from devices import behaviours as bh
 from devices.behaviours import Behaviour
+from devices.fleet.config import last_seq, withheld_seqs
+from devices.fleet.fleet import Fleet
 from devices.tabulator import Tabulator
 from protocol import RejectReason, parse_body, parse_envelope, sha256_hex
-
-if TYPE_CHECKING:
-    from devices.fleet import Fleet
 
 TRUTH_VERSION = 2
 STATEFUL = frozenset({RejectReason.CONFLICT, RejectReason.BROKEN_CHAIN, RejectReason.AFTER_FINAL})
@@ -82,11 +81,9 @@ def gap_rows(withheld: frozenset[int] | set[int]) -> list[dict[str, str]]:
 def device_truth(
     tab: Tabulator, behaviour: Behaviour | None, withheld: frozenset[int] = frozenset()
 ) -> dict[str, Any]:
-    """``withheld``: the seqs the device skips on their first publish (devices/fleet.py
+    """``withheld``: the seqs the device skips on their first publish (devices/fleet/config.py
     withheld_seqs). Only those below an accepted seq the device does publish the first time leave
     a gap the cloud sees (for lossy: all of them, never seq 1 nor the final)."""
-    from devices.fleet import last_seq
-
     last = last_seq(tab, behaviour)
     own = [b for b in tab.batches if b.seq <= last]
     accept: list[dict[str, Any]] = []
@@ -169,8 +166,6 @@ def aggregate(devices: Mapping[str, Mapping[str, Any]], contests: Mapping[str, l
 
 
 def build_truth(fleet: Fleet) -> dict[str, Any]:
-    from devices.fleet import withheld_seqs
-
     election = fleet.registry.election
     behaviours = fleet.config.behaviours
     devices: dict[str, dict[str, Any]] = {}

@@ -19,7 +19,8 @@ from devices.behaviours import (
     tampered,
     wrong_key,
 )
-from devices.fleet import Fleet, FleetConfig, withheld_seqs
+from devices.fleet.config import FleetConfig, withheld_seqs
+from devices.fleet.fleet import Fleet
 from devices.shards import pick
 from devices.truth import build_truth, gap_rows, load_truth, write_truth
 from protocol import BrokerAddress, Registry, RejectReason, verify

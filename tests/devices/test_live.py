@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from devices.fleet import Fleet, FleetConfig
+from devices.fleet.config import FleetConfig
+from devices.fleet.fleet import Fleet
 from devices.live import LiveView, render
 from devices.snapshot import FleetMonitor, FleetSnapshot
 from edgetally.brokers import BrokerProcess

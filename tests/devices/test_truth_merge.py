@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from devices.behaviours import assign, profile_from_specs
-from devices.fleet import Fleet, FleetConfig
+from devices.fleet.config import FleetConfig
+from devices.fleet.fleet import Fleet
 from devices.shards import pick
 from devices.truth import build_truth, merge_truths
 from protocol import BrokerAddress, Registry

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from devices.fleet import Fleet, FleetConfig
+from devices.fleet.config import FleetConfig
+from devices.fleet.fleet import Fleet
 from devices.generator import expected_totals
 from edgetally.brokers import BrokerProcess
 from protocol import Registry, parse_broker_url

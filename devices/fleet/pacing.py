@@ -1,0 +1,55 @@
+"""Pacing for the fleet: how often a device may connect, publish, or try again.
+
+:class:`TokenBucket` paces new connections fleet-wide (reconnects go through it too) and, as
+:class:`RateLimiter`, publishes; :class:`Backoff` spaces one device's reconnect attempts (capped
+exponential, full jitter) so a broker restart is not met by a thundering herd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+
+class TokenBucket:
+    """At most ``rate`` acquisitions per second, after a burst of ``burst`` (rate 0 = no limit).
+
+    Callers reserve the next free slot and sleep until it: waiting is FIFO and needs no task.
+    """
+
+    def __init__(self, rate: float, burst: int = 1) -> None:
+        self._interval = 1.0 / rate if rate > 0 else 0.0
+        self._burst = max(1, burst)
+        self._next = 0.0
+
+    async def acquire(self) -> None:
+        if not self._interval:
+            return
+        now = asyncio.get_running_loop().time()
+        at = max(self._next, now - (self._burst - 1) * self._interval)
+        self._next = at + self._interval
+        if at > now:
+            await asyncio.sleep(at - now)
+
+
+class RateLimiter(TokenBucket):
+    """Paces publishes fleet-wide: at most ``rate`` per second (0 = no pacing)."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__(rate, 1)
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter: uniform(0, min(cap, first * 2**attempt))."""
+
+    def __init__(self, first: float, cap: float, rng: random.Random) -> None:
+        self.first, self.cap, self._rng = first, cap, rng
+        self._attempt = 0
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+    def next(self) -> float:
+        ceiling = min(self.cap, self.first * (2 ** min(self._attempt, 30)))
+        self._attempt += 1
+        return self._rng.uniform(0, ceiling)
