@@ -3,7 +3,8 @@
     config.py      GatewayConfig, the one frozen configuration value
     buffer/        the SQLite (WAL) buffer: schema, store (put_many / fetch_pack / confirm /
                    release, retention purge, usage), backpressure quota, migrations
-    ingress.py     edge link (manual acks), bounded queue, group-commit writer
+    verify.py      classify: where a batch is verified (a pending row, or quarantined with its reason)
+    ingress.py     edge link (manual acks), bounded queue, group-commit writer; acks after commit
     uplink.py      cloud link: QoS 1 window, bundles, delivered on PUBACK, keepalive;
                    receipts relayed down; purge of expired delivered rows
     links.py       paho client construction, link status messages and wills, backoff

@@ -3,7 +3,7 @@
 paho-mqtt directly (aiomqtt has no manual acknowledgement). The edge client has a persistent
 session (``clean_session=False``) and ``manual_ack=True``: nothing is acknowledged on receipt.
 ``on_message`` only puts the message on a bounded queue; the writer thread takes up to
-``group_max`` queued messages, verifies each, stores the group in ONE buffer transaction
+``group_max`` queued messages, verifies each (gateway/verify.py), stores the group in ONE buffer transaction
 (verified ones pending, rejected ones quarantined with their reason), and only after that
 commit acknowledges each message to the edge broker. A crash before the acknowledgement
 loses nothing: the broker redelivers what was not acknowledged.
@@ -28,6 +28,11 @@ Packet ids belong to one connection. Every connect, disconnect and client replac
 ``generation`` (under a lock also held while acknowledging); a committed message from an
 older generation is not acknowledged (its id may name another message now), and the broker's
 redelivery of it is de-duplicated by the buffer.
+
+Where a batch is acknowledged: :meth:`Ingress.write_group` (commit, then ``_ack``). The module
+stays whole (some 450 lines): the edge connection, the queue, the writer and the ack share one
+lock and one connection generation, and the ack-after-commit rule is easiest to check when
+they are read together.
 """
 
 from __future__ import annotations
@@ -49,18 +54,8 @@ from gateway.buffer.schema import State
 from gateway.buffer.store import Buffer, NewMessage
 from gateway.config import GatewayConfig
 from gateway.links import OFFLINE, ONLINE, new_client, publish_status, set_offline_will
-from protocol import (
-    BATCH_FILTER,
-    BadTopic,
-    DeviceTopicKind,
-    ProtocolError,
-    Registry,
-    body_hash,
-    parse_batch_topic,
-    parse_body,
-    parse_envelope,
-    verify,
-)
+from gateway.verify import classify
+from protocol import BATCH_FILTER, DeviceTopicKind, Registry
 
 log = logging.getLogger(__name__)
 
@@ -94,68 +89,6 @@ class _Taken:
         """Batches and bytes it will add to the buffer (at most), for the quota."""
         return len(self.group), sum(len(item.payload) for item in self.group)
 
-
-
-def classify(
-    topic: str, payload: bytes, received_at: float, registry: Registry, max_bytes: int
-) -> NewMessage:
-    """Verify one message: a pending row if it is a good batch, else a quarantined one."""
-    try:
-        where = parse_batch_topic(topic)
-    except BadTopic as err:
-        return NewMessage(
-            topic=topic,
-            payload=payload,
-            state=State.QUARANTINED,
-            received_at=received_at,
-            reason=err.reason.value,
-            detail=str(err),
-        )
-    try:
-        batch = verify(
-            payload,
-            registry,
-            max_bytes=max_bytes,
-            topic_device=where.device,
-            topic_election=where.election,
-        )
-    except ProtocolError as err:
-        seq, digest = _best_effort_identity(payload, max_bytes)
-        return NewMessage(
-            topic=topic,
-            payload=payload,
-            state=State.QUARANTINED,
-            received_at=received_at,
-            election=where.election,
-            device=where.device,
-            seq=seq,
-            body_hash=digest,
-            reason=err.reason.value,
-            detail=str(err),
-        )
-    return NewMessage(
-        topic=topic,
-        payload=payload,
-        state=State.PENDING,
-        received_at=received_at,
-        election=batch.body.election,
-        device=batch.body.device,
-        seq=batch.body.seq,
-        body_hash=batch.body_hash,
-    )
-
-
-def _best_effort_identity(payload: bytes, max_bytes: int) -> tuple[int | None, str | None]:
-    """The seq and body hash of a rejected message, where its structure allows, for inspection."""
-    try:
-        envelope = parse_envelope(payload, max_bytes=max_bytes)
-    except ProtocolError:
-        return None, None
-    digest = body_hash(envelope.body)
-    try:
-        return parse_body(envelope.body).seq, digest
-    except ProtocolError:
-        return None, digest
 
 
 class Ingress:

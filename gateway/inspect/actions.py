@@ -24,9 +24,9 @@ from sqlalchemy import Connection
 from gateway._exceptions import ConfigError
 from gateway.buffer.schema import EventKind, State
 from gateway.buffer.store import record_purge
-from gateway.ingress import classify
 from gateway.inspect.rows import load_keys
 from gateway.inspect.snapshot import DEFAULT_WAIT_S, snapshot, write_transaction, writer
+from gateway.verify import classify
 from protocol import DEFAULT_MAX_BYTES, Registry
 
 CHUNK = 500

@@ -39,9 +39,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from gateway._exceptions import BufferLocked, CorruptBuffer, ForeignFile, StoreError
 from gateway.buffer.schema import EventKind, FileKind, State, messages, readonly_engine, recognise
 from gateway.buffer.store import Buffer, lock_path
-from gateway.ingress import classify
 from gateway.inspect.pages import leaf_records, open_pages
 from gateway.inspect.rows import load_keys
+from gateway.verify import classify
 from protocol import DEFAULT_MAX_BYTES, ProtocolError, Registry, body_hash, parse_envelope
 
 log = logging.getLogger(__name__)

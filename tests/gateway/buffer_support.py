@@ -14,7 +14,7 @@ from pathlib import Path
 
 from devices.generator import device_batches
 from gateway.buffer.store import Buffer, NewMessage
-from gateway.ingress import classify
+from gateway.verify import classify
 from protocol import (
     DEFAULT_MAX_BYTES,
     DeviceEntry,
