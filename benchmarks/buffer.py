@@ -72,8 +72,9 @@ def _drain_some(buffer: Any, limit: int) -> int:
 def measure(workload: str, rows: int, sync: str) -> tuple[float, float]:
     """Rows per second of wall-clock and of CPU time for ``workload``, with whichever
     ``gateway`` package is importable."""
+    from gateway.buffer.rows import NewMessage
     from gateway.buffer.schema import State
-    from gateway.buffer.store import Buffer, NewMessage
+    from gateway.buffer.store import Buffer
     from gateway.config import SyncMode
 
     groups = [_messages(NewMessage, State.PENDING, s, GROUP) for s in range(0, rows, GROUP)]

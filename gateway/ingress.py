@@ -50,8 +50,9 @@ import paho.mqtt.client as mqtt
 
 from gateway import faults
 from gateway.buffer.backpressure import HOLD_POLL_S, UNLIMITED, DiskHold, Quota, Room
+from gateway.buffer.rows import NewMessage
 from gateway.buffer.schema import State
-from gateway.buffer.store import Buffer, NewMessage
+from gateway.buffer.store import Buffer
 from gateway.config import GatewayConfig
 from gateway.links import OFFLINE, ONLINE, new_client, publish_status, set_offline_will
 from gateway.verify import classify

@@ -55,7 +55,8 @@ import paho.mqtt.client as mqtt
 from gateway import faults
 from gateway._exceptions import DiskFull
 from gateway.buffer.backpressure import DISK_RETRY_INITIAL_S, DISK_RETRY_MAX_S
-from gateway.buffer.store import PURGE_LIMIT, Buffer, OutboundMessage
+from gateway.buffer.rows import OutboundMessage
+from gateway.buffer.store import PURGE_LIMIT, Buffer
 from gateway.config import GatewayConfig
 from gateway.links import OFFLINE, ONLINE, Backoff, new_client, publish_status, set_offline_will
 from gateway.status import CLOUD

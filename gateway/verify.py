@@ -12,8 +12,8 @@ re-verify stored rows with it.
 
 from __future__ import annotations
 
+from gateway.buffer.rows import NewMessage
 from gateway.buffer.schema import State
-from gateway.buffer.store import NewMessage
 from protocol import (
     BadTopic,
     ProtocolError,

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway._exceptions import DiskFull
-from gateway.buffer.store import Buffer, NewMessage, PutResult
+from gateway.buffer.rows import NewMessage, PutResult
+from gateway.buffer.store import Buffer
 from gateway.links import Backoff
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ DISK_RETRY_MAX_S = 2.0  # doubling (with jitter) up to this
 
 
 class LiveUsage(Protocol):
-    """What the quota reads of ``gateway.buffer.store.Usage``."""
+    """What the quota reads of ``gateway.buffer.rows.Usage``."""
 
     @property
     def live_batches(self) -> int: ...

@@ -24,33 +24,31 @@ may have lost it); the cloud ledger de-duplicates.
 A write that finds no room (SQLITE_FULL, ENOSPC, SQLITE_IOERR) raises :class:`DiskFull`
 after rolling the whole transaction back; ``put_many`` first tries once more after purging
 delivered rows early.
+
+Opening the file (engine, lock, migrations) is in gateway/buffer/file.py, the row values in
+gateway/buffer/rows.py. This module stays whole (some 470 lines): it is the storage contract,
+one class whose every write follows the same transaction and state rules.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.util.exc import CommandError
-from sqlalchemy import URL, Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway._exceptions import BufferLocked, BufferMissing, DiskFull, StoreError
+from gateway._exceptions import BufferMissing, DiskFull, StoreError
+from gateway.buffer.file import acquire_lock, make_engine, migrate, prepare_file
+from gateway.buffer.rows import NewMessage, OutboundMessage, PutResult, QuarantinedMessage, Usage
 from gateway.buffer.schema import (
-    APPLICATION_ID,
-    BUSY_TIMEOUT_MS,
-    MIGRATIONS,
     SQLITE_IOERR,
     EventKind,
     FileKind,
@@ -100,77 +98,6 @@ _OLDEST_OUTBOUND = (
     " SELECT min(id) AS m FROM messages WHERE state = 'pending'"
     " UNION ALL SELECT min(id) FROM messages WHERE state = 'inflight'))"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class NewMessage:
-    """Something that arrived on the edge broker, verified (pending) or rejected (quarantined)."""
-
-    topic: str
-    payload: bytes
-    state: State
-    received_at: float
-    election: str | None = None
-    device: str | None = None
-    seq: int | None = None
-    body_hash: str | None = None
-    reason: str | None = None
-    detail: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class OutboundMessage:
-    """A row handed to the uplink by :meth:`Buffer.fetch_pack`."""
-
-    id: int
-    topic: str
-    payload: bytes
-    device: str | None
-    seq: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class QuarantinedMessage:
-    id: int
-    topic: str
-    payload: bytes
-    election: str | None
-    device: str | None
-    seq: int | None
-    reason: str | None
-    detail: str | None
-    received_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class PutResult:
-    stored: int
-    duplicates: int
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """What the buffer holds. live = pending + in flight + quarantined (the quota counts these)."""
-
-    live_batches: int
-    live_bytes: int
-    delivered_batches: int
-    delivered_bytes: int
-
-
-def lock_path(path: Path) -> Path:
-    return path.with_name(path.name + ".lock")
-
-
-def migrate(connection: Connection, path: Path) -> None:
-    """Bring the schema to the newest revision, inside the caller's transaction."""
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
-    config.attributes["connection"] = connection
-    try:
-        command.upgrade(config, "head")
-    except CommandError as exc:
-        raise StoreError(f"buffer {path}: migration failed: {exc}") from exc
 
 
 class Buffer:
@@ -231,13 +158,13 @@ class Buffer:
                     f"cannot create the directory of buffer {self.path}: {exc.strerror}"
                 ) from exc
         with ExitStack() as undo:  # on any failure: dispose the engine, drop the lock
-            self._lock = _acquire_lock(self.path)
+            self._lock = acquire_lock(self.path)
             undo.callback(self._release_lock)
-            engine = self._make_engine()
+            engine = make_engine(self.path, self.sync, self.max_page_count)
             undo.callback(engine.dispose)
             self._engine = engine
             undo.callback(setattr, self, "_engine", None)
-            _prepare_file(engine, self.path, new=kind is not FileKind.BUFFER)
+            prepare_file(engine, self.path, new=kind is not FileKind.BUFFER)
             with self._transaction("migration") as conn:
                 migrate(conn, self.path)
                 self._record_settings(conn)
@@ -448,30 +375,6 @@ class Buffer:
         ]
 
     # -- internals --------------------------------------------------------------------
-    def _make_engine(self) -> Engine:
-        engine = create_engine(
-            URL.create("sqlite+pysqlite", database=str(self.path)),
-            connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
-        )
-        pragmas = [f"busy_timeout = {BUSY_TIMEOUT_MS}", f"synchronous = {self.sync.value.upper()}"]
-        if self.max_page_count is not None:
-            pragmas.append(f"max_page_count = {int(self.max_page_count)}")
-
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-            # SQLAlchemy, not the sqlite3 module, decides where transactions begin.
-            dbapi_connection.isolation_level = None
-            cursor = dbapi_connection.cursor()
-            for pragma in pragmas:
-                cursor.execute(f"PRAGMA {pragma}")
-            cursor.close()
-
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
-
     def _require_engine(self) -> Engine:
         if self._engine is None:
             raise StoreError(f"buffer {self.path} is not open")
@@ -549,47 +452,6 @@ def _record_rows(
     )
 
 
-def _prepare_file(engine: Engine, path: Path, *, new: bool) -> None:
-    """Mark a new file as a gateway buffer (before WAL, so the mark is in the main file)."""
-    try:
-        raw = engine.raw_connection()
-        try:
-            cursor = raw.cursor()
-            if new:
-                cursor.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            cursor.close()
-        finally:
-            raw.close()
-    except (SQLAlchemyError, sqlite3.Error) as exc:
-        raise translate(exc, path, "open") from exc
-    if str(mode).lower() != "wal":
-        raise StoreError(f"buffer {path}: SQLite refused WAL mode (journal_mode is {mode})")
-
-
-def _acquire_lock(path: Path) -> IO[bytes]:
-    """Hold an exclusive flock on ``<buffer>.lock`` (which records the holder's pid)."""
-    file = lock_path(path)
-    try:
-        handle = open(file, "a+b")  # noqa: SIM115 - kept open while the buffer is open
-    except OSError as exc:
-        raise StoreError(f"cannot open the lock file {file}: {exc.strerror}") from exc
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        handle.truncate(0)
-        handle.write(f"{os.getpid()}\n".encode())
-        handle.flush()
-    except BlockingIOError as exc:
-        handle.seek(0)
-        holder = handle.read(32).decode("ascii", "replace").strip() or "unknown"
-        handle.close()
-        raise BufferLocked(f"buffer {path} is in use by another gateway (pid {holder})") from exc
-    except OSError as exc:
-        handle.close()
-        raise StoreError(f"cannot lock buffer {path}: {exc.strerror}") from exc
-    return handle
-
-
 def _marks(chunk: Sequence[Any]) -> str:
     return ", ".join("?" * len(chunk))
 
@@ -604,10 +466,4 @@ __all__ = [
     "PURGE_LIMIT",
     "Buffer",
     "DiskFull",
-    "NewMessage",
-    "OutboundMessage",
-    "PutResult",
-    "QuarantinedMessage",
-    "Usage",
-    "lock_path",
 ]

@@ -18,8 +18,8 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway._exceptions import CorruptBuffer, ForeignFile, SchemaTooNew
+from gateway.buffer.rows import Usage
 from gateway.buffer.schema import FileKind, State, head_revision, readonly_engine, recognise
-from gateway.buffer.store import Usage
 from gateway.inspect.recover import UNBOUNDED, Scan, payload_problem, sql_rows
 from gateway.inspect.rows import load_keys
 from protocol import DEFAULT_MAX_BYTES, Registry

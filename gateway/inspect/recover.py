@@ -37,8 +37,9 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway._exceptions import BufferLocked, CorruptBuffer, ForeignFile, StoreError
+from gateway.buffer.file import lock_path
 from gateway.buffer.schema import EventKind, FileKind, State, messages, readonly_engine, recognise
-from gateway.buffer.store import Buffer, lock_path
+from gateway.buffer.store import Buffer
 from gateway.inspect.pages import leaf_records, open_pages
 from gateway.inspect.rows import load_keys
 from gateway.verify import classify

@@ -30,6 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from gateway._exceptions import ForeignFile
+from gateway.buffer.rows import Usage
 from gateway.buffer.schema import (
     FileKind,
     State,
@@ -38,7 +39,6 @@ from gateway.buffer.schema import (
     recognise,
     translate,
 )
-from gateway.buffer.store import Usage
 
 DEFAULT_WAIT_S = 5.0  # how long a command waits for SQLite locks before "locked"
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devices.generator import device_batches
-from gateway.buffer.store import Buffer, NewMessage
+from gateway.buffer.rows import NewMessage
+from gateway.buffer.store import Buffer
 from gateway.verify import classify
 from protocol import (
     DEFAULT_MAX_BYTES,

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gateway.buffer.rows import NewMessage
 from gateway.buffer.schema import State
-from gateway.buffer.store import Buffer, NewMessage
+from gateway.buffer.store import Buffer
 from tests.gateway.buffer_support import messages_root, overwrite_page, snapshot_dir
 from tests.helpers import run_cli
 

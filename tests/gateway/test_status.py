@@ -17,8 +17,9 @@ import pytest
 
 from edgetally.brokers import BrokerProcess
 from gateway._exceptions import ConfigError
+from gateway.buffer.rows import NewMessage
 from gateway.buffer.schema import State
-from gateway.buffer.store import Buffer, NewMessage
+from gateway.buffer.store import Buffer
 from gateway.config import GatewayConfig
 from gateway.links import OFFLINE, ONLINE, status_payload
 from gateway.status import StatusReporter

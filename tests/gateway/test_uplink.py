@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from edgetally.brokers import BrokerProcess
+from gateway.buffer.rows import NewMessage
 from gateway.buffer.schema import State
-from gateway.buffer.store import Buffer, NewMessage
+from gateway.buffer.store import Buffer
 from gateway.config import GatewayConfig
 from gateway.uplink import Uplink
 from protocol import BATCH_FILTER, parse_broker_url

@@ -1,6 +1,6 @@
 """Alembic environment for the gateway buffer.
 
-Run only programmatically (``gateway.buffer.store.migrate``): the caller passes an open SQLAlchemy
+Run only programmatically (``gateway.buffer.file.migrate``): the caller passes an open SQLAlchemy
 connection, already inside the transaction that also claims the file, in
 ``config.attributes["connection"]``. No logging configuration here: only edgetally/cli.py
 installs handlers.
@@ -15,7 +15,7 @@ from gateway.buffer.schema import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:
-    raise StoreError("the gateway buffer migrations run only through gateway.buffer.store.migrate()")
+    raise StoreError("the gateway buffer migrations run only through gateway.buffer.file.migrate()")
 
 context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
 with context.begin_transaction():

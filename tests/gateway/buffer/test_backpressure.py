@@ -25,8 +25,9 @@ import pytest
 
 from edgetally.brokers import BrokerProcess, BrokerSettings, mosquitto_config
 from gateway.buffer.backpressure import RESUME_RATIO, Quota, Room
+from gateway.buffer.rows import NewMessage
 from gateway.buffer.schema import State
-from gateway.buffer.store import Buffer, NewMessage
+from gateway.buffer.store import Buffer
 from gateway.config import BROKER_MAX_INFLIGHT, GatewayConfig
 from gateway.ingress import Ingress
 from protocol import Election, Registry, parse_broker_url

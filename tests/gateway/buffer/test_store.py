@@ -26,8 +26,9 @@ from gateway._exceptions import (
     StoreError,
 )
 from gateway.buffer import schema
+from gateway.buffer.rows import NewMessage, Usage
 from gateway.buffer.schema import APPLICATION_ID, MIGRATIONS, State, metadata
-from gateway.buffer.store import Buffer, NewMessage, Usage
+from gateway.buffer.store import Buffer
 from tests.gateway.buffer_support import (
     PAGE,
     TABLE_LEAF,

@@ -17,8 +17,9 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway._exceptions import BufferMissing, ForeignFile
+from gateway.buffer.rows import NewMessage, Usage
 from gateway.buffer.schema import State
-from gateway.buffer.store import Buffer, NewMessage, Usage
+from gateway.buffer.store import Buffer
 from gateway.cli import app
 from gateway.inspect.snapshot import buffer_stats, parse_duration
 from protocol import Election, Registry, load_signing_key

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from gateway._exceptions import BufferLocked, StoreError
+from gateway.buffer.file import lock_path
 from gateway.buffer.schema import State
-from gateway.buffer.store import Buffer, lock_path
+from gateway.buffer.store import Buffer
 from gateway.inspect.check import check
 from gateway.inspect.pages import leaf_records, open_pages, page_records
 from gateway.inspect.recover import LAYOUTS, recover
