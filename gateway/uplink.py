@@ -39,6 +39,9 @@ short bounded transactions every few seconds.
 paho callbacks run on paho's network thread and only record events under a condition
 variable; the pump does all buffer work. The event list is bounded by the window: one PUBACK
 per publish of the current connection, plus one connect and one disconnect event.
+
+The module stays whole (some 490 lines): it is one thread's state machine over one link
+(connect, pump the window, apply PUBACKs, drain, close), which reads best in that order.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ All of them work on the file of a running gateway too (read-only snapshots, shor
     actions.py   retry, purge (short write transactions)
     check.py     check: integrity, schema, counters, every payload
     recover.py   salvage every readable row of a damaged buffer into a new file
+    scan.py      recover's two reading passes: what SQLite can reach, then the raw pages
     pages.py     reading a damaged SQLite file page by page (WAL-aware), recover's last resort
     render.py    the rich tables of the commands (every command also has --json)
 """

@@ -20,8 +20,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from gateway._exceptions import CorruptBuffer, ForeignFile, SchemaTooNew
 from gateway.buffer.rows import Usage
 from gateway.buffer.schema import FileKind, State, head_revision, readonly_engine, recognise
-from gateway.inspect.recover import UNBOUNDED, Scan, payload_problem, sql_rows
+from gateway.inspect.recover import payload_problem
 from gateway.inspect.rows import load_keys
+from gateway.inspect.scan import UNBOUNDED, Scan, sql_rows
 from protocol import DEFAULT_MAX_BYTES, Registry
 
 EXAMPLES = 20

@@ -17,7 +17,8 @@ from gateway.buffer.schema import State
 from gateway.buffer.store import Buffer
 from gateway.inspect.check import check
 from gateway.inspect.pages import leaf_records, open_pages, page_records
-from gateway.inspect.recover import LAYOUTS, recover
+from gateway.inspect.recover import recover
+from gateway.inspect.scan import LAYOUTS
 from protocol import Election, Registry
 from tests.gateway.buffer.test_store import batch
 from tests.gateway.buffer_support import (
