@@ -10,6 +10,14 @@ import asyncio
 import logging
 import signal
 import warnings
+from typing import Protocol
+
+
+class _Broker(Protocol):
+    """What this module uses of ``amqtt.broker.Broker`` (amqtt ships no type information)."""
+
+    async def start(self) -> None: ...
+    async def shutdown(self) -> None: ...
 
 
 async def serve(port: int) -> None:
@@ -23,7 +31,7 @@ async def serve(port: int) -> None:
         "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}", "max_connections": 20000}},
         "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
     }
-    broker = Broker(config)
+    broker: _Broker = Broker(config)
     await broker.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

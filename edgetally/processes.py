@@ -39,8 +39,8 @@ def _signals_deferred() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        for sig in held:
-            signal.raise_signal(sig)
+        for signum in held:
+            signal.raise_signal(signum)
 
 
 class ComponentError(Exception):

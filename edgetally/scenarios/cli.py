@@ -17,6 +17,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from edgetally.brokers import BrokerProcess
+from edgetally.processes import Component
 from edgetally.scenarios.model import ScenarioError, load_scenario, shipped, shipped_dir
 from edgetally.scenarios.runner import Event, Report, RunOptions, Sample, ScenarioRunner
 from edgetally.scenarios.world import World
@@ -101,7 +103,7 @@ class _LiveView:
         components = Table(title="components", title_justify="left", show_edge=False)
         components.add_column("name")
         components.add_column("state")
-        pieces = [world.cloud_broker, *world.clouds]
+        pieces: list[BrokerProcess | Component] = [world.cloud_broker, *world.clouds]
         for site in world.sites:
             pieces += [site.edge, site.gateway, site.fleet]
         for piece in pieces:

@@ -245,7 +245,9 @@ class ScenarioRunner:
         for proxy in self.world.proxies():
             ProxyControl(proxy.control_port).pass_()
         world = self.world
-        for process in [world.cloud_broker, *(s.edge for s in world.sites), *world.clouds, *(s.gateway for s in world.sites)]:
+        processes: list[BrokerProcess | Component] = [world.cloud_broker, *(s.edge for s in world.sites), *world.clouds]
+        processes += [s.gateway for s in world.sites]
+        for process in processes:
             if not process.running:
                 self._start(process)
                 healed.append(process.name)
