@@ -3,7 +3,7 @@
     scripts/bench proxy [--messages 20000] [--rounds 5] [--connections 2000]
 
 The proxy is a real `python -m edgetally proxy` process (its own CPU, as in a scenario), steered
-through its control channel (edgetally.proxy_control.ProxyControl).
+through its control channel (edgetally.proxy.control.ProxyControl).
 
   (a) throughput: one raw paho QoS 1 publisher (1000 in flight) -> Mosquitto -> a counting
       subscriber (its own process), signed envelopes, from the first publish to the last
@@ -59,7 +59,7 @@ from devices.connection import ConnectOptions, KeepaliveWheel, MqttConnection, c
 from devices.election_file import load_election, sample_election_path
 from edgetally.brokers import BrokerProcess, mosquitto_binary
 from edgetally.processes import Component
-from edgetally.proxy_control import ProxyControl
+from edgetally.proxy.control import ProxyControl
 from protocol import provision
 
 console = Console(width=max(Console().width, 120))

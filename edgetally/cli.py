@@ -13,7 +13,7 @@ from rich.console import Console
 
 from cloud.cli import app as cloud_app
 from devices.cli import app as devices_app
-from edgetally.proxy_cli import proxy_cmd, proxy_ctl_cmd
+from edgetally.proxy.cli import proxy_cmd, proxy_ctl_cmd
 from edgetally.scenarios.cli import app as scenario_app
 from gateway.cli import app as gateway_app
 

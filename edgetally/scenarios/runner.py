@@ -30,8 +30,8 @@ from cloud._exceptions import CloudError
 from devices.truth import merge_truths
 from edgetally.brokers import BrokerError, BrokerProcess
 from edgetally.processes import Component, ComponentError
-from edgetally.proxy import ProxyError
-from edgetally.proxy_control import ProxyControl
+from edgetally.proxy.control import ProxyControl
+from edgetally.proxy.proxy import ProxyError
 from edgetally.scenarios.checks import (
     Observations,
     ScenarioVerdict,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import typer
 
-from edgetally.proxy import FaultProxy, ProxyError
-from edgetally.proxy_control import CommandInvalid, ProxyControl, command_from_words, serve
+from edgetally.proxy.control import CommandInvalid, ProxyControl, command_from_words, serve
+from edgetally.proxy.proxy import FaultProxy, ProxyError
 
 
 def parse_host_port(value: str, *, default_host: str | None, option: str) -> tuple[str, int]:
@@ -57,7 +57,7 @@ def proxy_cmd(
 ) -> None:
     """Forward TCP to a target, with faults on command, until Ctrl-C or SIGTERM.
 
-    Starts passing everything. Steer it with `edgetally proxy-ctl --control PORT CMD` (pass, cut, blackhole, latency, bandwidth, drop, stats) or any client of the line-oriented JSON control channel (edgetally/proxy_control.py).
+    Starts passing everything. Steer it with `edgetally proxy-ctl --control PORT CMD` (pass, cut, blackhole, latency, bandwidth, drop, stats) or any client of the line-oriented JSON control channel (edgetally/proxy/control.py).
     """
     listen_host, listen_port = parse_host_port(listen, default_host="127.0.0.1", option="--listen")
     target_host, target_port = parse_host_port(target, default_host=None, option="--target")

@@ -19,7 +19,7 @@ to new ones:
 ``drop_for(seconds)`` cuts now, keeps refusing for that long, then restores the state before it.
 :class:`FaultProxy` runs on asyncio; its setters may also be called from another thread (they
 then wait until the proxy's loop has applied them). The line-oriented JSON control channel for
-a proxy running as a process (``edgetally proxy``) is in :mod:`edgetally.proxy_control`.
+a proxy running as a process (``edgetally proxy``) is in :mod:`edgetally.proxy.control`.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edgetally.proxy import (
+from edgetally.proxy.proxy import (
     FaultProxy,
     LinkState,
     Mode,

@@ -20,7 +20,13 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edgetally.brokers import BrokerProcess, free_port
-from edgetally.proxy import (
+from edgetally.proxy.control import (
+    CommandInvalid,
+    ControlServer,
+    ProxyControl,
+    command_from_words,
+)
+from edgetally.proxy.proxy import (
     CHUNK,
     FaultProxy,
     LinkState,
@@ -28,12 +34,6 @@ from edgetally.proxy import (
     ProxyCommandError,
     ProxyError,
     ProxyNoAnswer,
-)
-from edgetally.proxy_control import (
-    CommandInvalid,
-    ControlServer,
-    ProxyControl,
-    command_from_words,
 )
 from tests.conftest import unique_topic
 from tests.helpers import run_cli, start_cli, wait_until
