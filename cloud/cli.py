@@ -38,7 +38,7 @@ from protocol import DEFAULT_MAX_BYTES, ProtocolError, Registry, parse_broker_ur
 
 log = logging.getLogger(__name__)
 
-app = typer.Typer(help="cloud commands", no_args_is_help=True)
+app = typer.Typer(help="Run the cloud worker; migrate, read results and audit the cloud database.", no_args_is_help=True)
 
 DB_OPTION = typer.Option(DEFAULT_DB_URL, "--db", help="sqlite:///FILE or postgresql+psycopg://...")
 

@@ -11,24 +11,26 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from cloud.cli import app as cloud_app
-from devices.cli import app as devices_app
-from edgetally.proxy.cli import proxy_cmd, proxy_ctl_cmd
-from edgetally.scenarios.cli import app as scenario_app
-from gateway.cli import app as gateway_app
+from edgetally._lazy import Lazy, lazy_group
+
+# Each tier's commands are imported only when one of them runs (``edgetally --help`` imports
+# none): the help strings here are the tiers' own, checked by tests/edgetally/test_cli.py.
+SUBCOMMANDS = {
+    "proxy": Lazy("edgetally.proxy.cli", "proxy_cmd", "Forward TCP to a target, with faults on command, until Ctrl-C or SIGTERM."),
+    "proxy-ctl": Lazy("edgetally.proxy.cli", "proxy_ctl_cmd", "Send one command to a running `edgetally proxy`; print its JSON reply (stats)."),
+    "devices": Lazy("devices.cli", "app", "Provision tabulators, compute expected totals, run a device fleet."),
+    "gateway": Lazy("gateway.cli", "app", "Run the edge gateway; inspect, check and repair its buffer file."),
+    "cloud": Lazy("cloud.cli", "app", "Run the cloud worker; migrate, read results and audit the cloud database."),
+    "scenario": Lazy("edgetally.scenarios.cli", "app", "Scenarios: a topology and a timeline of faults, then a verdict"),
+}
 
 app = typer.Typer(
     name="edgetally",
     help="Edge-to-cloud election results over MQTT, and the bench that proves it correct.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=lazy_group(SUBCOMMANDS),
 )
-app.add_typer(devices_app, name="devices")
-app.add_typer(gateway_app, name="gateway")
-app.add_typer(cloud_app, name="cloud")
-app.add_typer(scenario_app, name="scenario")
-app.command("proxy")(proxy_cmd)
-app.command("proxy-ctl")(proxy_ctl_cmd)
 
 
 # Commands whose screen is a live display: their default log level keeps log lines out of it.

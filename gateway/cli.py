@@ -40,7 +40,7 @@ from gateway.inspect.snapshot import DEFAULT_WAIT_S, buffer_stats, parse_duratio
 from gateway.service import GatewayService
 from protocol import DEFAULT_MAX_BYTES
 
-app = typer.Typer(help="gateway commands", no_args_is_help=True)
+app = typer.Typer(help="Run the edge gateway; inspect, check and repair its buffer file.", no_args_is_help=True)
 buffer_app = typer.Typer(help="inspect, check and repair a gateway buffer file", no_args_is_help=True)
 app.add_typer(buffer_app, name="buffer")
 
