@@ -27,9 +27,9 @@ from protocol._errors import (
 )
 from protocol.batch import BatchBody, check_against_election, parse_body, require_exact_fields
 from protocol.keys import SIGNATURE_BYTES, SigningKey, b64decode_strict, b64encode
+from protocol.limits import DEFAULT_MAX_BYTES
 from protocol.registry import Registry
 
-DEFAULT_MAX_BYTES = 64 * 1024
 ENVELOPE_FIELDS = frozenset({"body", "kid", "sig"})
 
 
