@@ -20,6 +20,7 @@ DEFAULT_BUNDLE_MAX = 64  # chosen from benchmarks/gateway.py (docs/gateway.md, "
 MAX_BUNDLE = 4096  # protocol.bundle.MAX_ENTRIES
 DEFAULT_KEEPALIVE_S = 15
 DEFAULT_STATUS_INTERVAL_S = 5.0
+DEFAULT_RETENTION_S = 3600.0  # delivered batches kept in the buffer (for `buffer show` and audits)
 
 
 class SyncMode(StrEnum):

@@ -19,9 +19,16 @@ from alembic.config import Config
 from alembic.util.exc import CommandError
 from sqlalchemy import URL, Connection, Engine, create_engine, event
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 from gateway._exceptions import BufferLocked, StoreError
-from gateway.buffer.schema import APPLICATION_ID, BUSY_TIMEOUT_MS, MIGRATIONS, translate
+from gateway.buffer.schema import (
+    APPLICATION_ID,
+    BUSY_TIMEOUT_MS,
+    MIGRATIONS,
+    readonly_connect,
+    translate,
+)
 from gateway.config import SyncMode
 
 
@@ -108,3 +115,12 @@ def acquire_lock(path: Path) -> IO[bytes]:
     return handle
 
 
+def readonly_engine(
+    path: Path, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, quiescent: bool = False
+) -> Engine:
+    """An engine over :func:`gateway.buffer.schema.readonly_connect`: it can only read ``path``."""
+    return create_engine(
+        "sqlite+pysqlite://",
+        creator=lambda: readonly_connect(path, busy_timeout_ms=busy_timeout_ms, quiescent=quiescent),
+        poolclass=NullPool,
+    )

@@ -2,9 +2,10 @@
 
 A buffer is one SQLite file (WAL mode) whose header carries ``PRAGMA application_id``
 :data:`APPLICATION_ID`. The tables are created and upgraded only by the Alembic migrations
-in ``gateway/buffer/migrations``; the tables below are what the code queries and must stay equal to
-what the migrations build (a test compares them). The migrations also create the triggers
-that keep :data:`usage` exact (see ``0002_history_usage.py``).
+in ``gateway/buffer/migrations``; :mod:`gateway.buffer.tables` describes them for SQLAlchemy.
+The migrations also create the triggers that keep the ``usage`` row exact (see
+``0002_history_usage.py``). This module imports neither SQLAlchemy nor Alembic: the
+inspection commands recognise and read a buffer with ``sqlite3`` alone.
 
 Row life::
 
@@ -15,7 +16,7 @@ Row life::
 ``delivered`` rows are kept for the gateway's retention window, then purged; they never
 count toward the quota. ``quarantined`` rows are kept for inspection and never forwarded.
 A row's history lives in its own columns (hot path, no extra writes) and, for the rare
-transitions (release, restart, retry, purge, recovery), in :data:`events`.
+transitions (release, restart, retry, purge, recovery), in the ``events`` table.
 
 Recognising a file (:func:`recognise`) only reads: the header bytes, then a read-only
 SQLite connection. A missing, foreign, truncated, damaged or too-new file raises a
@@ -30,27 +31,7 @@ import stat
 import time
 from dataclasses import dataclass
 from enum import Enum, StrEnum
-from functools import cache
 from pathlib import Path
-
-from alembic.script import ScriptDirectory
-from sqlalchemy import (
-    CheckConstraint,
-    Column,
-    Engine,
-    Float,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    Text,
-    create_engine,
-    text,
-)
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.pool import NullPool
 
 from gateway._exceptions import (
     BufferLocked,
@@ -80,7 +61,7 @@ LIVE_STATES = (State.PENDING, State.INFLIGHT, State.QUARANTINED)  # what counts 
 
 
 class EventKind(StrEnum):
-    """Rare transitions, recorded in :data:`events` (the hot path writes none)."""
+    """Rare transitions, recorded in the ``events`` table (the hot path writes none)."""
 
     RELEASED = "released"  # inflight -> pending: link lost, publish refused, stop
     RESET = "reset"  # inflight -> pending at start: the previous run did not finish it
@@ -90,101 +71,20 @@ class EventKind(StrEnum):
     RECOVERED = "recovered"  # this file was salvaged from a damaged one
 
 
-metadata = MetaData()
-
-messages = Table(
-    "messages",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("election", String(64), nullable=True),
-    Column("device", String(64), nullable=True),
-    Column("seq", Integer, nullable=True),
-    Column("body_hash", String(64), nullable=True),
-    Column("topic", Text, nullable=False),
-    Column("payload", LargeBinary, nullable=False),
-    Column("size", Integer, nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("reason", String(32), nullable=True),
-    Column("detail", Text, nullable=True),
-    Column("received_at", Float, nullable=False),
-    Column("updated_at", Float, nullable=False),
-    Column("attempts", Integer, nullable=False, server_default=text("0")),
-    # 0002: history on the row itself.
-    Column("first_sent_at", Float, nullable=True),
-    Column("last_sent_at", Float, nullable=True),
-    Column("delivered_at", Float, nullable=True),
-    Column("quarantined_at", Float, nullable=True),
-    Column("retried_at", Float, nullable=True),
-    CheckConstraint(
-        "state IN ('pending', 'inflight', 'delivered', 'quarantined')", name="ck_messages_state"
-    ),
-    Index("ix_messages_state_id", "state", "id"),
-    # One live copy of a batch: a redelivered identical envelope is not buffered twice.
-    Index(
-        "ux_messages_live",
-        "election",
-        "device",
-        "seq",
-        "body_hash",
-        unique=True,
-        sqlite_where=text("state IN ('pending', 'inflight')"),
-    ),
-    # Retention: the purge finds expired delivered rows without scanning the others.
-    Index("ix_messages_delivered_at", "delivered_at", sqlite_where=text("state = 'delivered'")),
-    sqlite_autoincrement=True,
-)
-
-events = Table(
-    "events",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("at", Float, nullable=False),
-    Column("kind", String(16), nullable=False),
-    Column("first_id", Integer, nullable=True),  # the row, or the first of a purged range
-    Column("last_id", Integer, nullable=True),
-    Column("rows", Integer, nullable=False, server_default=text("1")),
-    Column("reason", String(32), nullable=True),
-    Column("detail", Text, nullable=True),
-    Index("ix_events_first_id", "first_id"),
-    Index("ix_events_at", "at"),
-)
-
-# One row (id 1), kept exact by triggers inside the transactions that change messages.
-usage = Table(
-    "usage",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("live_batches", Integer, nullable=False, server_default=text("0")),
-    Column("live_bytes", Integer, nullable=False, server_default=text("0")),
-    Column("delivered_batches", Integer, nullable=False, server_default=text("0")),
-    Column("delivered_bytes", Integer, nullable=False, server_default=text("0")),
-    CheckConstraint("id = 1", name="ck_usage_one_row"),
-)
-
-# What the gateway that last opened the buffer was told (for `buffer stats`, `show`, `retry`).
-settings = Table(
-    "settings",
-    metadata,
-    Column("name", String(64), primary_key=True),
-    Column("value", Text, nullable=False),
-)
-
-
 # -- revisions ------------------------------------------------------------------------
-@cache
-def _scripts() -> ScriptDirectory:
-    return ScriptDirectory(str(MIGRATIONS))
+# The migrations in gateway/buffer/migrations/versions, oldest first. Listed here so that
+# recognising a file imports neither Alembic nor SQLAlchemy (the inspection commands answer in
+# a fraction of a second); tests/gateway/buffer/test_schema.py checks this list against
+# Alembic's own reading of the migrations, so a new migration fails it until added here.
+REVISIONS = ("0001", "0002")
 
 
 def head_revision() -> str:
-    head = _scripts().get_current_head()
-    if head is None:  # pragma: no cover - the package ships its migrations
-        raise StoreError("the gateway's buffer migrations are missing")
-    return head
+    return REVISIONS[-1]
 
 
 def known_revisions() -> frozenset[str]:
-    return frozenset(script.revision for script in _scripts().walk_revisions())
+    return frozenset(REVISIONS)
 
 
 # -- recognising a file -----------------------------------------------------------------
@@ -210,11 +110,12 @@ def recovery_hint(path: Path, keys_dir: Path | None = None) -> str:
     )
 
 
-def readonly_engine(
+def readonly_connect(
     path: Path, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, quiescent: bool = False
-) -> Engine:
-    """An engine that can only read ``path`` (SQLite ``mode=ro``); nothing it does writes the file.
+) -> sqlite3.Connection:
+    """A connection that can only read ``path`` (SQLite ``mode=ro``); nothing it does writes the file.
 
+    In autocommit mode (``isolation_level = None``): the caller opens its own ``BEGIN``.
     ``quiescent``: when the file has no write-ahead log (no gateway has it open), read it as
     immutable, so that not even SQLite's ``-wal``/``-shm`` companions are created next to it.
     Only for callers that either hold off gateways or can afford a spurious error if one
@@ -223,16 +124,14 @@ def readonly_engine(
     uri = path.resolve().as_uri() + "?mode=ro"
     if quiescent and not path.with_name(path.name + "-wal").exists():
         uri += "&immutable=1"
-
-    def connect() -> sqlite3.Connection:
-        connection = sqlite3.connect(
-            uri, uri=True, timeout=busy_timeout_ms / 1000, check_same_thread=False
-        )
-        connection.isolation_level = None  # SQLAlchemy's BEGIN, or none at all
+    connection = sqlite3.connect(uri, uri=True, timeout=busy_timeout_ms / 1000, check_same_thread=False)
+    try:
+        connection.isolation_level = None
         connection.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-        return connection
-
-    return create_engine("sqlite+pysqlite://", creator=connect, poolclass=NullPool)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
 
 
 def recognise(
@@ -329,27 +228,27 @@ def header_problem(header: bytes, size: int) -> str | None:
 
 
 def _read_revision(path: Path, *, deep: bool, keys_dir: Path | None, wait_s: float) -> str | None:
-    engine = readonly_engine(path, quiescent=True, busy_timeout_ms=int(wait_s * 1000))
     try:
-        with engine.connect() as conn:
+        conn = readonly_connect(path, quiescent=True, busy_timeout_ms=int(wait_s * 1000))
+        try:
             if deep:
-                found = [row[0] for row in conn.exec_driver_sql("PRAGMA quick_check(3)")]
+                found = [row[0] for row in conn.execute("PRAGMA quick_check(3)")]
                 if found != ["ok"]:
                     what = "; ".join(" ".join(str(f).split())[:160] for f in found)
                     raise CorruptBuffer(
                         f"buffer {path} is damaged (quick_check: {what}); {recovery_hint(path, keys_dir)}"
                     )
-            has_table = conn.exec_driver_sql(
+            has_table = conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
-            ).scalar()
+            ).fetchone()
             if not has_table:
                 return None
-            revision = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-    except SQLAlchemyError as exc:
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
         raise translate(exc, path, "read", keys_dir=keys_dir, wait_s=wait_s) from exc
-    finally:
-        engine.dispose()
-    return None if revision is None else str(revision)
+    return None if row is None or row[0] is None else str(row[0])
 
 
 # -- what SQLite's errors mean for a buffer ------------------------------------------------
@@ -362,7 +261,7 @@ SQLITE_LOCKED = 6
 
 
 def sqlite_code(exc: BaseException) -> int | None:
-    """The primary SQLite result code behind ``exc`` (a DBAPI or SQLAlchemy error), if any."""
+    """The primary SQLite result code behind ``exc`` (an ``sqlite3`` or SQLAlchemy error), if any."""
     orig = getattr(exc, "orig", None) or exc
     code = getattr(orig, "sqlite_errorcode", None)
     return None if code is None else int(code) & 0xFF

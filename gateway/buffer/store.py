@@ -57,7 +57,7 @@ from gateway.buffer.schema import (
     sqlite_code,
     translate,
 )
-from gateway.config import SyncMode
+from gateway.config import DEFAULT_RETENTION_S, SyncMode
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
@@ -65,7 +65,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ID_CHUNK = 500  # ids per IN (...) clause, far below SQLite's bound-parameter limit
-DEFAULT_RETENTION_S = 3600.0
 PURGE_LIMIT = 5000  # rows per purge transaction: a few ms of write lock
 DISK_FULL_PURGE = 20_000  # delivered rows dropped early when a write finds the disk full
 EVENTS_MIN_KEEP_S = 86_400.0  # events of rows that are gone are kept at least this long

@@ -18,8 +18,9 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway._exceptions import CorruptBuffer, ForeignFile, SchemaTooNew
+from gateway.buffer.file import readonly_engine
 from gateway.buffer.rows import Usage
-from gateway.buffer.schema import FileKind, State, head_revision, readonly_engine, recognise
+from gateway.buffer.schema import FileKind, State, head_revision, recognise
 from gateway.inspect.recover import payload_problem
 from gateway.inspect.rows import load_keys
 from gateway.inspect.scan import UNBOUNDED, Scan, sql_rows

@@ -37,8 +37,8 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway._exceptions import BufferLocked, CorruptBuffer, ForeignFile, StoreError
-from gateway.buffer.file import lock_path
-from gateway.buffer.schema import EventKind, FileKind, State, readonly_engine, recognise
+from gateway.buffer.file import lock_path, readonly_engine
+from gateway.buffer.schema import EventKind, FileKind, State, recognise
 from gateway.buffer.store import Buffer
 from gateway.inspect.rows import load_keys
 from gateway.inspect.scan import CHUNK, COLUMNS, UNBOUNDED, Scan, page_rows, sql_rows

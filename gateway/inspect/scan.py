@@ -17,7 +17,8 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.buffer.schema import State, messages
+from gateway.buffer.schema import State
+from gateway.buffer.tables import messages
 from gateway.inspect.pages import leaf_records, open_pages
 
 CHUNK = 500

@@ -11,7 +11,7 @@ from __future__ import annotations
 from alembic import context
 
 from gateway._exceptions import StoreError
-from gateway.buffer.schema import metadata
+from gateway.buffer.tables import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:

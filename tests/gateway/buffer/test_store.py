@@ -27,8 +27,9 @@ from gateway._exceptions import (
 )
 from gateway.buffer import schema
 from gateway.buffer.rows import NewMessage, Usage
-from gateway.buffer.schema import APPLICATION_ID, MIGRATIONS, State, metadata
+from gateway.buffer.schema import APPLICATION_ID, MIGRATIONS, State
 from gateway.buffer.store import Buffer
+from gateway.buffer.tables import metadata
 from tests.gateway.buffer_support import (
     PAGE,
     TABLE_LEAF,
