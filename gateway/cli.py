@@ -13,32 +13,21 @@ from rich.console import Console
 
 from gateway._exceptions import ConfigError, GatewayError
 from gateway.buffer.schema import State
-from gateway.buffer.store import DEFAULT_RETENTION_S
 from gateway.config import (
     DEFAULT_BUNDLE_MAX,
     DEFAULT_KEEPALIVE_S,
+    DEFAULT_RETENTION_S,
     DEFAULT_STATUS_INTERVAL_S,
     MAX_BUNDLE,
     MAX_WINDOW,
-    GatewayConfig,
     SyncMode,
 )
-from gateway.inspect.actions import purge, purge_refusal, retry
-from gateway.inspect.check import check
-from gateway.inspect.recover import recover
-from gateway.inspect.render import (
-    render_check,
-    render_list,
-    render_purge,
-    render_quarantine,
-    render_recover,
-    render_retry,
-    render_show,
-)
-from gateway.inspect.rows import ListQuery, export_to, list_rows, quarantine_summary, show_row
 from gateway.inspect.snapshot import DEFAULT_WAIT_S, buffer_stats, parse_duration, render_stats
-from gateway.service import GatewayService
 from protocol import DEFAULT_MAX_BYTES
+
+# Each command imports what it runs (the gateway service, SQLAlchemy, the signature checks)
+# in its own body: `edgetally gateway buffer stats` reads the buffer with sqlite3 alone and
+# answers in a fraction of a second (scripts/bench cli).
 
 app = typer.Typer(help="Run the edge gateway; inspect, check and repair its buffer file.", no_args_is_help=True)
 buffer_app = typer.Typer(help="inspect, check and repair a gateway buffer file", no_args_is_help=True)
@@ -113,6 +102,9 @@ def run(
     ),
 ) -> None:
     """Verify batches from the edge broker, buffer them, forward them to the cloud broker."""
+    from gateway.config import GatewayConfig
+    from gateway.service import GatewayService
+
     try:
         config = GatewayConfig.from_options(
             edge=edge,
@@ -201,6 +193,9 @@ def ls(
     wait: float = WAIT_OPTION,
 ) -> None:
     """List rows, filtered by state, device and age, one page at a time; read-only."""
+    from gateway.inspect.render import render_list
+    from gateway.inspect.rows import ListQuery, list_rows
+
     query = ListQuery(
         states=state,
         device=device,
@@ -230,6 +225,9 @@ def show(
     wait: float = WAIT_OPTION,
 ) -> None:
     """One row: decoded body, counts, signature status checked now, history; read-only."""
+    from gateway.inspect.render import render_show
+    from gateway.inspect.rows import show_row
+
     try:
         data = show_row(buffer, row_id, keys_dir=keys, wait_s=wait)
     except GatewayError as err:
@@ -248,6 +246,9 @@ def quarantine(
     wait: float = WAIT_OPTION,
 ) -> None:
     """Quarantined batches with their reasons, and counts by reason; read-only."""
+    from gateway.inspect.render import render_quarantine
+    from gateway.inspect.rows import quarantine_summary
+
     try:
         data = quarantine_summary(buffer, limit=limit, wait_s=wait)
     except GatewayError as err:
@@ -268,6 +269,9 @@ def retry_cmd(
     wait: float = WAIT_OPTION,
 ) -> None:
     """Verify quarantined rows again: those that pass go back to pending, the others keep the new reason."""
+    from gateway.inspect.actions import retry
+    from gateway.inspect.render import render_retry
+
     try:
         report = retry(buffer, ids or [], all_quarantined=all_quarantined, keys_dir=keys, wait_s=wait)
     except ConfigError as err:
@@ -290,6 +294,8 @@ def export(
     wait: float = WAIT_OPTION,
 ) -> None:
     """Every row with its state, times, reason and payload, streamed in id order (for audits)."""
+    from gateway.inspect.rows import export_to
+
     if fmt != "jsonl":
         raise _usage_error(f"--format: {fmt!r} is not supported (jsonl)")
     try:
@@ -317,6 +323,9 @@ def purge_cmd(
     wait: float = WAIT_OPTION,
 ) -> None:
     """Delete rows (by default delivered ones), in short transactions."""
+    from gateway.inspect.actions import purge, purge_refusal
+    from gateway.inspect.render import render_purge
+
     states = list(dict.fromkeys(state))
     refusal = purge_refusal(states, include_undelivered=include_undelivered, yes=yes)
     if refusal is not None:
@@ -338,6 +347,9 @@ def check_cmd(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Integrity, schema, application id, usage counters, every payload; exit 0 only if all good."""
+    from gateway.inspect.check import check
+    from gateway.inspect.render import render_check
+
     try:
         report = check(buffer, keys_dir=keys)
     except GatewayError as err:
@@ -358,6 +370,9 @@ def recover_cmd(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Salvage every readable row into a new file with the current schema; the source is untouched."""
+    from gateway.inspect.recover import recover
+    from gateway.inspect.render import render_recover
+
     try:
         report = recover(buffer, out, keys_dir=keys)
     except GatewayError as err:

@@ -150,7 +150,7 @@ def read_refusals(engine: Engine, buffers: Iterable[Path]) -> dict[str, set[tupl
             found.setdefault(digest, set()).add(("cloud", reason))
     for path in buffers:
         with snapshot(path) as snap:
-            rows = snap.conn.exec_driver_sql(
+            rows = snap.conn.execute(
                 "SELECT payload, reason FROM messages WHERE state = ?", (State.QUARANTINED.value,)
             )
             for payload, reason in rows:

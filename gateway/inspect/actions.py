@@ -25,7 +25,8 @@ from gateway._exceptions import ConfigError
 from gateway.buffer.schema import EventKind, State
 from gateway.buffer.store import record_purge
 from gateway.inspect.rows import load_keys
-from gateway.inspect.snapshot import DEFAULT_WAIT_S, snapshot, write_transaction, writer
+from gateway.inspect.snapshot import DEFAULT_WAIT_S, snapshot
+from gateway.inspect.writer import write_transaction, writer
 from gateway.verify import classify
 from protocol import DEFAULT_MAX_BYTES, Registry
 
@@ -88,23 +89,23 @@ def _targets(
         after = 0
         while True:  # bounded: the cursor only moves forward
             with snapshot(path, wait_s=wait_s) as snap:
-                rows = snap.conn.exec_driver_sql(
+                rows = snap.conn.execute(
                     f"SELECT {columns} FROM messages WHERE state = 'quarantined' AND id > ?"
                     " ORDER BY id LIMIT ?",
                     (after, CHUNK),
-                ).all()
+                ).fetchall()
             if rows:
                 yield list(rows)
             if len(rows) < CHUNK:
                 return
-            after = int(rows[-1].id)
+            after = int(rows[-1]["id"])
     wanted = list(dict.fromkeys(ids))
     for start in range(0, len(wanted), CHUNK):
         part = wanted[start : start + CHUNK]
         with snapshot(path, wait_s=wait_s) as snap:
             found = {
-                int(r.id): r
-                for r in snap.conn.exec_driver_sql(
+                int(r["id"]): r
+                for r in snap.conn.execute(
                     f"SELECT {columns} FROM messages WHERE id IN ({', '.join('?' * len(part))})",
                     tuple(part),
                 )
@@ -114,8 +115,8 @@ def _targets(
             row = found.get(row_id)
             if row is None:
                 report.skipped.append({"id": row_id, "why": "not in the buffer"})
-            elif row.state != State.QUARANTINED.value:
-                report.skipped.append({"id": row_id, "why": f"not quarantined (state {row.state})"})
+            elif row["state"] != State.QUARANTINED.value:
+                report.skipped.append({"id": row_id, "why": f"not quarantined (state {row['state']})"})
             else:
                 rows.append(row)
         if rows:
@@ -123,7 +124,7 @@ def _targets(
 
 
 def _judge(row: Any, registry: Registry, max_bytes: int) -> Any:
-    return classify(row.topic, bytes(row.payload), float(row.received_at), registry, max_bytes)
+    return classify(row["topic"], bytes(row["payload"]), float(row["received_at"]), registry, max_bytes)
 
 
 def _apply(conn: Connection, row: Any, verdict: Any, report: RetryReport, keys: str) -> None:
@@ -139,13 +140,13 @@ def _apply(conn: Connection, row: Any, verdict: Any, report: RetryReport, keys: 
                 "UPDATE messages SET state = 'pending', election = ?, device = ?, seq = ?,"
                 " body_hash = ?, reason = NULL, detail = NULL, retried_at = ?, updated_at = ?"
                 " WHERE id = ? AND state = 'quarantined'",
-                (verdict.election, verdict.device, verdict.seq, verdict.body_hash, now, now, row.id),
+                (verdict.election, verdict.device, verdict.seq, verdict.body_hash, now, now, row["id"]),
             ).rowcount
             if moved:
-                _event(conn, now, EventKind.RETRIED, row.id, row.reason, f"passed with keys {keys}")
-                report.passed.append(int(row.id))
+                _event(conn, now, EventKind.RETRIED, row["id"], row["reason"], f"passed with keys {keys}")
+                report.passed.append(int(row["id"]))
             else:
-                report.skipped.append({"id": int(row.id), "why": "no longer quarantined"})
+                report.skipped.append({"id": int(row["id"]), "why": "no longer quarantined"})
             return
         reason, detail = "duplicate", f"an identical batch is already buffered as id {twin}"
     else:
@@ -154,15 +155,15 @@ def _apply(conn: Connection, row: Any, verdict: Any, report: RetryReport, keys: 
         "UPDATE messages SET reason = ?, detail = ?, election = coalesce(?, election),"
         " device = coalesce(?, device), seq = coalesce(?, seq), body_hash = coalesce(?, body_hash),"
         " retried_at = ?, updated_at = ? WHERE id = ? AND state = 'quarantined'",
-        (reason, detail, verdict.election, verdict.device, verdict.seq, verdict.body_hash, now, now, row.id),
+        (reason, detail, verdict.election, verdict.device, verdict.seq, verdict.body_hash, now, now, row["id"]),
     ).rowcount
     if moved:
-        _event(conn, now, EventKind.RETRY_FAILED, row.id, reason, detail)
+        _event(conn, now, EventKind.RETRY_FAILED, row["id"], reason, detail)
         report.still_quarantined.append(
-            {"id": int(row.id), "reason": reason, "detail": detail, "previous_reason": row.reason}
+            {"id": int(row["id"]), "reason": reason, "detail": detail, "previous_reason": row["reason"]}
         )
     else:
-        report.skipped.append({"id": int(row.id), "why": "no longer quarantined"})
+        report.skipped.append({"id": int(row["id"]), "why": "no longer quarantined"})
 
 
 def _event(conn: Connection, at: float, kind: EventKind, row_id: int, reason: str | None, detail: str | None) -> None:
@@ -212,15 +213,15 @@ def purge(
     cutoff = moment - (older_than_s or 0.0)
     purged: dict[str, int] = {}
     with snapshot(path, wait_s=wait_s) as snap:
-        last_id = int(snap.conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM messages").scalar() or 0)
+        last_id = int(snap.conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0] or 0)
         if dry_run:
             for state in states:
                 purged[state.value] = int(
-                    snap.conn.exec_driver_sql(
+                    snap.conn.execute(
                         f"SELECT count(*) FROM messages WHERE state = ? AND {_AGE_COLUMN[state]} < ?"
                         " AND id <= ?",
                         (state.value, cutoff, last_id),
-                    ).scalar()
+                    ).fetchone()[0]
                     or 0
                 )
     if not dry_run:

@@ -78,7 +78,7 @@ def list_rows(path: Path, query: ListQuery, *, now: float | None = None, wait_s:
     sql += f" ORDER BY id {'DESC' if query.newest_first else 'ASC'} LIMIT ? OFFSET ?"
     params += [query.limit, query.offset]
     with snapshot(path, wait_s=wait_s) as snap:
-        rows = [_listed(row, moment) for row in snap.conn.exec_driver_sql(sql, tuple(params))]
+        rows = [_listed(row, moment) for row in snap.conn.execute(sql, tuple(params))]
     full_page = query.limit > 0 and len(rows) == query.limit
     return {
         "rows": rows,
@@ -90,17 +90,17 @@ def list_rows(path: Path, query: ListQuery, *, now: float | None = None, wait_s:
 
 def _listed(row: Any, moment: float) -> dict[str, Any]:
     return {
-        "id": int(row.id),
-        "state": row.state,
-        "election": row.election,
-        "device": row.device,
-        "seq": row.seq,
-        "size": int(row.size),
-        "received_at": iso(row.received_at),
-        "age_s": round(max(0.0, moment - float(row.received_at)), 3),
-        "attempts": int(row.attempts),
-        "delivered_at": iso(row.delivered_at),
-        "reason": row.reason,
+        "id": int(row["id"]),
+        "state": row["state"],
+        "election": row["election"],
+        "device": row["device"],
+        "seq": row["seq"],
+        "size": int(row["size"]),
+        "received_at": iso(row["received_at"]),
+        "age_s": round(max(0.0, moment - float(row["received_at"])), 3),
+        "attempts": int(row["attempts"]),
+        "delivered_at": iso(row["delivered_at"]),
+        "reason": row["reason"],
     }
 
 
@@ -110,12 +110,12 @@ def show_row(
 ) -> dict[str, Any]:
     """Everything about one row: columns, decoded body, signature re-checked, history."""
     with snapshot(path, wait_s=wait_s) as snap:
-        row = snap.conn.exec_driver_sql("SELECT * FROM messages WHERE id = ?", (row_id,)).first()
+        row = snap.conn.execute("SELECT * FROM messages WHERE id = ?", (row_id,)).fetchone()
         if row is None:
             raise NoSuchBatch(_missing(snap, row_id))
         history = _events(snap, row_id)
         recorded = snap.settings()
-    data = dict(row._mapping)
+    data = dict(row)
     payload = bytes(data.pop("payload"))
     keys = keys_dir or (Path(recorded["keys_dir"]) if "keys_dir" in recorded else None)
     max_bytes = int(recorded.get("max_payload_bytes", DEFAULT_MAX_BYTES))
@@ -207,7 +207,7 @@ def signature_status(
 
 def _events(snap: Snapshot, row_id: int) -> list[Any]:
     return list(
-        snap.conn.exec_driver_sql(
+        snap.conn.execute(
             "SELECT at, kind, first_id, last_id, rows, reason, detail FROM events"
             " WHERE first_id = ? ORDER BY at, id",
             (row_id,),
@@ -228,7 +228,7 @@ def _history(row: dict[str, Any], events: list[Any]) -> list[dict[str, Any]]:
     if row["delivered_at"] is not None:
         steps.append((row["delivered_at"], "delivered (cloud broker PUBACK)", None, None))
     for event in events:
-        steps.append((event.at, event.kind, event.reason, event.detail))
+        steps.append((event["at"], event["kind"], event["reason"], event["detail"]))
     if row["state"] == State.QUARANTINED.value and row["reason"] is not None:
         # The current reason belongs to the latest quarantine (at arrival or at a retry).
         latest = max((i for i, s in enumerate(steps) if s[1] in ("quarantined", "retry_failed")), default=None)
@@ -240,14 +240,14 @@ def _history(row: dict[str, Any], events: list[Any]) -> list[dict[str, Any]]:
 
 
 def _missing(snap: Snapshot, row_id: int) -> str:
-    purge = snap.conn.exec_driver_sql(
+    purge = snap.conn.execute(
         "SELECT at, reason FROM events WHERE kind = ? AND first_id <= ? AND last_id >= ?"
         " ORDER BY at DESC LIMIT 1",
         (EventKind.PURGED.value, row_id, row_id),
-    ).first()
+    ).fetchone()
     text = f"no batch with id {row_id} in buffer {snap.path}"
     if purge is not None:
-        text += f" (rows in its id range were purged at {iso(purge.at)}, {purge.reason})"
+        text += f" (rows in its id range were purged at {iso(purge['at'])}, {purge['reason']})"
     return text
 
 
@@ -257,31 +257,31 @@ def quarantine_summary(path: Path, *, limit: int = 100, wait_s: float = DEFAULT_
     with snapshot(path, wait_s=wait_s) as snap:
         by_reason = {
             str(reason): int(count)
-            for reason, count in snap.conn.exec_driver_sql(
+            for reason, count in snap.conn.execute(
                 "SELECT coalesce(reason, '?'), count(*) FROM messages WHERE state = 'quarantined'"
                 " GROUP BY 1 ORDER BY 2 DESC, 1"
             )
         }
-        rows = snap.conn.exec_driver_sql(
+        rows = snap.conn.execute(
             "SELECT id, election, device, seq, size, reason, detail, received_at, quarantined_at,"
             " retried_at FROM messages WHERE state = 'quarantined' ORDER BY id DESC LIMIT ?",
             (limit if limit > 0 else -1,),
-        ).all()
+        ).fetchall()
     return {
         "total": sum(by_reason.values()),
         "by_reason": by_reason,
         "rows": [
             {
-                "id": int(r.id),
-                "election": r.election,
-                "device": r.device,
-                "seq": r.seq,
-                "size": int(r.size),
-                "reason": r.reason,
-                "detail": r.detail,
-                "received_at": iso(r.received_at),
-                "quarantined_at": iso(r.quarantined_at),
-                "retried_at": iso(r.retried_at),
+                "id": int(r["id"]),
+                "election": r["election"],
+                "device": r["device"],
+                "seq": r["seq"],
+                "size": int(r["size"]),
+                "reason": r["reason"],
+                "detail": r["detail"],
+                "received_at": iso(r["received_at"]),
+                "quarantined_at": iso(r["quarantined_at"]),
+                "retried_at": iso(r["retried_at"]),
             }
             for r in rows
         ],
@@ -309,14 +309,14 @@ def export_rows(
     after = 0
     while True:  # bounded: ids only grow, each round moves past the last one read
         with snapshot(path, wait_s=wait_s) as snap:
-            chunk = snap.conn.exec_driver_sql(
+            chunk = snap.conn.execute(
                 sql, (after, *(s.value for s in states), EXPORT_CHUNK)
-            ).all()
+            ).fetchall()
         for row in chunk:
-            yield export_line(row._mapping)
+            yield export_line(row)
         if len(chunk) < EXPORT_CHUNK:
             return
-        after = int(chunk[-1].id)
+        after = int(chunk[-1]["id"])
 
 
 def export_line(row: Any) -> bytes:

@@ -8,13 +8,15 @@ milliseconds and never hold it up for long; the usage triggers keep the counters
 
 A missing file, a file that is not SQLite, another application's SQLite file, a damaged
 file and one from a newer gateway are refused with a one-line error and left unchanged.
-This module holds the shared access (:func:`snapshot`, :func:`writer`), time and duration
-helpers, and ``stats``.
+This module holds the shared read access (:func:`snapshot`, plain ``sqlite3``: no SQLAlchemy
+is imported to read), time and duration helpers, and ``stats``; the writing commands' access
+is in :mod:`gateway.inspect.writer`.
 """
 
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,9 +27,6 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import URL, Connection, Engine, create_engine, event
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.pool import NullPool
 
 from gateway._exceptions import ForeignFile
 from gateway.buffer.rows import Usage
@@ -35,7 +34,7 @@ from gateway.buffer.schema import (
     FileKind,
     State,
     head_revision,
-    readonly_engine,
+    readonly_connect,
     recognise,
     translate,
 )
@@ -46,22 +45,29 @@ DEFAULT_WAIT_S = 5.0  # how long a command waits for SQLite locks before "locked
 # -- access ---------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """One read transaction on a buffer file; every query through ``conn`` sees the same state."""
+    """One read transaction on a buffer file; every query through ``conn`` sees the same state.
+
+    ``conn`` is a plain ``sqlite3`` connection whose rows are :class:`sqlite3.Row` (by index
+    or by column name): the inspection commands run their own SQL, and reading without
+    SQLAlchemy keeps ``edgetally gateway buffer stats`` at interpreter-start speed.
+    """
 
     path: Path
-    conn: Connection
+    conn: sqlite3.Connection
 
     def settings(self) -> dict[str, str]:
-        return {str(k): str(v) for k, v in self.conn.exec_driver_sql("SELECT name, value FROM settings")}
+        return {str(k): str(v) for k, v in self.conn.execute("SELECT name, value FROM settings")}
 
     def usage(self) -> Usage:
-        row = self.conn.exec_driver_sql(
+        row = self.conn.execute(
             "SELECT live_batches, live_bytes, delivered_batches, delivered_bytes FROM usage WHERE id = 1"
-        ).one()
+        ).fetchone()
+        if row is None:
+            raise ForeignFile(f"{self.path} has no usage row, so it is not a gateway buffer; it was left unchanged")
         return Usage(*(int(v) for v in row))
 
 
-def _require_buffer(path: Path, wait_s: float) -> None:
+def require_buffer(path: Path, wait_s: float) -> None:
     if recognise(path, allow_old=False, wait_s=wait_s).kind is FileKind.EMPTY:
         raise ForeignFile(f"{path} is an empty file, not a gateway buffer; it was left unchanged")
 
@@ -69,54 +75,19 @@ def _require_buffer(path: Path, wait_s: float) -> None:
 @contextmanager
 def snapshot(path: Path, *, wait_s: float = DEFAULT_WAIT_S) -> Iterator[Snapshot]:
     """A read-only, consistent view of the buffer at ``path`` (errors translated, one line)."""
-    _require_buffer(path, wait_s)
-    engine = readonly_engine(path, busy_timeout_ms=int(wait_s * 1000), quiescent=True)
+    require_buffer(path, wait_s)
     try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql("BEGIN")
-            yield Snapshot(path, conn)
-    except SQLAlchemyError as exc:
+        conn = readonly_connect(path, busy_timeout_ms=int(wait_s * 1000), quiescent=True)
+    except sqlite3.Error as exc:
+        raise translate(exc, path, "read", wait_s=wait_s) from exc
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute("BEGIN")
+        yield Snapshot(path, conn)
+    except sqlite3.Error as exc:
         raise translate(exc, path, "read", wait_s=wait_s) from exc
     finally:
-        engine.dispose()
-
-
-@contextmanager
-def writer(path: Path, *, wait_s: float = DEFAULT_WAIT_S) -> Iterator[Engine]:
-    """An engine whose transactions are ``BEGIN IMMEDIATE`` with a ``wait_s`` busy timeout.
-
-    Use ``with engine.begin() as conn`` for each short transaction; errors inside are
-    translated by :func:`write_transaction`.
-    """
-    _require_buffer(path, wait_s)
-    engine = create_engine(
-        URL.create("sqlite+pysqlite", database=str(path)),
-        connect_args={"check_same_thread": False, "timeout": wait_s},
-        poolclass=NullPool,
-    )
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        dbapi_connection.execute(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-
-
-@contextmanager
-def write_transaction(engine: Engine, path: Path, what: str, wait_s: float) -> Iterator[Connection]:
-    try:
-        with engine.begin() as conn:
-            yield conn
-    except SQLAlchemyError as exc:
-        raise translate(exc, path, what, wait_s=wait_s) from exc
+        conn.close()
 
 
 # -- times and durations -----------------------------------------------------------------
@@ -211,7 +182,7 @@ _STATS = (
 def buffer_stats(path: Path, *, now: float | None = None, wait_s: float = DEFAULT_WAIT_S) -> BufferStats:
     """Counts by state, usage, age of the oldest undelivered batch, retention and size."""
     with snapshot(path, wait_s=wait_s) as snap:
-        pending, inflight, quarantined, oldest = snap.conn.exec_driver_sql(_STATS).one()
+        pending, inflight, quarantined, oldest = snap.conn.execute(_STATS).fetchone()
         usage = snap.usage()
         recorded = snap.settings()
     moment = time.time() if now is None else now
