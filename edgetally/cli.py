@@ -58,6 +58,9 @@ def root(
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # Tiers are imported after this point (lazily): Alembic logs one INFO line per plugin
+    # when it is imported, which says nothing to an operator.
+    logging.getLogger("alembic.runtime.plugins").setLevel(max(level, logging.WARNING))
 
 
 @app.command("demo")
