@@ -42,11 +42,11 @@ from cloud._exceptions import (
     MigrationError,
     NotACloudDatabase,
 )
+from cloud.migrations import VERSION_TABLE, one_revision, require_head
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-VERSION_TABLE = "cloud_schema_version"  # kept in step with migrations/env.py
 SQLITE_BUSY_TIMEOUT_MS = 5_000  # then DatabaseUnavailable: the worker retries with backoff
 _MIGRATION_LOCK = 0x45544301  # pg_advisory_xact_lock key: "ETC\x01"
 # Bound parameters per bulk statement: under SQLite's 32,766 and PostgreSQL's 65,535.
@@ -175,27 +175,14 @@ def _current_revision(conn: Connection) -> str | None:
     """The schema revision stamped in the database; ``None`` if it has no cloud schema."""
     if not inspect(conn).has_table(VERSION_TABLE):
         return None
-    revisions = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
-    if len(revisions) != 1:
-        raise NotACloudDatabase(f"{VERSION_TABLE} holds {len(revisions)} revisions, expected one")
-    return str(revisions[0])
+    return one_revision(conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all())
 
 
 def check_schema(engine: Engine) -> None:
     """Refuse a database that is not a cloud database at the current schema."""
     with translate_errors("reading the cloud database"), engine.connect() as conn:
         revision = _current_revision(conn)
-    if revision is None:
-        raise NotACloudDatabase(
-            f"{engine.url.render_as_string(hide_password=True)} is not an EdgeTally cloud database"
-            " (run `edgetally cloud migrate --db URL`)"
-        )
-    head = head_revision()
-    if revision != head:
-        raise NotACloudDatabase(
-            f"cloud database schema is at {revision}, this code needs {head}"
-            " (run `edgetally cloud migrate --db URL`)"
-        )
+    require_head(revision, engine.url.render_as_string(hide_password=True))
 
 
 # -- bulk statements ---------------------------------------------------------------------

@@ -10,9 +10,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy.engine import Connection
 
+from cloud.migrations import VERSION_TABLE
 from cloud.models import metadata
-
-VERSION_TABLE = "cloud_schema_version"
 
 
 def run_migrations_online() -> None:

@@ -12,7 +12,8 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 
 from cloud._exceptions import ConfigError, NotACloudDatabase
-from cloud.db import VERSION_TABLE, head_revision, make_engine, upgrade
+from cloud.db import head_revision, make_engine, upgrade
+from cloud.migrations import HEAD_REVISION, VERSION_TABLE
 from cloud.models import metadata
 from cloud.results.results import load_results
 
@@ -22,6 +23,10 @@ def test_migrations_build_exactly_the_tables_the_code_uses(engine: Engine) -> No
         context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
         assert compare_metadata(context, metadata) == []
         assert context.get_current_revision() == head_revision()
+
+
+def test_the_head_revision_a_reader_checks_is_the_newest_migration() -> None:
+    assert head_revision() == HEAD_REVISION
 
 
 def test_upgrade_again_changes_nothing(engine: Engine) -> None:
