@@ -47,7 +47,7 @@ from cloud.audit.report import (
     Discrepancy,
     render_audit,
 )
-from cloud.results.results import read_snapshot, stored_election
+from cloud.results.results import read_snapshot, sa_query, stored_election
 from protocol import Registry, canonical
 
 __all__ = [
@@ -73,7 +73,7 @@ def run_audit(
     Raises :class:`ConfigError` if the registry is not the stored election's.
     """
     with read_snapshot(engine, "auditing the cloud database") as conn:
-        election = stored_election(conn, election_id or registry.election.id)
+        election = stored_election(sa_query(conn), election_id or registry.election.id)
         stored = canonical.dumps(election.to_mapping())
         if stored != canonical.dumps(registry.election.to_mapping()):
             raise ConfigError(

@@ -19,22 +19,27 @@ that did not parse); below the root, those naming a device of the unit.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import func, select
-from sqlalchemy.engine import Connection, Engine
 
-from cloud import models
 from cloud._exceptions import DatabaseError, ResultsError
-from cloud.db import check_schema, translate_errors
 from cloud.results.rollups import PrecinctFigures, Rollup, roll_up
 from protocol import Election, ElectionModelError, Unit, canonical
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+
+# Runs one SQL statement (named ``:params``) in the caller's read transaction; returns its rows.
+# SQLAlchemy's ``text()`` and the stdlib ``sqlite3`` both take this SQL as written, so the
+# queries below are the same whichever reads (cloud/results/sqlite.py reads a SQLite file
+# without importing SQLAlchemy: `edgetally cloud results` answers in a fraction of a second).
+Query = Callable[[str, Mapping[str, Any]], Iterable[Sequence[Any]]]
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,8 @@ class Results:
 @contextmanager
 def read_snapshot(engine: Engine, what: str) -> Iterator[Connection]:
     """A read-only transaction in which every query sees the same committed state."""
+    from cloud.db import check_schema, translate_errors  # SQLAlchemy: only when reading through it
+
     check_schema(engine)
     with translate_errors(what), engine.connect() as conn:
         if conn.dialect.name == "postgresql":  # one snapshot for every query
@@ -117,36 +124,49 @@ def load_results(
     """Read the results of ``election_id`` (default: the only election in the database) at
     ``unit_id`` (default: the root). Raises :class:`ResultsError` for an unknown unit."""
     with read_snapshot(engine, "reading results") as conn:
-        election = stored_election(conn, election_id)
-        unit = find_unit(election, unit_id)
-        return _read(conn, election, unit)
+        return read_results(sa_query(conn), election_id, unit_id)
 
 
-def stored_election(conn: Connection, election_id: str | None) -> Election:
+def sa_query(conn: Connection) -> Query:
+    """A :data:`Query` running in ``conn``'s transaction (SQLAlchemy)."""
+    from sqlalchemy import text
+
+    def query(sql: str, params: Mapping[str, Any]) -> Iterable[Sequence[Any]]:
+        return conn.execute(text(sql), dict(params)).all()
+
+    return query
+
+
+def read_results(query: Query, election_id: str | None = None, unit_id: str | None = None) -> Results:
+    """The results, read through ``query`` inside one read transaction."""
+    election = stored_election(query, election_id)
+    return _read(query, election, find_unit(election, unit_id))
+
+
+def stored_election(query: Query, election_id: str | None) -> Election:
     """The election stored in the database (the only one, or ``election_id``)."""
-    e = models.elections.c
-    rows = conn.execute(select(e.election, e.definition).order_by(e.election)).all()
+    rows = [(str(e), str(d)) for e, d in query("SELECT election, definition FROM elections ORDER BY election", {})]
     if not rows:
         raise ResultsError(
             "the database holds no election yet (has `edgetally cloud run` started?)"
         )
     if election_id is None:
         if len(rows) > 1:
-            ids = ", ".join(r.election for r in rows)
+            ids = ", ".join(e for e, _ in rows)
             raise ResultsError(
                 f"the database holds several elections ({ids}); pick one with --election"
             )
-        row = rows[0]
+        stored, definition = rows[0]
     else:
-        matching = [r for r in rows if r.election == election_id]
+        matching = [r for r in rows if r[0] == election_id]
         if not matching:
             raise ResultsError(f"the database holds no election {election_id!r}")
-        row = matching[0]
+        stored, definition = matching[0]
     try:
-        return Election.from_mapping(canonical.loads(row.definition, what="stored election"))
+        return Election.from_mapping(canonical.loads(definition, what="stored election"))
     except ElectionModelError as err:
         raise DatabaseError(
-            f"stored definition of election {row.election!r} is unreadable: {err}"
+            f"stored definition of election {stored!r} is unreadable: {err}"
         ) from err
 
 
@@ -164,36 +184,34 @@ def find_unit(election: Election, unit_id: str | None) -> Unit:
     return unit
 
 
-def _read(conn: Connection, election: Election, unit: Unit) -> Results:
-    eid = election.id
+def _read(query: Query, election: Election, unit: Unit) -> Results:
+    eid = {"eid": election.id}
     votes: dict[str, dict[str, dict[str, int]]] = {}
-    t = models.tallies.c
-    for precinct, contest, choice, n in conn.execute(
-        select(t.precinct, t.contest, t.choice, t.votes).where(t.election == eid)
+    for precinct, contest, choice, n in query(
+        "SELECT precinct, contest, choice, votes FROM tallies WHERE election = :eid", eid
     ):
         votes.setdefault(precinct, {}).setdefault(contest, {})[choice] = int(n)
-    p = models.precinct_ballots.c
     ballots = {
-        row.precinct: (int(row.ballots), int(row.batches))
-        for row in conn.execute(select(p.precinct, p.ballots, p.batches).where(p.election == eid))
+        precinct: (int(n), int(batches))
+        for precinct, n, batches in query(
+            "SELECT precinct, ballots, batches FROM precinct_ballots WHERE election = :eid", eid
+        )
     }
-    d = models.devices.c
     finals: dict[str, int] = {}
     duplicates: dict[str, int] = {}
-    for device, final_seq, dups in conn.execute(
-        select(d.device, d.final_seq, d.duplicates).where(d.election == eid)
+    for device, final_seq, dups in query(
+        "SELECT device, final_seq, duplicates FROM devices WHERE election = :eid", eid
     ):
         precinct = election.precinct_of(device)
         if precinct is None:
             continue
         finals[precinct] = finals.get(precinct, 0) + (final_seq is not None)
         duplicates[precinct] = duplicates.get(precinct, 0) + int(dups)
-    r = models.rejections.c
     by_device: dict[str | None, dict[str, int]] = {}
-    for device, reason, n in conn.execute(
-        select(r.device, r.reason, func.count())
-        .where((r.election == eid) | r.election.is_(None))
-        .group_by(r.device, r.reason)
+    for device, reason, n in query(
+        "SELECT device, reason, count(*) FROM rejections"
+        " WHERE election = :eid OR election IS NULL GROUP BY device, reason",
+        eid,
     ):
         by_device.setdefault(device, {})[reason] = int(n)
     rejected: dict[str, int] = {}

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
 from cloud import models
-from cloud.results.results import find_unit, read_snapshot, stored_election
+from cloud.results.results import find_unit, read_snapshot, sa_query, stored_election
 from cloud.results.windows import stored_width
 from protocol import Election, Unit
 from protocol.election import format_timestamp
@@ -69,7 +69,7 @@ class Trend:
 
 def load_trend(engine: Engine, election_id: str | None = None, unit_id: str | None = None) -> Trend:
     with read_snapshot(engine, "reading windows") as conn:
-        election = stored_election(conn, election_id)
+        election = stored_election(sa_query(conn), election_id)
         unit = find_unit(election, unit_id)
         return _read(conn, election, unit)
 
