@@ -42,7 +42,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from benchmarks._mqtt import Sink, proc_status_kib, raw_ceiling
-from cloud.worker.receipts import DEFAULT_RECEIPT_INTERVAL_S
+from cloud.config import DEFAULT_RECEIPT_INTERVAL_S
 from devices.synth import synth_election
 from devices.tabulator import Tabulator
 from edgetally.brokers import BrokerProcess, mosquitto_binary

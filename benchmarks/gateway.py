@@ -46,7 +46,7 @@ from benchmarks._mqtt import (
     signed_envelopes,
     wait_for,
 )
-from cloud.worker.receipts import DEFAULT_RECEIPT_INTERVAL_S
+from cloud.config import DEFAULT_RECEIPT_INTERVAL_S
 from devices.election_file import load_election, sample_election_path
 from edgetally.brokers import BrokerProcess, BrokerSettings, mosquitto_binary
 from edgetally.processes import Component

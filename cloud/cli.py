@@ -4,6 +4,10 @@ the rules wrote: alerts, stored, dead-letters.
 Errors in what the user gave (missing keys, bad URL, a database that is not a cloud
 database) end the command with exit code 1 and one line on stderr. An unreachable broker at
 start is not an error: `run` keeps retrying with backoff.
+
+Past 400 lines and kept whole: it is one concept, the cloud's command surface, each command a
+thin wrapper (options, one call, output) over the module that does the work; cut by command
+it would scatter the shared options and the one way a command fails.
 """
 
 from __future__ import annotations
@@ -14,27 +18,29 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 from rich.console import Console
 
 from cloud import faults
 from cloud._exceptions import CloudError, ConfigError
-from cloud.audit.audit import DEFAULT_LIMIT, render_audit, run_audit
-from cloud.config import DEFAULT_CLOUD_ID, DEFAULT_DB_URL, CloudConfig
-from cloud.db import make_engine, upgrade
-from cloud.engine import outputs
-from cloud.engine.engine import RulesEngine
-from cloud.engine.rulefile import load_rules
-from cloud.ledger.ledger import Ledger
-from cloud.results.results import load_results, render
-from cloud.results.trend import Trend, load_trend, render_trend
-from cloud.results.windows import load_width, set_window_width
-from cloud.worker.receipts import DEFAULT_RECEIPT_INTERVAL_S
-from cloud.worker.status import StatusStore, load_gateways, render_gateways
-from cloud.worker.worker import CloudWorker
-from protocol import DEFAULT_MAX_BYTES, ProtocolError, Registry, parse_broker_url
+from cloud.audit.report import DEFAULT_LIMIT
+from cloud.config import (
+    DEFAULT_CLOUD_ID,
+    DEFAULT_DB_URL,
+    DEFAULT_OUTPUT_LIMIT,
+    DEFAULT_RECEIPT_INTERVAL_S,
+    CloudConfig,
+)
+from protocol import DEFAULT_MAX_BYTES, ProtocolError, parse_broker_url
+
+if TYPE_CHECKING:
+    from protocol import Registry
+
+# Each command imports what it runs (SQLAlchemy, the rules engine, the MQTT worker) in its
+# own body: `edgetally cloud results` on a SQLite file imports neither SQLAlchemy nor
+# Alembic and answers in a fraction of a second (scripts/bench cli).
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +94,8 @@ def build_config(
 
 
 def load_registry(keys: Path) -> Registry:
+    from protocol import Registry
+
     if not keys.is_dir():
         raise ConfigError(f"--keys {keys}: no such directory")
     try:
@@ -142,6 +150,13 @@ def run(
 ) -> None:
     """Consume batches from the cloud broker, run the rules (ledger, alerts, ...); publish
     receipts."""
+    from cloud.db import make_engine, upgrade
+    from cloud.engine.engine import RulesEngine
+    from cloud.engine.rulefile import load_rules
+    from cloud.ledger.ledger import Ledger
+    from cloud.worker.status import StatusStore
+    from cloud.worker.worker import CloudWorker
+
     try:
         rules = load_rules(rules_file)  # a bad rules file is refused before anything starts
         armed = faults.arm_from_environment()
@@ -190,6 +205,8 @@ def run(
 @app.command("migrate")
 def migrate(db: str = DB_OPTION) -> None:
     """Create or upgrade the cloud database schema (Alembic, to the newest revision)."""
+    from cloud.db import make_engine, upgrade
+
     try:
         engine = make_engine(db)
         revision = upgrade(engine)
@@ -218,20 +235,49 @@ def results(
 ) -> None:
     """Totals of a reporting unit: per-contest votes and shares, ballots, turnout, precincts
     reporting, its child units; or with --windows, ballots and votes per time window."""
+    if windows:
+        _trend(db, election, unit, as_json=as_json, last=last)
+        return
+    from cloud.results.results import render
+    from cloud.results.sqlite import load_results_file, sqlite_file
+
+    path = sqlite_file(db)
     try:
-        engine = make_engine(db, create=False, writer=False)
-        loaded = (
-            load_trend(engine, election, unit) if windows else load_results(engine, election, unit)
-        )
+        if path is not None:  # the stdlib reader: no SQLAlchemy to import
+            loaded = load_results_file(path, db, election, unit)
+        else:
+            from cloud.db import make_engine
+            from cloud.results.results import load_results
+
+            engine = make_engine(db, create=False, writer=False)
+            try:
+                loaded = load_results(engine, election, unit)
+            finally:
+                engine.dispose()
     except CloudError as err:
         _fail("results", err)
-    engine.dispose()
     if as_json:
         typer.echo(json.dumps(loaded.to_mapping(), indent=2, sort_keys=True))
-    elif isinstance(loaded, Trend):
-        render_trend(loaded, Console(), last=last)
     else:
         render(loaded, Console())
+
+
+def _trend(db: str, election: str | None, unit: str | None, *, as_json: bool, last: int) -> None:
+    from cloud.db import make_engine
+    from cloud.results.trend import load_trend, render_trend
+
+    try:
+        engine = make_engine(db, create=False, writer=False)
+        try:
+            trend = load_trend(engine, election, unit)
+        finally:
+            engine.dispose()
+    except CloudError as err:
+        _fail("results", err)
+    if as_json:
+        typer.echo(json.dumps(trend.to_mapping(), indent=2, sort_keys=True))
+    else:
+        render_trend(trend, Console(), last=last)
 
 
 @app.command("audit")
@@ -249,6 +295,9 @@ def audit(
     """Re-verify every signature and hash chain, find seq gaps and missing final batches,
     check final totals, recompute tallies and windows from the ledger. Exit 0 only if all
     hold; 1 if anything does not (or the audit cannot run: one line on stderr)."""
+    from cloud.audit.audit import render_audit, run_audit
+    from cloud.db import make_engine
+
     try:
         registry = load_registry(keys)
         engine = make_engine(db, create=False, writer=False)
@@ -274,6 +323,9 @@ def settings(
     ),
 ) -> None:
     """Show the settings stored with the data, or change the window width."""
+    from cloud.db import make_engine
+    from cloud.results.windows import load_width, set_window_width
+
     try:
         if window_seconds is None:
             engine = make_engine(db, create=False, writer=False)
@@ -295,6 +347,9 @@ def gateways(
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """The latest status each gateway reported: links, buffer depth, rates, age."""
+    from cloud.db import make_engine
+    from cloud.worker.status import load_gateways, render_gateways
+
     try:
         engine = make_engine(db, create=False, writer=False)
         rows = load_gateways(engine)
@@ -308,7 +363,7 @@ def gateways(
 
 
 LIMIT_OPTION = typer.Option(
-    outputs.DEFAULT_LIMIT, "--limit", min=0, help="the newest N rows (0: all)"
+    DEFAULT_OUTPUT_LIMIT, "--limit", min=0, help="the newest N rows (0: all)"
 )
 
 
@@ -321,6 +376,9 @@ def alerts(
     limit: int = LIMIT_OPTION,
 ) -> None:
     """Alerts the rules raised (severity, rule, device, seq, message), oldest first."""
+    from cloud.db import make_engine
+    from cloud.engine import outputs
+
     try:
         engine = make_engine(db, create=False, writer=False)
         found = outputs.load_alerts(engine, rule=rule, device=device, limit=limit)
@@ -343,6 +401,9 @@ def stored(
     limit: int = LIMIT_OPTION,
 ) -> None:
     """Rows the rules' store actions kept, in one named table; or the tables and their sizes."""
+    from cloud.db import make_engine
+    from cloud.engine import outputs
+
     try:
         engine = make_engine(db, create=False, writer=False)
         if table is None:
@@ -370,6 +431,9 @@ def dead_letters(
     limit: int = LIMIT_OPTION,
 ) -> None:
     """Rows whose action failed, and their error action too (or had none), with the error."""
+    from cloud.db import make_engine
+    from cloud.engine import outputs
+
     try:
         engine = make_engine(db, create=False, writer=False)
         found = outputs.load_dead_letters(engine, limit=limit)

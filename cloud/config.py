@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloud._exceptions import ConfigError
-from cloud.worker.receipts import DEFAULT_RECEIPT_INTERVAL_S
 from protocol import (
     BATCH_FILTER,
     DEFAULT_MAX_BYTES,
@@ -19,6 +18,8 @@ from protocol.election import ID_PATTERN
 
 DEFAULT_DB_URL = "sqlite:///edgetally.db"
 DEFAULT_CLOUD_ID = "cloud1"
+DEFAULT_RECEIPT_INTERVAL_S = 0.25  # the longest a device waits for a receipt once its batch is committed
+DEFAULT_OUTPUT_LIMIT = 100  # rows `cloud alerts`, `stored` and `dead-letters` show by default
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,9 +20,8 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from cloud import models
+from cloud.config import DEFAULT_OUTPUT_LIMIT
 from cloud.db import check_schema, translate_errors
-
-DEFAULT_LIMIT = 100
 
 
 def _read(engine: Engine, table: SqlTable, limit: int, **where: Any) -> list[dict[str, Any]]:
@@ -50,16 +49,16 @@ def load_alerts(
     *,
     rule: str | None = None,
     device: str | None = None,
-    limit: int = DEFAULT_LIMIT,
+    limit: int = DEFAULT_OUTPUT_LIMIT,
 ) -> list[dict[str, Any]]:
     return _read(engine, models.alerts, limit, rule=rule, device=device)
 
 
-def load_stored(engine: Engine, table: str, *, limit: int = DEFAULT_LIMIT) -> list[dict[str, Any]]:
+def load_stored(engine: Engine, table: str, *, limit: int = DEFAULT_OUTPUT_LIMIT) -> list[dict[str, Any]]:
     return _read(engine, models.stored_rows, limit, table_name=table)
 
 
-def load_dead_letters(engine: Engine, *, limit: int = DEFAULT_LIMIT) -> list[dict[str, Any]]:
+def load_dead_letters(engine: Engine, *, limit: int = DEFAULT_OUTPUT_LIMIT) -> list[dict[str, Any]]:
     return _read(engine, models.dead_letters, limit)
 
 

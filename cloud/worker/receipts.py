@@ -32,11 +32,11 @@ from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 
+from cloud.config import DEFAULT_RECEIPT_INTERVAL_S
 from protocol import Receipt, receipt_topic
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RECEIPT_INTERVAL_S = 0.25
 
 DeviceKey = tuple[str, str]  # (election, device)
 

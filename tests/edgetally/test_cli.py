@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -43,6 +44,24 @@ def test_a_tier_command_imports_its_own_cli_and_not_the_others() -> None:
     loaded = _modules_after(["gateway", "--help"])
     assert "gateway.cli" in loaded
     assert not {"cloud.cli", "devices.cli", "edgetally.scenarios.cli"} & loaded
+
+
+def test_buffer_stats_and_cloud_results_on_sqlite_import_no_sqlalchemy(tmp_path: Path) -> None:
+    from cloud.db import make_engine, upgrade
+    from gateway.buffer.store import Buffer
+
+    with Buffer(tmp_path / "buffer.db"):
+        pass
+    url = f"sqlite:///{tmp_path / 'cloud.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    for argv in (
+        ["gateway", "buffer", "stats", "--buffer", str(tmp_path / "buffer.db"), "--json"],
+        ["cloud", "results", "--db", url, "--json"],  # no election yet: refused, still read
+    ):
+        loaded = _modules_after(argv)
+        assert {"sqlalchemy", "alembic", "cryptography"}.isdisjoint(loaded), argv
 
 
 @pytest.mark.parametrize("name", sorted(SUBCOMMANDS))
