@@ -2,37 +2,28 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-import yaml
 from rich.console import Console
-from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from devices._exceptions import DeviceError
-from devices.behaviours import EMPTY, assign, load_profile, profile_from_specs
 from devices.election_file import load_election, sample_election_path
-from devices.fleet.config import FleetConfig
-from devices.fleet.fleet import Fleet
-from devices.fleet.stats import FleetSummary
-from devices.generator import expected_totals
-from devices.live import LiveView
-from devices.metrics import MetricsServer, linger
-from devices.preflight import check_fleet_inputs
-from devices.shards import parse_shard, pick, run_shards
-from devices.snapshot import FleetMonitor
-from devices.state import StateStore
-from devices.synth import synth_mapping
-from devices.truth import build_truth, load_truth, merge_truths, write_truth
-from protocol import ProtocolError, Registry, parse_broker_url, provision
+from protocol import ProtocolError
+
+if TYPE_CHECKING:
+    from devices.fleet.stats import FleetSummary
+    from devices.state import StateStore
+
+# Each command imports what it runs (the fleet, its MQTT client, the state store) in its own
+# body, so `devices provision` or `devices expected` does not pay for the fleet.
 
 app = typer.Typer(help="Provision tabulators, compute expected totals, run a device fleet.", no_args_is_help=True)
 out = Console()
@@ -58,6 +49,8 @@ def provision_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing private keys"),
 ) -> None:
     """Create an Ed25519 key per device and the registry (device -> precinct, public key)."""
+    from protocol import provision
+
     try:
         election = load_election(_resolve_election(election_file))
         registry = provision(election, out_dir, overwrite=overwrite)
@@ -82,6 +75,8 @@ def expected_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON"),
 ) -> None:
     """Print the totals the cloud must end with (no broker needed)."""
+    from devices.generator import expected_totals
+
     try:
         election = load_election(_resolve_election(election_file))
     except DeviceError as exc:
@@ -114,6 +109,10 @@ def synth_cmd(
     out_file: Path = typer.Option(..., "--out", help="Election YAML file to write"),
 ) -> None:
     """Write a synthetic election of any size (for load tests and the fleet benchmark)."""
+    import yaml
+
+    from devices.synth import synth_mapping
+
     try:
         mapping = synth_mapping(devices, precincts or max(1, devices // 3), seed)
         out_file.write_text(yaml.safe_dump(mapping, sort_keys=False))
@@ -161,6 +160,11 @@ def _run_sharded(
     truth_file: Path | None = None,
     show_live: bool = False,
 ) -> None:
+    from rich.live import Live
+
+    from devices.shards import run_shards
+    from devices.truth import load_truth, merge_truths, write_truth
+
     last_write = [0.0]
     board: Live | None = None
 
@@ -235,6 +239,22 @@ def run_cmd(
     truth_file: Path | None = typer.Option(None, "--truth", help="Write the ground truth (what the cloud must accept and reject, gaps it must repair) to this JSON file"),
 ) -> None:
     """Run every device of the election: sign, publish QoS 1, keep until acknowledged/receipted."""
+    import asyncio
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from devices.behaviours import EMPTY, assign, load_profile, profile_from_specs
+    from devices.fleet.config import FleetConfig
+    from devices.fleet.fleet import Fleet
+    from devices.live import LiveView
+    from devices.metrics import MetricsServer, linger
+    from devices.preflight import check_fleet_inputs
+    from devices.shards import parse_shard, pick
+    from devices.snapshot import FleetMonitor
+    from devices.state import StateStore
+    from devices.truth import build_truth, write_truth
+    from protocol import Registry, parse_broker_url
+
     store: StateStore | None = None
     try:
         address = parse_broker_url(broker)
