@@ -10,6 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console, Group
@@ -17,11 +18,13 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from edgetally.brokers import BrokerProcess
-from edgetally.processes import Component
 from edgetally.scenarios.model import ScenarioError, load_scenario, shipped, shipped_dir
-from edgetally.scenarios.runner import Event, Report, RunOptions, Sample, ScenarioRunner
-from edgetally.scenarios.world import World
+
+if TYPE_CHECKING:
+    from edgetally.brokers import BrokerProcess
+    from edgetally.processes import Component
+    from edgetally.scenarios.runner import Event, Report, Sample
+    from edgetally.scenarios.world import World
 
 app = typer.Typer(help="Scenarios: a topology and a timeline of faults, then a verdict", no_args_is_help=True)
 
@@ -151,6 +154,11 @@ def run_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON instead of tables"),
 ) -> None:
     """Run a scenario: start its world, play its faults, wait for drain, print the verdict (exit 0 only if it holds)."""
+    from edgetally.scenarios.runner import (  # the world's processes: only to run
+        RunOptions,
+        ScenarioRunner,
+    )
+
     console = Console(stderr=json_out)
     try:
         loaded = load_scenario(_find(scenario))
