@@ -53,8 +53,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-import paho.mqtt.client as mqtt
-
 from cloud import faults
 from cloud._exceptions import DatabaseUnavailable
 from cloud.config import CloudConfig
@@ -63,9 +61,9 @@ from cloud.ledger.chain import Verdict
 from cloud.ledger.ledger import Checked, GroupResult, Inbound, Ledger
 from cloud.ledger.repairs import RepairScheduler
 from cloud.worker.receipts import ReceiptSender
+from cloud.worker.repairs import RepairSender
 from cloud.worker.session import Backoff, Delivery, Session, _Taken
 from cloud.worker.status import StatusStore
-from protocol import RepairRequest, command_topic
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +95,7 @@ class CloudWorker:
         self._totals = dict.fromkeys(Verdict, 0)
         self._stale_acks = 0
         self._repairs = RepairScheduler(config.repair_interval_s, config.repair_grace_s)
-        self._repairs_sent = 0
+        self._repair_sender = RepairSender(self._repairs, ledger)
         # Held receipts outlive a connection: they go out on the next one (commit thread only).
         self._receipts = ReceiptSender(config.receipt_interval_s)
 
@@ -128,7 +126,7 @@ class CloudWorker:
                 self._totals[Verdict.DUPLICATE],
                 self._totals[Verdict.REJECTED],
                 self._stale_acks,
-                self._repairs_sent,
+                self._repair_sender.sent,
             )
             log.info("receipts: %s", self._receipts.summary())
             if self._rules is not None:
@@ -373,54 +371,12 @@ class CloudWorker:
             self._receipts.flush(session.client, time.monotonic())
 
     def _send_repairs(self) -> None:
-        """Publish the repair requests due (QoS 1, not retained), then note them in the DB."""
+        """Publish the repair requests due (:mod:`cloud.worker.repairs`); kept while not connected."""
         with self._session_lock:
             session = self._session
         if session is None or not session.connected.is_set():
             return  # kept: due again once connected
-        now = time.monotonic()
-        requests = self._repairs.due(now)
-        if not requests:
-            return
-        # What this worker saw may be stale: with --share another worker may have committed
-        # the missing seqs. Ask only for what the database still misses, as it is now.
-        try:
-            current = self._ledger.current_gaps([(r.election, r.device) for r in requests])
-        except DatabaseUnavailable as err:
-            log.warning("repair requests held back, seq gaps not readable: %s", err)
-            return  # due again after their interval
-        self._repairs.observe(current.items(), now)  # forgets the gaps closed meanwhile
-        requests = [
-            RepairRequest(r.election, r.device, ranges)
-            for r in requests
-            if (ranges := current.get((r.election, r.device)))
-        ]
-        sent: list[RepairRequest] = []
-        for request in requests:
-            rc = session.client.publish(
-                command_topic(request.election, request.device),
-                request.to_bytes(),
-                qos=1,
-                retain=False,
-            ).rc
-            if rc != mqtt.MQTT_ERR_SUCCESS:
-                log.warning(
-                    "repair request device=%s not published: %s",
-                    request.device,
-                    mqtt.error_string(rc),
-                )
-                continue
-            sent.append(request)
-            log.info(
-                "repair request device=%s seq=%s published",
-                request.device,
-                ",".join(f"{a}-{b}" for a, b in request.missing),
-            )
-        self._repairs_sent += len(sent)
-        try:
-            self._ledger.mark_requested(sent)
-        except DatabaseUnavailable as err:  # informational only: the request went out
-            log.warning("repair requests not noted in the database: %s", err)
+        self._repair_sender.send(session.client)
 
     def _retry(self, commit: Callable[[], T], messages: int) -> T | None:
         """``commit()`` until it succeeds; ``None`` if intake closes first (nothing acked).
