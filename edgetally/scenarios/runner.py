@@ -33,14 +33,16 @@ from edgetally.processes import Component, ComponentError
 from edgetally.proxy.control import ProxyControl
 from edgetally.proxy.proxy import ProxyError
 from edgetally.scenarios.checks import (
-    Observations,
     ScenarioVerdict,
-    cloud_engine,
-    expected_accepts,
     judge,
-    undelivered,
 )
 from edgetally.scenarios.model import Action, Scenario
+from edgetally.scenarios.observe import (
+    Observations,
+    cloud_engine,
+    expected_accepts,
+    undelivered,
+)
 from edgetally.scenarios.world import Proxy, World, WorldError
 from gateway._exceptions import GatewayError
 

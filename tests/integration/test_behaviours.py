@@ -27,12 +27,14 @@ from edgetally.scenarios.checks import (
     LEDGER,
     REFUSALS,
     REPAIRS,
-    Observations,
     ScenarioVerdict,
+    judge,
+)
+from edgetally.scenarios.observe import (
+    Observations,
     cloud_engine,
     expected_accepts,
     expected_refusals,
-    judge,
     read_ledger,
     read_refusals,
     undelivered,
