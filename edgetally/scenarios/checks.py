@@ -40,17 +40,19 @@ The checks (names are the module constants below; each a :class:`edgetally.verdi
     PEAK        informational: the deepest the buffers got (what the runner sampled); never fails
 
 A store that cannot be read fails the checks that need it, with the error as the detail.
+
+What a check observes (the truth's expectations, the stores, each read once) is in
+:mod:`edgetally.scenarios.observe`; the verdict and its rendering in
+:mod:`edgetally.scenarios.verdict`. What is left here, the judge and its ten checks, is one
+concept that reads best whole, though a little over 400 lines: each check is a method of the
+one judge and shares its read-once stores, the table above specifies them in order, and their
+details are worded alike; split into groups, each group would need the same judge and the table
+would describe checks that live elsewhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from collections.abc import Callable, Mapping
 
 from edgetally.scenarios.observe import (
     Key,
@@ -64,6 +66,7 @@ from edgetally.scenarios.observe import (
     seq_span,
     undelivered,
 )
+from edgetally.scenarios.verdict import ScenarioVerdict, _count, _listed
 from edgetally.verdict import Check
 
 LEDGER = "every accepted batch in the ledger exactly once"
@@ -76,69 +79,6 @@ REPAIRS = "gaps repaired"
 DRAINED = "gateway buffers drained"
 DRAIN_TIME = "time to drain after the last fault"
 PEAK = "peak buffer depth"
-
-SHOWN = 5  # items named in a detail before "+N more"
-
-
-# -- the verdict ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ScenarioVerdict:
-    checks: tuple[Check, ...]
-    # Accepted batches the ledger does not hold, (device, seq), sorted; () also when the ledger
-    # could not be read (then its check fails saying so).
-    lost: tuple[Key, ...]
-    time_to_drain_s: float | None = None
-    peak_buffer_depth: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return all(c.ok for c in self.checks)
-
-    def check(self, name: str) -> Check:
-        return next(c for c in self.checks if c.name == name)
-
-    @property
-    def failed(self) -> list[str]:
-        return [c.name for c in self.checks if not c.ok]
-
-    def to_mapping(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
-            "lost": [{"device": d, "seq": s} for d, s in self.lost],
-            "lost_count": len(self.lost),
-            "time_to_drain_s": None
-            if self.time_to_drain_s is None
-            else round(self.time_to_drain_s, 3),
-            "peak_buffer_depth": self.peak_buffer_depth,
-        }
-
-    def render(self, console: Console) -> None:
-        table = Table(title="Scenario verdict", title_justify="left")
-        table.add_column("check")
-        table.add_column("", justify="center")
-        table.add_column("detail")
-        for check in self.checks:
-            table.add_row(
-                Text(check.name),
-                "[green]✓[/]" if check.ok else "[bold red]✗[/]",
-                Text(check.detail),
-            )
-        console.print(table)
-        if self.lost:
-            console.print(
-                Text(
-                    f"LOST {len(self.lost)} accepted batches: {_listed(f'{d}:{s}' for d, s in self.lost)}",
-                    "bold red",
-                )
-            )
-        if self.ok:
-            console.print(
-                "[bold green]VERDICT: PASS[/] — every batch counted once, every total exact, every refusal where it"
-                " belongs, the audit holds, the buffers drained"
-            )
-        else:
-            console.print("[bold red]VERDICT: FAIL[/] — ", Text(", ".join(self.failed)), sep="")
 
 
 def judge(obs: Observations) -> ScenarioVerdict:
@@ -478,16 +418,3 @@ class _Judge(StoreReader):
 
     def check_peak(self) -> Check:
         return Check(PEAK, True, f"{self.obs.peak_buffer_depth:,} batches pending or in flight")
-
-
-def _count(n: int, what: str) -> str:
-    return f"{n:,} {what}" + ("" if n == 1 else "s")
-
-
-def _listed(items: Iterable[str], shown: int = SHOWN) -> str:
-    """The first ``shown`` items, then how many more."""
-    listed = list(items)
-    text = ", ".join(listed[:shown])
-    if len(listed) > shown:
-        text += f" (+{len(listed) - shown:,} more)"
-    return text

@@ -32,10 +32,7 @@ from edgetally.brokers import BrokerError, BrokerProcess
 from edgetally.processes import Component, ComponentError
 from edgetally.proxy.control import ProxyControl
 from edgetally.proxy.proxy import ProxyError
-from edgetally.scenarios.checks import (
-    ScenarioVerdict,
-    judge,
-)
+from edgetally.scenarios.checks import judge
 from edgetally.scenarios.model import Action, Scenario
 from edgetally.scenarios.observe import (
     Observations,
@@ -43,6 +40,7 @@ from edgetally.scenarios.observe import (
     expected_accepts,
     undelivered,
 )
+from edgetally.scenarios.verdict import ScenarioVerdict
 from edgetally.scenarios.world import Proxy, World, WorldError
 from gateway._exceptions import GatewayError
 

@@ -23,13 +23,7 @@ import pytest
 from devices.behaviours import Behaviour
 from devices.truth import load_truth
 from edgetally.processes import Component
-from edgetally.scenarios.checks import (
-    LEDGER,
-    REFUSALS,
-    REPAIRS,
-    ScenarioVerdict,
-    judge,
-)
+from edgetally.scenarios.checks import LEDGER, REFUSALS, REPAIRS, judge
 from edgetally.scenarios.observe import (
     Observations,
     cloud_engine,
@@ -39,6 +33,7 @@ from edgetally.scenarios.observe import (
     read_refusals,
     undelivered,
 )
+from edgetally.scenarios.verdict import ScenarioVerdict
 from edgetally.stack import Stack, StackConfig
 from tests.helpers import SAMPLE_ELECTION, wait_until
 

@@ -33,7 +33,6 @@ from edgetally.scenarios.checks import (
     REFUSALS,
     REPAIRS,
     TOTALS,
-    ScenarioVerdict,
     judge,
 )
 from edgetally.scenarios.observe import (
@@ -45,6 +44,7 @@ from edgetally.scenarios.observe import (
     read_refusals,
     undelivered,
 )
+from edgetally.scenarios.verdict import ScenarioVerdict
 from edgetally.stack import Stack, StackConfig
 from tests.helpers import SAMPLE_ELECTION, wait_until
 
