@@ -48,8 +48,7 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_right
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -76,7 +75,7 @@ from cloud.engine.actions import (
     write_stored,
 )
 from cloud.engine.rulefile import RESERVED_TOPICS, RulesConfig, RuleSpec
-from cloud.ledger.chain import Verdict
+from cloud.engine.stats import EngineResult, EngineStats, RateWindows
 from cloud.ledger.ledger import Checked, GroupResult, Inbound, Ledger, Outcome
 from cloud.rules import EvalContext, RuleError, topic_matches
 from protocol import Registry, VerifiedBatch
@@ -85,28 +84,6 @@ log = logging.getLogger(__name__)
 
 TOPIC_CACHE_MAX = 4096  # distinct topics remembered; past it the cache starts again (cleared)
 Row = dict[str, Any]
-
-
-@dataclass(slots=True)
-class EngineStats:
-    """Counts since the worker started (messages of committed groups only)."""
-
-    messages: int = 0
-    unmatched: int = 0  # selected by no rule: counted, logged at DEBUG, not stored
-    ledgered: int = 0
-    alerts: int = 0
-    stored: int = 0
-    republished: int = 0
-    failed_actions: int = 0  # failures that went to an error action or a dead letter
-    dead_letters: int = 0
-    lost: int = 0  # failures that not even the dead-letter table took (logged at ERROR)
-
-    def summary(self) -> str:
-        return (
-            f"{self.messages} messages, {self.unmatched} matched no rule, {self.ledgered} to the"
-            f" ledger, {self.alerts} alerts, {self.stored} stored rows, {self.republished}"
-            f" republished, {self.failed_actions} failed actions, {self.dead_letters} dead letters"
-        )
 
 
 @dataclass(slots=True)
@@ -128,25 +105,6 @@ class _Message:
     early_dead: list[DeadLetter] | None = None  # ledger rules that could not be evaluated
 
 
-@dataclass(frozen=True, slots=True)
-class EngineResult:
-    """What a committed group did; what the worker needs for receipts, counts and publishing."""
-
-    ledger: GroupResult | None
-    outgoing: tuple[Outgoing, ...] = ()
-
-    @property
-    def receipts(self) -> tuple[Any, ...]:
-        return self.ledger.receipts if self.ledger is not None else ()
-
-    @property
-    def gaps(self) -> tuple[Any, ...]:
-        return self.ledger.gaps if self.ledger is not None else ()
-
-    def count(self, verdict: Verdict) -> int:
-        return self.ledger.count(verdict) if self.ledger is not None else 0
-
-
 @dataclass(slots=True)
 class _Attempt:
     """What one run of the transaction produced (reset when the ledger runs it again)."""
@@ -158,40 +116,6 @@ class _Attempt:
     failed: int = 0
     dead: list[DeadLetter] = field(default_factory=list)
     lost: list[tuple[DeadLetter, str]] = field(default_factory=list)
-
-
-class RateWindows:
-    """Per device, how many messages arrived in each second, for the last ``window_s``
-    seconds. A group's messages are added only once it committed."""
-
-    def __init__(self, window_s: int) -> None:
-        self.window_s = window_s
-        self._seconds: dict[str, deque[list[int]]] = {}
-
-    def count(self, device: str, second: int, seconds: int) -> int:
-        """Messages of ``device`` in the ``seconds`` seconds up to ``second`` (committed ones)."""
-        buckets = self._seconds.get(device)
-        if not buckets:
-            return 0
-        floor = second - seconds
-        total = 0
-        for at, n in reversed(buckets):
-            if at <= floor:
-                break
-            total += n
-        return total
-
-    def add(self, device: str, seconds: Iterable[int]) -> None:
-        buckets = self._seconds.setdefault(device, deque())
-        for second in seconds:
-            if buckets and buckets[-1][0] >= second:  # same second (or the clock stepped back)
-                buckets[-1][1] += 1
-            else:
-                buckets.append([second, 1])
-        if buckets:
-            oldest = buckets[-1][0] - self.window_s
-            while buckets and buckets[0][0] <= oldest:
-                buckets.popleft()
 
 
 class RulesEngine:

@@ -56,7 +56,8 @@ from typing import TypeVar
 from cloud import faults
 from cloud._exceptions import DatabaseUnavailable
 from cloud.config import CloudConfig
-from cloud.engine.engine import EngineResult, RulesEngine
+from cloud.engine.engine import RulesEngine
+from cloud.engine.stats import EngineResult
 from cloud.ledger.chain import Verdict
 from cloud.ledger.ledger import Checked, GroupResult, Inbound, Ledger
 from cloud.ledger.repairs import RepairScheduler
