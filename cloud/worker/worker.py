@@ -37,7 +37,10 @@ broker routes nothing new here, and commits what was already routed (up to
 dropped by the broker at disconnect, and only device resends would bring them back.
 
 Subscriptions, and how each message becomes a :class:`cloud.worker.session.Delivery`: see
-:mod:`cloud.worker.session`.
+:mod:`cloud.worker.session`; sending repair requests: :mod:`cloud.worker.repairs`. What is left
+stays whole (a little over 400 lines): :class:`CloudWorker`'s connection loop, commit thread and
+graceful stop share the session lock, the queue and the stop flags, and the stop order (drain,
+close intake, join the commit thread, publish held receipts) reads best beside the loops it stops.
 """
 
 from __future__ import annotations
