@@ -26,7 +26,8 @@ from tempfile import TemporaryDirectory
 
 import yaml
 
-from cloud.engine.engine import RulesEngine, _Attempt
+from cloud.engine.dispatch import _Attempt
+from cloud.engine.engine import RulesEngine
 from cloud.engine.rulefile import RulesConfig, load_rules, parse_rules
 from cloud.ledger.chain import Verdict
 from cloud.ledger.ledger import Inbound, Ledger, Outcome

@@ -5,6 +5,10 @@ final batches and totals, and the per-device and per-precinct sums, holding one 
 at a time. The stored tallies and precinct ballots (per precinct: small) are then compared with
 those sums. Pass 2 streams the ledger in ``issued_at`` order (cloud/results/windows.py) alongside the
 stored windows, each in window order, and compares them one window at a time.
+
+The module stays whole (some 500 lines): it is one :class:`LedgerAudit` whose passes fill
+and then compare the same sums (tallies, precincts, missing seqs, results per check); each pass
+reads best beside the state it builds and the comparisons that consume it.
 """
 
 from __future__ import annotations

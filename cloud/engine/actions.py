@@ -22,6 +22,11 @@ to paho after the commit and checks the return code.
 Templates: ``${field}`` (or ``${field.sub}``) is replaced by the row's value: strings as they
 are, numbers as written, booleans ``true``/``false``, null ``null``, objects and arrays as JSON.
 A field missing from the row (a column that was undefined) makes the action fail.
+
+The module stays whole (some 420 lines): each action's configuration, its template and the
+write it makes belong together, and the writes share one SAVEPOINT-and-retry rule
+(:func:`write_rows`) and one dedup key; read apart, that rule would be far from the rows it
+protects.
 """
 
 from __future__ import annotations

@@ -42,15 +42,23 @@ The engine's functions, declared to every rule (``ENGINE_FUNCTIONS`` in cloud/en
                          in-memory window per worker (with --share each worker sees its share)
 
 Only the commit thread calls :meth:`RulesEngine.record` and :meth:`RulesEngine.after_commit`.
+
+The counts and the result (:class:`~cloud.engine.stats.EngineStats`,
+:class:`~cloud.engine.stats.EngineResult`, :class:`~cloud.engine.stats.RateWindows`) are in
+cloud/engine/stats.py; running a group's jobs through the actions and failing over (step 3) in
+cloud/engine/dispatch.py. What is left, :class:`RulesEngine`, is one concept that reads best
+whole, though a little over 400 lines: one group's pass through steps 1 to 4 above, in that
+order, whose stages share per-group state (the message being evaluated, which the engine's
+functions read; the group's arrival seconds behind ``device_rate``); cut apart, each part would
+reach into the other's state.
 """
 
 from __future__ import annotations
 
 import logging
 from bisect import bisect_right
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,55 +66,27 @@ from sqlalchemy.engine import Connection, Engine
 
 from cloud._exceptions import CloudError
 from cloud.db import translate_errors
-from cloud.engine.actions import ActionFailed as _ActionFailed
 from cloud.engine.actions import (
     AlertAction,
     DeadLetter,
     Failure,
     Job,
     Origin,
-    Outgoing,
     Publish,
-    RepublishAction,
     StoreAction,
     publish,
-    render_republish,
-    write_alerts,
-    write_dead_letters,
-    write_stored,
 )
-from cloud.engine.rulefile import RESERVED_TOPICS, RulesConfig, RuleSpec
-from cloud.ledger.chain import Verdict
+from cloud.engine.dispatch import _Attempt, fail_over, run_jobs
+from cloud.engine.rulefile import RulesConfig, RuleSpec
+from cloud.engine.stats import EngineResult, EngineStats, RateWindows
 from cloud.ledger.ledger import Checked, GroupResult, Inbound, Ledger, Outcome
-from cloud.rules import EvalContext, RuleError, topic_matches
+from cloud.rules import EvalContext, RuleError
 from protocol import Registry, VerifiedBatch
 
 log = logging.getLogger(__name__)
 
 TOPIC_CACHE_MAX = 4096  # distinct topics remembered; past it the cache starts again (cleared)
 Row = dict[str, Any]
-
-
-@dataclass(slots=True)
-class EngineStats:
-    """Counts since the worker started (messages of committed groups only)."""
-
-    messages: int = 0
-    unmatched: int = 0  # selected by no rule: counted, logged at DEBUG, not stored
-    ledgered: int = 0
-    alerts: int = 0
-    stored: int = 0
-    republished: int = 0
-    failed_actions: int = 0  # failures that went to an error action or a dead letter
-    dead_letters: int = 0
-    lost: int = 0  # failures that not even the dead-letter table took (logged at ERROR)
-
-    def summary(self) -> str:
-        return (
-            f"{self.messages} messages, {self.unmatched} matched no rule, {self.ledgered} to the"
-            f" ledger, {self.alerts} alerts, {self.stored} stored rows, {self.republished}"
-            f" republished, {self.failed_actions} failed actions, {self.dead_letters} dead letters"
-        )
 
 
 @dataclass(slots=True)
@@ -126,72 +106,6 @@ class _Message:
     outcome: Outcome | None = None
     early_rows: dict[str, list[Row]] | None = None  # rows of the ledger rules, by rule
     early_dead: list[DeadLetter] | None = None  # ledger rules that could not be evaluated
-
-
-@dataclass(frozen=True, slots=True)
-class EngineResult:
-    """What a committed group did; what the worker needs for receipts, counts and publishing."""
-
-    ledger: GroupResult | None
-    outgoing: tuple[Outgoing, ...] = ()
-
-    @property
-    def receipts(self) -> tuple[Any, ...]:
-        return self.ledger.receipts if self.ledger is not None else ()
-
-    @property
-    def gaps(self) -> tuple[Any, ...]:
-        return self.ledger.gaps if self.ledger is not None else ()
-
-    def count(self, verdict: Verdict) -> int:
-        return self.ledger.count(verdict) if self.ledger is not None else 0
-
-
-@dataclass(slots=True)
-class _Attempt:
-    """What one run of the transaction produced (reset when the ledger runs it again)."""
-
-    outgoing: list[Outgoing] = field(default_factory=list)
-    alerts: list[Job] = field(default_factory=list)
-    repeated: int = 0
-    stored: int = 0
-    failed: int = 0
-    dead: list[DeadLetter] = field(default_factory=list)
-    lost: list[tuple[DeadLetter, str]] = field(default_factory=list)
-
-
-class RateWindows:
-    """Per device, how many messages arrived in each second, for the last ``window_s``
-    seconds. A group's messages are added only once it committed."""
-
-    def __init__(self, window_s: int) -> None:
-        self.window_s = window_s
-        self._seconds: dict[str, deque[list[int]]] = {}
-
-    def count(self, device: str, second: int, seconds: int) -> int:
-        """Messages of ``device`` in the ``seconds`` seconds up to ``second`` (committed ones)."""
-        buckets = self._seconds.get(device)
-        if not buckets:
-            return 0
-        floor = second - seconds
-        total = 0
-        for at, n in reversed(buckets):
-            if at <= floor:
-                break
-            total += n
-        return total
-
-    def add(self, device: str, seconds: Iterable[int]) -> None:
-        buckets = self._seconds.setdefault(device, deque())
-        for second in seconds:
-            if buckets and buckets[-1][0] >= second:  # same second (or the clock stepped back)
-                buckets[-1][1] += 1
-            else:
-                buckets.append([second, 1])
-        if buckets:
-            oldest = buckets[-1][0] - self.window_s
-            while buckets and buckets[0][0] <= oldest:
-                buckets.popleft()
 
 
 class RulesEngine:
@@ -397,70 +311,8 @@ class RulesEngine:
         self._current = None
         if alerts or stores or republishes or attempt.dead:
             now = datetime.now(UTC)
-            failures = self._run(conn, alerts, stores, republishes, attempt, now)
-            self._fail_over(conn, failures, attempt, now)
-
-    def _run(
-        self,
-        conn: Connection,
-        alerts: list[Job],
-        stores: list[Job],
-        republishes: list[Job],
-        attempt: _Attempt,
-        now: datetime,
-    ) -> list[Failure]:
-        failures: list[Failure] = []
-        if alerts:
-            written = write_alerts(conn, alerts, now)
-            attempt.alerts.extend(written.inserted)
-            attempt.repeated += len(written.existing)
-            failures.extend(Failure(job, error) for job, error in written.refused)
-        if stores:
-            written = write_stored(conn, stores, now)
-            attempt.stored += len(written.inserted)
-            failures.extend(Failure(job, error) for job, error in written.refused)
-        for job in republishes:
-            try:
-                attempt.outgoing.append(render_republish(job, _reserved))
-            except _ActionFailed as err:
-                failures.append(Failure(job, str(err)))
-        return failures
-
-    def _fail_over(
-        self, conn: Connection, failures: list[Failure], attempt: _Attempt, now: datetime
-    ) -> None:
-        """Failed rows to their rule's error action; what fails again (or has none) and the
-        evaluation failures to the dead letters."""
-        attempt.failed += len(failures)
-        second: list[Job] = []
-        causes: dict[int, Failure] = {}
-        for failure in failures:
-            spec = self._specs[failure.job.rule]
-            if failure.job.is_error_action or spec.error_action is None:
-                attempt.dead.append(_dead(failure.job, failure.error))
-                continue
-            job = failure.job
-            row = {**job.row, "error": failure.error, "rule": spec.name, "action": job.action.kind}
-            retry = Job(
-                spec.name, f"error:{job.slot}", spec.error_action, row, job.index, job.origin
-            )
-            causes[id(retry)] = failure
-            second.append(retry)
-        if second:
-            alerts = [j for j in second if isinstance(j.action, AlertAction)]
-            stores = [j for j in second if isinstance(j.action, StoreAction)]
-            republishes = [j for j in second if isinstance(j.action, RepublishAction)]
-            for again in self._run(conn, alerts, stores, republishes, attempt, now):
-                cause = causes[id(again.job)]
-                attempt.dead.append(
-                    _dead(
-                        cause.job,
-                        f"{cause.error}; then error_action {again.job.action.kind}: {again.error}",
-                    )
-                )
-        if attempt.dead:
-            written = write_dead_letters(conn, attempt.dead, now)
-            attempt.lost.extend(written.refused)
+            failures = run_jobs(conn, alerts, stores, republishes, attempt, now)
+            fail_over(conn, self._specs, failures, attempt, now)
 
     # -- after the commit ----------------------------------------------------------------
     def _committed(self, group: list[_Message], attempt: _Attempt, ledgered: int) -> None:
@@ -544,7 +396,7 @@ class RulesEngine:
         attempt = _Attempt()
         try:
             with translate_errors("recording failed republishes"), self._db.begin() as conn:
-                self._fail_over(conn, failures, attempt, datetime.now(UTC))
+                fail_over(conn, self._specs, failures, attempt, datetime.now(UTC))
         except CloudError as err:
             for failure in failures:
                 log.error(
@@ -573,7 +425,7 @@ class RulesEngine:
             attempt = _Attempt()
             try:
                 with translate_errors("recording failed republishes"), self._db.begin() as conn:
-                    self._fail_over(conn, late, attempt, datetime.now(UTC))
+                    fail_over(conn, self._specs, late, attempt, datetime.now(UTC))
             except CloudError as err:
                 log.error(
                     "%d failed error-action republishes could not be recorded: %s", len(late), err
@@ -618,11 +470,3 @@ class RulesEngine:
         position = message.rate_position + 1
         in_group = position - bisect_right(seen, floor, 0, position)
         return rates.count(device, message.second, window) + in_group
-
-
-def _reserved(topic: str) -> bool:
-    return any(topic_matches(reserved, topic) for reserved in RESERVED_TOPICS)
-
-
-def _dead(job: Job, error: str) -> DeadLetter:
-    return DeadLetter(job.rule, job.label, error, job.row, job.index, job.origin)

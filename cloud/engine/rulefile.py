@@ -18,6 +18,10 @@ from :mod:`cloud.rules`, with their position), a topic filter that is invalid or
 message the engine receives, a template field the rule's rows cannot have, a republish topic
 that would feed the engine its own output, and a ledger rule that reads the ledger's outcome
 (it runs before the ledger). docs/rules.md, "The rules file", says the same for people.
+
+The module stays whole (some 440 lines): it is one loader whose checks follow the file's
+shape (file, rule, action, template, topic), each refusing with the same one-line message
+naming where; they read best in that order, beside the config types they build.
 """
 
 from __future__ import annotations

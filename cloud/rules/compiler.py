@@ -8,6 +8,11 @@ a rule calls closures and reads fields, it never looks at the tree. Literal oper
 (``ballots > 0`` tests one type and compares with a constant; ``x IN ('a', 'b')`` is a set
 lookup). The schema is checked while compiling, so a rule that names a field that cannot exist,
 an unknown function or a wrong number of arguments never gets to evaluate anything.
+
+The module stays whole (some 510 lines): it is one pass over the syntax tree, with one
+method per node kind, each checking its node against the schema and the rule's scope before
+choosing its closure; the checks of one kind read best beside those of the others, and the
+closures themselves already live in the two modules above.
 """
 
 from __future__ import annotations

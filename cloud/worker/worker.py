@@ -36,13 +36,11 @@ broker routes nothing new here, and commits what was already routed (up to
 ``drain_timeout_s``) before disconnecting: a clean session's unacknowledged messages are
 dropped by the broker at disconnect, and only device resends would bring them back.
 
-Subscriptions: device batches (``edgetally/v1/+/+/batch``), gateway bundles
-(``edgetally/v1/_gateway/+/bundle``: unwrapped by :func:`cloud.ledger.ledger.unwrap`, every entry
-treated as if it had arrived alone; all entries of a bundle go into one transaction, and the
-bundle is acknowledged only after it committed) and gateway status
-(``edgetally/v1/_gateway/+/status``: the latest per gateway is upserted by
-:class:`cloud.worker.status.StatusStore` in its own transaction, then acknowledged; a status that does
-not parse is logged and acknowledged, it is informational).
+Subscriptions, and how each message becomes a :class:`cloud.worker.session.Delivery`: see
+:mod:`cloud.worker.session`; sending repair requests: :mod:`cloud.worker.repairs`. What is left
+stays whole (a little over 400 lines): :class:`CloudWorker`'s connection loop, commit thread and
+graceful stop share the session lock, the queue and the stop flags, and the stop order (drain,
+close intake, join the commit thread, publish held receipts) reads best beside the loops it stops.
 """
 
 from __future__ import annotations
@@ -51,208 +49,31 @@ import json
 import logging
 import os
 import queue
-import random
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.reasoncodes import ReasonCode
+from typing import TypeVar
 
 from cloud import faults
 from cloud._exceptions import DatabaseUnavailable
 from cloud.config import CloudConfig
-from cloud.engine.engine import EngineResult, RulesEngine
+from cloud.engine.engine import RulesEngine
+from cloud.engine.stats import EngineResult
 from cloud.ledger.chain import Verdict
-from cloud.ledger.ledger import Checked, GroupResult, Inbound, Ledger, unwrap
+from cloud.ledger.ledger import Checked, GroupResult, Inbound, Ledger
 from cloud.ledger.repairs import RepairScheduler
 from cloud.worker.receipts import ReceiptSender
-from cloud.worker.status import StatusStore, StatusUpdate
-from protocol import ProtocolError, RepairRequest, command_topic, parse_gateway_topic
-from protocol.gateway_status import GatewayStatus
+from cloud.worker.repairs import RepairSender
+from cloud.worker.session import Backoff, Delivery, Session, _Taken
+from cloud.worker.status import StatusStore
 
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.2  # how often blocked waits look at the stop flag
 _DRAIN_QUIET_S = 0.5  # a clean-session drain ends after this long with nothing left to commit
 T = TypeVar("T")
-
-
-class Backoff:
-    """Capped exponential backoff with jitter: each delay is uniform in [ceiling/2, ceiling]."""
-
-    def __init__(self, initial: float, cap: float, rng: random.Random | None = None) -> None:
-        self._initial = initial
-        self._cap = cap
-        self._rng = rng or random.Random()
-        self._attempt = 0
-
-    def next(self) -> float:
-        ceiling = min(self._cap, self._initial * 2 ** min(self._attempt, 32))
-        self._attempt += 1
-        return self._rng.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self._attempt = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """A received message and the session (connection) whose packet id ``mid`` belongs to.
-
-    ``messages`` go to the ledger (a device batch, or every entry of a bundle); ``status`` is a
-    gateway status instead; neither: a message that is only acknowledged (a bad status).
-    """
-
-    session: Session
-    mid: int
-    qos: int
-    messages: tuple[Inbound, ...] = ()
-    status: StatusUpdate | None = None
-
-    @property
-    def weight(self) -> int:
-        """How much of a commit group this takes: its envelopes (at least 1)."""
-        return max(1, len(self.messages))
-
-
-@dataclass(frozen=True, slots=True)
-class _Taken:
-    """A group taken off the queue, its envelopes being verified in the pool."""
-
-    group: list[Delivery]
-    inbound: list[Inbound]
-    futures: list[Future[list[Checked]]]
-
-    def checked(self) -> list[Checked]:
-        return [item for future in self.futures for item in future.result()]
-
-
-class Session:
-    """One connection attempt to the broker, with its own paho client. Constructing does no I/O."""
-
-    def __init__(self, generation: int, config: CloudConfig, worker: CloudWorker) -> None:
-        self.generation = generation
-        self.connected = threading.Event()
-        self.ended = threading.Event()
-        self.subscribed = False
-        self._config = config
-        self._worker = worker
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=config.client_id,
-            clean_session=config.clean_session,
-            protocol=mqtt.MQTTv311,
-            manual_ack=True,
-            reconnect_on_failure=False,  # a new Session per connection instead
-        )
-        client.max_inflight_messages_set(100)  # receipts in flight
-        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
-        client.on_connect = self._on_connect
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
-        client.on_disconnect = self._on_disconnect
-        self.client = client
-
-    # paho callbacks (paho's network thread) ---------------------------------------------
-    def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
-    ) -> None:
-        if reason.is_failure:
-            log.error("broker %s refused the connection: %s", self._config.broker.url, reason)
-            return
-        log.info(
-            "connected to %s as %s (connection %d, session present: %s)",
-            self._config.broker.url,
-            self._config.client_id,
-            self.generation,
-            flags.session_present,
-        )
-        self.connected.set()
-        # Every time: a broker restarted without persistence has forgotten the subscription.
-        rc, _ = client.subscribe(self._config.subscriptions)
-        if rc != mqtt.MQTT_ERR_SUCCESS:
-            log.error("subscribe to %s failed: %s", _filters(self._config), mqtt.error_string(rc))
-            client.disconnect()
-
-    def _on_subscribe(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reasons: list[ReasonCode],
-        properties: Any,
-    ) -> None:
-        if any(r.is_failure for r in reasons):
-            log.error("broker refused the subscription to %s: %s", _filters(self._config), reasons)
-            client.disconnect()
-            return
-        log.info("subscribed to %s (QoS 1)", _filters(self._config))
-        self.subscribed = True
-        self._worker.subscribed()
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        received_at = datetime.now(UTC)
-        try:
-            topic = message.topic
-        except UnicodeDecodeError:
-            topic = "<topic is not UTF-8>"  # refused by the ledger as a bad topic
-        payload = bytes(message.payload)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("received mid=%d on %s (connection %d)", message.mid, topic, self.generation)
-        if parse_gateway_topic(topic, "status") is not None:
-            delivery = Delivery(self, message.mid, message.qos, status=_status(topic, payload))
-        else:
-            delivery = Delivery(
-                self, message.mid, message.qos, messages=unwrap(topic, payload, received_at)
-            )
-            if len(delivery.messages) > 1:
-                log.debug("bundle mid=%d holds %d envelopes", message.mid, len(delivery.messages))
-        self._worker.enqueue(delivery)
-
-    def _on_disconnect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
-    ) -> None:
-        level = logging.INFO if self._worker.stopping else logging.WARNING
-        log.log(
-            level,
-            "disconnected from %s (connection %d): %s",
-            self._config.broker.url,
-            self.generation,
-            reason,
-        )
-        self.connected.clear()
-        self.ended.set()
-
-    def stop_intake(self) -> bool:
-        """Unsubscribe the shared filters: the broker routes no new batch here. True if sent."""
-        if not self.connected.is_set():
-            return False
-        rc, _ = self.client.unsubscribe(self._config.shared_filters)
-        if rc != mqtt.MQTT_ERR_SUCCESS:
-            log.warning("unsubscribe before stopping failed: %s", mqtt.error_string(rc))
-            return False
-        return True
-
-    # used by the commit thread -------------------------------------------------------------
-    def publish(self, topic: str, payload: bytes, qos: int) -> int:
-        """A rules republish (never retained); paho's rc, for the engine to check."""
-        return self.client.publish(topic, payload, qos=qos, retain=False).rc
-
-    def ack(self, delivery: Delivery) -> bool:
-        if delivery.qos == 0:
-            return True
-        rc = self.client.ack(delivery.mid, delivery.qos)
-        if rc != mqtt.MQTT_ERR_SUCCESS:
-            log.warning("ack of mid %d failed: %s", delivery.mid, mqtt.error_string(rc))
-            return False
-        return True
 
 
 class CloudWorker:
@@ -278,7 +99,7 @@ class CloudWorker:
         self._totals = dict.fromkeys(Verdict, 0)
         self._stale_acks = 0
         self._repairs = RepairScheduler(config.repair_interval_s, config.repair_grace_s)
-        self._repairs_sent = 0
+        self._repair_sender = RepairSender(self._repairs, ledger)
         # Held receipts outlive a connection: they go out on the next one (commit thread only).
         self._receipts = ReceiptSender(config.receipt_interval_s)
 
@@ -309,7 +130,7 @@ class CloudWorker:
                 self._totals[Verdict.DUPLICATE],
                 self._totals[Verdict.REJECTED],
                 self._stale_acks,
-                self._repairs_sent,
+                self._repair_sender.sent,
             )
             log.info("receipts: %s", self._receipts.summary())
             if self._rules is not None:
@@ -554,54 +375,12 @@ class CloudWorker:
             self._receipts.flush(session.client, time.monotonic())
 
     def _send_repairs(self) -> None:
-        """Publish the repair requests due (QoS 1, not retained), then note them in the DB."""
+        """Publish the repair requests due (:mod:`cloud.worker.repairs`); kept while not connected."""
         with self._session_lock:
             session = self._session
         if session is None or not session.connected.is_set():
             return  # kept: due again once connected
-        now = time.monotonic()
-        requests = self._repairs.due(now)
-        if not requests:
-            return
-        # What this worker saw may be stale: with --share another worker may have committed
-        # the missing seqs. Ask only for what the database still misses, as it is now.
-        try:
-            current = self._ledger.current_gaps([(r.election, r.device) for r in requests])
-        except DatabaseUnavailable as err:
-            log.warning("repair requests held back, seq gaps not readable: %s", err)
-            return  # due again after their interval
-        self._repairs.observe(current.items(), now)  # forgets the gaps closed meanwhile
-        requests = [
-            RepairRequest(r.election, r.device, ranges)
-            for r in requests
-            if (ranges := current.get((r.election, r.device)))
-        ]
-        sent: list[RepairRequest] = []
-        for request in requests:
-            rc = session.client.publish(
-                command_topic(request.election, request.device),
-                request.to_bytes(),
-                qos=1,
-                retain=False,
-            ).rc
-            if rc != mqtt.MQTT_ERR_SUCCESS:
-                log.warning(
-                    "repair request device=%s not published: %s",
-                    request.device,
-                    mqtt.error_string(rc),
-                )
-                continue
-            sent.append(request)
-            log.info(
-                "repair request device=%s seq=%s published",
-                request.device,
-                ",".join(f"{a}-{b}" for a, b in request.missing),
-            )
-        self._repairs_sent += len(sent)
-        try:
-            self._ledger.mark_requested(sent)
-        except DatabaseUnavailable as err:  # informational only: the request went out
-            log.warning("repair requests not noted in the database: %s", err)
+        self._repair_sender.send(session.client)
 
     def _retry(self, commit: Callable[[], T], messages: int) -> T | None:
         """``commit()`` until it succeeds; ``None`` if intake closes first (nothing acked).
@@ -627,23 +406,6 @@ class CloudWorker:
                         messages,
                     )
                     return None
-
-
-def _filters(config: CloudConfig) -> str:
-    return ", ".join(topic for topic, _qos in config.subscriptions)
-
-
-def _status(topic: str, payload: bytes) -> StatusUpdate | None:
-    """A gateway status to store; ``None`` (logged) if it does not parse or names another gateway."""
-    try:
-        status = GatewayStatus.parse(payload)
-    except ProtocolError as err:
-        log.warning("ignored a gateway status on %s: %s (%s)", topic, err, err.reason)
-        return None
-    if status.gateway != parse_gateway_topic(topic, "status"):
-        log.warning("ignored a gateway status of %r on %s", status.gateway, topic)
-        return None
-    return StatusUpdate(status, payload, datetime.now(UTC))
 
 
 def write_ready_file(path: Path, config: CloudConfig) -> None:

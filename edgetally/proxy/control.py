@@ -36,10 +36,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from edgetally.proxy.link import LinkState, Mode
 from edgetally.proxy.proxy import (
     FaultProxy,
-    LinkState,
-    Mode,
     ProxyCommandError,
     ProxyError,
     ProxyNoAnswer,

@@ -32,15 +32,15 @@ from edgetally.brokers import BrokerError, BrokerProcess
 from edgetally.processes import Component, ComponentError
 from edgetally.proxy.control import ProxyControl
 from edgetally.proxy.proxy import ProxyError
-from edgetally.scenarios.checks import (
+from edgetally.scenarios.checks import judge
+from edgetally.scenarios.model import Action, Scenario
+from edgetally.scenarios.observe import (
     Observations,
-    ScenarioVerdict,
     cloud_engine,
     expected_accepts,
-    judge,
     undelivered,
 )
-from edgetally.scenarios.model import Action, Scenario
+from edgetally.scenarios.verdict import ScenarioVerdict
 from edgetally.scenarios.world import Proxy, World, WorldError
 from gateway._exceptions import GatewayError
 

@@ -23,20 +23,17 @@ import pytest
 from devices.behaviours import Behaviour
 from devices.truth import load_truth
 from edgetally.processes import Component
-from edgetally.scenarios.checks import (
-    LEDGER,
-    REFUSALS,
-    REPAIRS,
+from edgetally.scenarios.checks import LEDGER, REFUSALS, REPAIRS, judge
+from edgetally.scenarios.observe import (
     Observations,
-    ScenarioVerdict,
     cloud_engine,
     expected_accepts,
     expected_refusals,
-    judge,
     read_ledger,
     read_refusals,
     undelivered,
 )
+from edgetally.scenarios.verdict import ScenarioVerdict
 from edgetally.stack import Stack, StackConfig
 from tests.helpers import SAMPLE_ELECTION, wait_until
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from cloud.worker.worker import Backoff
+from cloud.worker.session import Backoff
 
 
 def test_backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() -> None:

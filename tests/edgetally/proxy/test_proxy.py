@@ -20,17 +20,16 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edgetally.brokers import BrokerProcess, free_port
+from edgetally.proxy.connection import CHUNK
 from edgetally.proxy.control import (
     CommandInvalid,
     ControlServer,
     ProxyControl,
     command_from_words,
 )
+from edgetally.proxy.link import LinkState, Mode
 from edgetally.proxy.proxy import (
-    CHUNK,
     FaultProxy,
-    LinkState,
-    Mode,
     ProxyCommandError,
     ProxyError,
     ProxyNoAnswer,

@@ -33,16 +33,18 @@ from edgetally.scenarios.checks import (
     REFUSALS,
     REPAIRS,
     TOTALS,
+    judge,
+)
+from edgetally.scenarios.observe import (
     Observations,
-    ScenarioVerdict,
     cloud_engine,
     expected_accepts,
     expected_refusals,
-    judge,
     read_ledger,
     read_refusals,
     undelivered,
 )
+from edgetally.scenarios.verdict import ScenarioVerdict
 from edgetally.stack import Stack, StackConfig
 from tests.helpers import SAMPLE_ELECTION, wait_until
 
