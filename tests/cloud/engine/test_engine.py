@@ -9,10 +9,10 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from cloud.engine.stats import RateWindows
 from sqlalchemy.engine import Engine
 
 from cloud import models
+from cloud.engine.stats import RateWindows
 from cloud.ledger.chain import Verdict
 from cloud.ledger.ledger import Ledger
 from cloud.results.results import load_results
