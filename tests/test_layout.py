@@ -2,7 +2,8 @@
 each other, ``protocol`` imports none of them, and only ``edgetally`` composes them.
 
 Every import statement counts, including those inside functions and under ``TYPE_CHECKING``:
-a lazy or type-only import still ties one tier to another's code.
+a lazy or type-only import still ties one tier to another's code. Separately, no module
+imports itself round a loop when it loads (function-level and type-only imports excepted).
 """
 
 from __future__ import annotations
@@ -62,3 +63,84 @@ def test_a_tier_importing_another_tier_is_reported(tmp_path: Path) -> None:
     )
     (tmp_path / "gateway" / "ok.py").write_text("import protocol.envelope\n")
     assert violations("gateway", root=tmp_path) == ["gateway/uplink.py:3 imports cloud"]
+
+
+# -- no import cycles -----------------------------------------------------------------------
+def module_names(root: Path = ROOT) -> dict[str, Path]:
+    """Every module of our packages by dotted name (a package by its own name)."""
+    out: dict[str, Path] = {}
+    for package in PACKAGES:
+        for path in (root / package).rglob("*.py"):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            out[".".join(parts)] = path
+    return out
+
+
+def _load_time_imports(body: list[ast.stmt], modules: dict[str, Path]) -> set[str]:
+    """Our modules a module body imports when it runs: not in functions, not under TYPE_CHECKING.
+    ``from package import submodule`` needs the submodule, not the package's names."""
+    out: set[str] = set()
+    for node in body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            out |= _load_time_imports(node.orelse, modules)
+        elif isinstance(node, ast.If | ast.Try | ast.With):
+            for block in ("body", "orelse", "finalbody"):
+                out |= _load_time_imports(getattr(node, block, []), modules)
+            for handler in getattr(node, "handlers", []):
+                out |= _load_time_imports(handler.body, modules)
+        elif isinstance(node, ast.Import):
+            out |= {alias.name for alias in node.names if alias.name in modules}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in modules:
+            subs = {f"{node.module}.{alias.name}" for alias in node.names} & modules.keys()
+            out |= subs
+            if len(subs) < len(node.names):
+                out.add(node.module)
+    return out
+
+
+def import_cycles(root: Path = ROOT) -> list[list[str]]:
+    """Groups of modules that import each other (directly or round a loop) at load time."""
+    modules = module_names(root)
+    graph = {
+        name: _load_time_imports(ast.parse(path.read_text()).body, modules) - {name}
+        for name, path in modules.items()
+    }
+    cycles: list[list[str]] = []
+    for start in sorted(graph):
+        if start in _reach(graph, start):
+            loop = sorted(m for m in _reach(graph, start) if start in _reach(graph, m))
+            if loop not in cycles:
+                cycles.append(loop)
+    return cycles
+
+
+def _reach(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module ``start`` loads, directly or through others (bounded: each visited once)."""
+    seen: set[str] = set()
+    todo = list(graph[start])
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(graph[name])
+    return seen
+
+
+def test_no_module_imports_itself_round_a_loop() -> None:
+    assert import_cycles() == []
+
+
+def test_an_import_loop_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "cloud" / "ledger").mkdir(parents=True)
+    (tmp_path / "cloud" / "__init__.py").write_text("")
+    (tmp_path / "cloud" / "ledger" / "__init__.py").write_text("")
+    (tmp_path / "cloud" / "ledger" / "chain.py").write_text("from cloud.ledger.store import write_group\n")
+    (tmp_path / "cloud" / "ledger" / "store.py").write_text(
+        "from typing import TYPE_CHECKING\nfrom cloud.ledger import chain\n"
+        "if TYPE_CHECKING:\n    from cloud import ledger\n"
+    )
+    for package in PACKAGES:
+        (tmp_path / package).mkdir(exist_ok=True)
+    assert import_cycles(tmp_path) == [["cloud.ledger.chain", "cloud.ledger.store"]]
