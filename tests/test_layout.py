@@ -144,3 +144,30 @@ def test_an_import_loop_is_reported(tmp_path: Path) -> None:
     for package in PACKAGES:
         (tmp_path / package).mkdir(exist_ok=True)
     assert import_cycles(tmp_path) == [["cloud.ledger.chain", "cloud.ledger.store"]]
+
+
+# -- module size ----------------------------------------------------------------------------
+MAX_LINES = 400
+
+
+def long_modules_without_a_reason(root: Path = ROOT) -> list[str]:
+    """Modules over MAX_LINES whose docstring does not say why they stay whole."""
+    out = []
+    for name, path in sorted(module_names(root).items()):
+        text = path.read_text()
+        lines = text.count("\n")
+        if lines > MAX_LINES and "whole" not in (ast.get_docstring(ast.parse(text)) or ""):
+            out.append(f"{name} ({lines} lines)")
+    return out
+
+
+def test_a_module_over_400_lines_says_why_it_stays_whole() -> None:
+    assert long_modules_without_a_reason() == []
+
+
+def test_a_long_module_without_a_reason_is_reported(tmp_path: Path) -> None:
+    for package in PACKAGES:
+        (tmp_path / package).mkdir()
+    (tmp_path / "gateway" / "big.py").write_text('"""Big."""\n' + "x = 1\n" * MAX_LINES)
+    (tmp_path / "gateway" / "kept.py").write_text('"""One concept that reads best whole."""\n' + "x = 1\n" * MAX_LINES)
+    assert long_modules_without_a_reason(tmp_path) == [f"gateway.big ({MAX_LINES + 1} lines)"]
