@@ -99,29 +99,13 @@ class SigningKey:
         return cls(key)
 
     def save(self, path: Path) -> None:
-        """Write PKCS#8 PEM, readable by the owner only (mode 0600).
-
-        Written to a temporary file, synced, then renamed over ``path``: a crash leaves the
-        old key or the new one, never half a key, and a replaced file never keeps a wider mode.
-        """
+        """Write PKCS#8 PEM, readable by the owner only (mode 0600), atomically (:func:`write_secret`)."""
         pem = self._key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                os.fchmod(handle.fileno(), 0o600)  # a leftover tmp file keeps its old mode
-                handle.write(pem)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            raise KeyFileError(f"cannot write private key {path}: {exc.strerror}") from exc
+        write_secret(path, pem, "private key")
 
     @property
     def kid(self) -> str:
@@ -149,3 +133,24 @@ def b64decode_strict(text: str, *, what: str = "sig") -> bytes:
     if b64encode(raw) != text:
         raise BadBase64(f"{what} is not in canonical base64 form")
     return raw
+
+
+def write_secret(path: Path, data: bytes, what: str, *, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` with ``mode`` (0600: the owner only), atomically.
+
+    Written to a temporary file, synced, then renamed over ``path``: a crash leaves the
+    old file or the new one, never half of it, and a replaced file never keeps a wider mode.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)  # a leftover tmp file keeps its old mode
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise KeyFileError(f"cannot write {what} {path}: {exc.strerror}") from exc

@@ -1,0 +1,77 @@
+"""`edgetally pki init` and `edgetally pki issue`: the CA and the TLS certificates of a deployment.
+
+The certificates themselves are made by :mod:`protocol.pki` (devices get theirs from the same
+code); this module is the operator's side: which brokers, gateways and cloud workers a
+deployment has, and a table of what was written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from protocol import KeyFileError
+from protocol.pki import DEFAULT_DAYS, Issued, Role, create_authority, issue, load_authority
+
+app = typer.Typer(help="Create the deployment's certificate authority and TLS certificates.", no_args_is_help=True)
+
+HOST_OPTION = typer.Option([], "--host", help="another name or address the brokers answer on (repeatable)")
+DAYS_OPTION = typer.Option(DEFAULT_DAYS, "--days", min=1, help="days each certificate is valid")
+FORCE_OPTION = typer.Option(False, "--force", help="replace what exists (a new CA invalidates every certificate)")
+
+
+def _fail(err: Exception) -> typer.Exit:
+    typer.echo(f"error: {err}", err=True)
+    return typer.Exit(1)
+
+
+def _show(title: str, issued: list[tuple[Role, Issued]]) -> None:
+    table = Table(title=title)
+    for column in ("role", "identity", "certificate", "key (0600)"):
+        table.add_column(column)
+    for role, item in issued:
+        table.add_row(role.value, item.name, str(item.cert), str(item.key))
+    Console().print(table)
+
+
+@app.command("init")
+def init_cmd(
+    out: Path = typer.Option(..., "--out", help="directory for the CA and the certificates"),
+    brokers: list[str] = typer.Option(["edge", "cloud"], "--broker", help="a broker's name (repeatable)"),
+    gateways: list[str] = typer.Option(["gw1"], "--gateway", help="a gateway's id (repeatable)"),
+    clouds: list[str] = typer.Option(["cloud1"], "--cloud", help="a cloud worker's id (repeatable)"),
+    hosts: list[str] = HOST_OPTION,
+    days: int = DAYS_OPTION,
+    force: bool = FORCE_OPTION,
+) -> None:
+    """A new CA, a server certificate per broker and a client certificate per gateway and cloud
+    worker (devices get theirs from `devices provision`)."""
+    try:
+        ca = create_authority(out, force=force)
+        issued: list[tuple[Role, Issued]] = []
+        for role, names in ((Role.BROKER, brokers), (Role.GATEWAY, gateways), (Role.CLOUD, clouds)):
+            for name in names:
+                issued.append((role, issue(ca, role, name, hosts=tuple(hosts), days=days, force=force)))
+    except KeyFileError as err:
+        raise _fail(err) from err
+    _show(f"CA {ca.cert_path}", issued)
+
+
+@app.command("issue")
+def issue_cmd(
+    directory: Path = typer.Option(..., "--dir", help="a directory made by `pki init`"),
+    role: Role = typer.Option(..., "--role", help="broker, gateway, cloud or device"),
+    ident: str = typer.Option(..., "--id", help="the broker's name or the client's id"),
+    hosts: list[str] = HOST_OPTION,
+    days: int = DAYS_OPTION,
+    force: bool = FORCE_OPTION,
+) -> None:
+    """One more certificate from an existing CA (a new broker, gateway or worker)."""
+    try:
+        item = issue(load_authority(directory), role, ident, hosts=tuple(hosts), days=days, force=force)
+    except KeyFileError as err:
+        raise _fail(err) from err
+    _show(f"CA {directory / 'ca.crt'}", [(role, item)])
