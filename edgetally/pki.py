@@ -1,4 +1,4 @@
-"""`edgetally pki init` and `edgetally pki issue`: the CA and the TLS certificates of a deployment.
+"""`edgetally pki init|issue|acl`: the CA, the TLS certificates and the broker ACLs of a deployment.
 
 The certificates themselves are made by :mod:`protocol.pki` (devices get theirs from the same
 code); this module is the operator's side: which brokers, gateways and cloud workers a
@@ -13,7 +13,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgetally.acl import BrokerKind, acl_text
 from protocol import KeyFileError
+from protocol.keys import write_secret
 from protocol.pki import DEFAULT_DAYS, Issued, Role, create_authority, issue, load_authority
 
 app = typer.Typer(help="Create the deployment's certificate authority and TLS certificates.", no_args_is_help=True)
@@ -75,3 +77,22 @@ def issue_cmd(
     except KeyFileError as err:
         raise _fail(err) from err
     _show(f"CA {directory / 'ca.crt'}", [(role, item)])
+
+
+@app.command("acl")
+def acl_cmd(
+    keys: Path = typer.Option(..., "--keys", help="keys directory holding registry.json"),
+    broker: BrokerKind = typer.Option(..., "--broker", help="edge (devices, gateways) or cloud (gateways, workers)"),
+    gateways: list[str] = typer.Option(["gw1"], "--gateway", help="a gateway's id (repeatable)"),
+    clouds: list[str] = typer.Option(["cloud1"], "--cloud", help="a cloud worker's id (repeatable)"),
+    out: Path = typer.Option(..., "--out", help="the ACL file to write (Mosquitto acl_file)"),
+) -> None:
+    """The broker's ACL from the registry: each device, gateway and worker only its own topics."""
+    from protocol import ProtocolError, Registry
+
+    try:
+        text = acl_text(Registry.load(keys), broker, gateways=gateways, clouds=clouds)
+        write_secret(out, text.encode(), "ACL file", mode=0o644)
+    except (KeyFileError, ProtocolError) as err:
+        raise _fail(err) from err
+    typer.echo(f"wrote {out} ({text.count(chr(10) + 'user ')} users)")

@@ -1,0 +1,81 @@
+"""Mosquitto ACL files generated from the registry: each client may touch only its own topics.
+
+The usernames are the clients' certificate identities (:func:`protocol.pki.identity`; the
+broker takes them from the certificate with ``use_identity_as_username``). Per broker:
+
+- **edge** (devices and gateways): a device publishes only its own ``batch`` and ``status`` and
+  reads only its own ``receipt`` and ``command``; a gateway reads its election's batches and
+  statuses, writes their receipts and commands, and its own gateway status.
+- **cloud** (gateways and cloud workers): a gateway forwards batches and its bundles and status,
+  and reads receipts and commands to relay them down; a cloud worker reads batches, bundles
+  and gateway statuses and writes receipts and commands.
+
+Anyone else, and anything not listed, gets nothing: Mosquitto denies what no line allows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import StrEnum
+
+from protocol import Registry
+from protocol.pki import Role, identity
+from protocol.topics import (
+    PREFIX,
+    DeviceTopicKind,
+    device_topic,
+    gateway_bundle_topic,
+    gateway_status_topic,
+)
+
+
+class BrokerKind(StrEnum):
+    EDGE = "edge"
+    CLOUD = "cloud"
+
+
+def _user(name: str, rules: Iterable[tuple[str, str]]) -> list[str]:
+    return [f"user {name}", *(f"topic {access} {topic}" for access, topic in rules), ""]
+
+
+def acl_text(
+    registry: Registry, kind: BrokerKind, *, gateways: Iterable[str], clouds: Iterable[str] = ()
+) -> str:
+    """The ACL file of a ``kind`` broker serving ``registry``'s election."""
+    election = registry.election.id
+    every = f"{PREFIX}/{election}/+"
+    lines = [f"# EdgeTally {kind.value} broker ACL for election {election}: generated, do not edit", ""]
+    if kind is BrokerKind.EDGE:
+        for device in sorted(registry.devices):
+            lines += _user(identity(Role.DEVICE, device), [
+                ("write", device_topic(election, device, DeviceTopicKind.BATCH)),
+                ("write", device_topic(election, device, DeviceTopicKind.STATUS)),
+                ("read", device_topic(election, device, DeviceTopicKind.RECEIPT)),
+                ("read", device_topic(election, device, DeviceTopicKind.COMMAND)),
+            ])  # fmt: skip
+        for gateway in sorted(gateways):
+            lines += _user(identity(Role.GATEWAY, gateway), [
+                ("read", f"{every}/{DeviceTopicKind.BATCH}"),
+                ("read", f"{every}/{DeviceTopicKind.STATUS}"),
+                ("write", f"{every}/{DeviceTopicKind.RECEIPT}"),
+                ("write", f"{every}/{DeviceTopicKind.COMMAND}"),
+                ("write", gateway_status_topic(gateway)),
+            ])  # fmt: skip
+        return "\n".join(lines)
+    for gateway in sorted(gateways):
+        lines += _user(identity(Role.GATEWAY, gateway), [
+            ("write", f"{every}/{DeviceTopicKind.BATCH}"),
+            ("write", gateway_bundle_topic(gateway)),
+            ("write", gateway_status_topic(gateway)),
+            ("read", f"{every}/{DeviceTopicKind.RECEIPT}"),
+            ("read", f"{every}/{DeviceTopicKind.COMMAND}"),
+        ])  # fmt: skip
+    for cloud in sorted(clouds):
+        lines += _user(identity(Role.CLOUD, cloud), [
+            ("read", f"{every}/{DeviceTopicKind.BATCH}"),
+            ("read", gateway_bundle_topic("+")),
+            ("read", gateway_status_topic("+")),
+            ("write", f"{every}/{DeviceTopicKind.RECEIPT}"),
+            ("write", f"{every}/{DeviceTopicKind.COMMAND}"),
+        ])  # fmt: skip
+    return "\n".join(lines)
