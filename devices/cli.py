@@ -47,13 +47,20 @@ def provision_cmd(
     election_file: Path | None = ELECTION_OPTION,
     out_dir: Path = typer.Option(..., "--out", help="Directory for private keys and registry.json"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing private keys"),
+    pki: Path | None = typer.Option(None, "--pki", help="also a TLS client certificate per device from this CA (`edgetally pki init`)"),
 ) -> None:
-    """Create an Ed25519 key per device and the registry (device -> precinct, public key)."""
+    """Create an Ed25519 key per device and the registry (device -> precinct, public key);
+    with --pki, also each device's TLS client certificate beside its key."""
     from protocol import provision
+    from protocol.pki import load_authority, provision_devices
 
     try:
         election = load_election(_resolve_election(election_file))
+        ca = load_authority(pki) if pki is not None else None  # a missing CA refused before any key is made
         registry = provision(election, out_dir, overwrite=overwrite)
+        if ca is not None:
+            certified = provision_devices(ca, sorted(registry.devices), out_dir, overwrite=overwrite)
+            out.print(f"TLS client certificates: {len(certified)} in {out_dir / 'clients'}, CA {out_dir / 'ca.crt'}")
     except (DeviceError, ProtocolError) as exc:
         raise _fail(str(exc)) from exc
     table = Table(title=f"Provisioned {len(registry.devices)} devices for {election.id}")

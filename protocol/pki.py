@@ -173,8 +173,10 @@ def issue(
     hosts: tuple[str, ...] = (),
     days: int = DEFAULT_DAYS,
     force: bool = False,
+    into: Path | None = None,
 ) -> Issued:
-    """A certificate for ``role`` ``ident`` signed by ``ca``, written into the CA's directory.
+    """A certificate for ``role`` ``ident`` signed by ``ca``, written into the CA's directory
+    (or the layout of :func:`cert_paths` under ``into``: a device's keys directory).
 
     A broker's is a server certificate for ``localhost``, ``127.0.0.1`` and ``hosts``; every
     other role's a client certificate whose common name is :func:`identity`.
@@ -182,7 +184,7 @@ def issue(
     _check_id(ident)
     if days < 1:
         raise KeyFileError(f"a certificate must be valid for at least a day, not {days}")
-    cert_path, key_path = cert_paths(ca.directory, role, ident)
+    cert_path, key_path = cert_paths(into or ca.directory, role, ident)
     _refuse_existing((key_path, cert_path), force)
     key = ec.generate_private_key(ec.SECP256R1())
     name = ident if role is Role.BROKER else identity(role, ident)
@@ -228,3 +230,18 @@ def verify_issued(ca: Authority, cert_path: Path) -> x509.Certificate:
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
         raise KeyFileError(f"{cert_path} is not valid now (valid {cert.not_valid_before_utc} to {cert.not_valid_after_utc})")
     return cert
+
+
+def provision_devices(ca: Authority, devices: list[str], into: Path, *, overwrite: bool = False) -> list[Issued]:
+    """A client certificate for each device in ``into`` (beside its Ed25519 key), and the CA's
+    certificate as ``into/ca.crt`` (what a device trusts). Existing certificates are kept,
+    as existing signing keys are, unless ``overwrite``."""
+    issued = []
+    for device in devices:
+        cert_path, key_path = cert_paths(into, Role.DEVICE, device)
+        if cert_path.exists() and key_path.exists() and not overwrite:
+            issued.append(Issued(identity(Role.DEVICE, device), cert_path, key_path))
+        else:
+            issued.append(issue(ca, Role.DEVICE, device, force=True, into=into))
+    write_secret(ca_cert_path(into), ca.cert.public_bytes(serialization.Encoding.PEM), "certificate", mode=0o644)
+    return issued

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
+from protocol import Registry
 from protocol.pki import Role, cert_paths, load_authority, verify_issued
 from tests.helpers import run_cli
 
@@ -36,3 +38,26 @@ def test_issue_adds_a_certificate_from_the_existing_ca(tmp_path: Path) -> None:
     verify_issued(load_authority(out), cert_paths(out, Role.GATEWAY, "gw9")[0])
     missing = run_cli("pki", "issue", "--dir", str(tmp_path / "none"), "--role", "gateway", "--id", "gw9", check=False)
     assert missing.returncode == 1 and "no CA in" in missing.stderr
+
+
+def test_devices_provision_with_a_ca_writes_each_devices_client_certificate_beside_its_key(tmp_path: Path) -> None:
+    pki, keys = tmp_path / "pki", tmp_path / "keys"
+    run_cli("pki", "init", "--out", str(pki))
+    run_cli("devices", "provision", "--out", str(keys), "--pki", str(pki))
+    ca = load_authority(pki)
+    registry = Registry.load(keys)
+    for device in registry.devices:
+        cert, key = cert_paths(keys, Role.DEVICE, device)
+        assert verify_issued(ca, cert).subject.rfc4514_string() == f"CN=device-{device}"
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert (keys / "ca.crt").read_bytes() == (pki / "ca.crt").read_bytes()
+    first = sorted(registry.devices)[0]
+    kept = cert_paths(keys, Role.DEVICE, first)[1].read_bytes()
+    run_cli("devices", "provision", "--out", str(keys), "--pki", str(pki))  # again: keys and certificates kept
+    assert cert_paths(keys, Role.DEVICE, first)[1].read_bytes() == kept
+
+
+def test_devices_provision_with_a_missing_ca_makes_nothing(tmp_path: Path) -> None:
+    done = run_cli("devices", "provision", "--out", str(tmp_path / "keys"), "--pki", str(tmp_path / "none"), check=False)
+    assert done.returncode == 2 and "no CA in" in done.stderr  # devices commands exit 2 on bad input
+    assert not (tmp_path / "keys").exists()
