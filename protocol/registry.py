@@ -3,6 +3,10 @@
 One JSON file, ``registry.json``, written by ``edgetally devices provision`` into the keys
 directory next to the private keys (``<device>.pem``). Gateways and the cloud need only
 this file; devices need it and their own private key.
+
+The registry also holds the public half of the cloud's Ed25519 signing key (``"cloud":
+{"public_key", "kid"}``), whose private half (``cloud-signing.key``, 0600) signs receipts
+and repair requests (:mod:`protocol.signed`); a registry written before it existed has none.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from protocol.keys import PublicKey, SigningKey
 
 FORMAT = "edgetally-registry/1"
 REGISTRY_FILE = "registry.json"
+CLOUD_KEY_FILE = "cloud-signing.key"  # not <device>.pem: no device id can collide with it
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +42,7 @@ class DeviceEntry:
 class Registry:
     election: Election
     devices: Mapping[str, DeviceEntry]
+    cloud_key: PublicKey | None = None  # verifies receipts and repair requests
 
     def lookup(self, device: str) -> DeviceEntry:
         entry = self.devices.get(device)
@@ -46,7 +52,7 @@ class Registry:
 
     # -- files ------------------------------------------------------------------------
     def to_mapping(self) -> dict[str, Any]:
-        return {
+        mapping: dict[str, Any] = {
             "format": FORMAT,
             "election": self.election.to_mapping(),
             "devices": {
@@ -54,6 +60,9 @@ class Registry:
                 for d in sorted(self.devices.values(), key=lambda e: e.device)
             },
         }
+        if self.cloud_key is not None:
+            mapping["cloud"] = {"public_key": self.cloud_key.hex, "kid": self.cloud_key.kid}
+        return mapping
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "registry") -> Registry:
@@ -88,7 +97,7 @@ class Registry:
             if "kid" in entry and entry["kid"] != public.kid:
                 raise KeyFileError(f"{source}: device {device!r} kid does not match its public key")
             devices[device] = DeviceEntry(device, precinct, public)
-        return cls(election=election, devices=devices)
+        return cls(election=election, devices=devices, cloud_key=_cloud_key(data.get("cloud"), source))
 
     @classmethod
     def load(cls, path: Path) -> Registry:
@@ -120,12 +129,27 @@ class Registry:
         return file
 
 
+def _cloud_key(entry: object, source: str) -> PublicKey | None:
+    if entry is None:
+        return None
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("public_key"), str):
+        raise KeyFileError(f"{source}: cloud must be an object with a public_key string")
+    try:
+        public = PublicKey.from_hex(entry["public_key"])
+    except KeyFileError as exc:
+        raise KeyFileError(f"{source}: cloud: {exc}") from exc
+    if "kid" in entry and entry["kid"] != public.kid:
+        raise KeyFileError(f"{source}: the cloud kid does not match its public key")
+    return public
+
+
 def private_key_path(directory: Path, device: str) -> Path:
     return directory / f"{device}.pem"
 
 
 def provision(election: Election, directory: Path, *, overwrite: bool = False) -> Registry:
-    """Create a key for every device of ``election`` in ``directory`` and write the registry.
+    """Create a key for every device of ``election`` and the cloud's signing key in
+    ``directory``, and write the registry.
 
     Existing private keys are kept (re-provisioning must not orphan signed batches) unless
     ``overwrite`` is set.
@@ -144,9 +168,26 @@ def provision(election: Election, directory: Path, *, overwrite: bool = False) -
                 key = SigningKey.generate()
                 key.save(path)
             devices[device] = DeviceEntry(device, precinct.id, key.public)
-    registry = Registry(election=election, devices=devices)
+    cloud_path = directory / CLOUD_KEY_FILE
+    if cloud_path.exists() and not overwrite:
+        cloud = SigningKey.load(cloud_path)
+    else:
+        cloud = SigningKey.generate()
+        cloud.save(cloud_path)
+    registry = Registry(election=election, devices=devices, cloud_key=cloud.public)
     registry.save(directory)
     return registry
+
+
+def load_cloud_key(directory: Path) -> SigningKey:
+    """The cloud's signing key in a keys directory (written by :func:`provision`)."""
+    path = directory / CLOUD_KEY_FILE
+    if not path.exists():
+        raise KeyFileError(
+            f"no cloud signing key: {path} does not exist (run `edgetally devices provision` again:"
+            " it keeps the device keys and adds it)"
+        )
+    return SigningKey.load(path)
 
 
 def load_signing_key(directory: Path, device: str) -> SigningKey:

@@ -19,7 +19,7 @@ from protocol import (
     load_signing_key,
     provision,
 )
-from protocol.registry import FORMAT, REGISTRY_FILE
+from protocol.registry import CLOUD_KEY_FILE, FORMAT, REGISTRY_FILE, load_cloud_key
 from tests.protocol.builders import ELECTION, KEYS, REGISTRY
 
 
@@ -179,13 +179,38 @@ def test_provision_writes_a_key_per_device_and_the_registry(tmp_path: Path) -> N
     keys = tmp_path / "keys"
     registry = provision(ELECTION, keys)
     assert sorted(p.name for p in keys.iterdir()) == sorted(
-        [REGISTRY_FILE] + [f"{d}.pem" for d in ELECTION.devices]
+        [REGISTRY_FILE, CLOUD_KEY_FILE] + [f"{d}.pem" for d in ELECTION.devices]
     )
     for device in ELECTION.devices:
         pem = keys / f"{device}.pem"
         assert stat.S_IMODE(pem.stat().st_mode) == 0o600
         assert load_signing_key(keys, device).kid == registry.lookup(device).kid
+    assert stat.S_IMODE((keys / CLOUD_KEY_FILE).stat().st_mode) == 0o600
+    assert registry.cloud_key is not None and load_cloud_key(keys).kid == registry.cloud_key.kid
     assert Registry.load(keys).to_mapping() == registry.to_mapping()
+
+
+def test_provision_keeps_the_cloud_key_unless_told_to_overwrite(tmp_path: Path) -> None:
+    first = provision(ELECTION, tmp_path)
+    assert provision(ELECTION, tmp_path).cloud_key == first.cloud_key
+    assert provision(ELECTION, tmp_path, overwrite=True).cloud_key != first.cloud_key
+
+
+def test_a_registry_without_a_cloud_key_still_loads_and_a_bad_one_is_refused(tmp_path: Path) -> None:
+    data = _mapping()
+    data.pop("cloud", None)
+    _write(tmp_path, data)
+    assert Registry.load(tmp_path).cloud_key is None
+    with pytest.raises(KeyFileError, match="no cloud signing key"):
+        load_cloud_key(tmp_path)
+    data["cloud"] = {"public_key": "00" * 31}
+    _write(tmp_path, data)
+    with pytest.raises(KeyFileError, match="cloud: public key must be 32 bytes"):
+        Registry.load(tmp_path)
+    data["cloud"] = {"public_key": "11" * 32, "kid": "0" * 16}
+    _write(tmp_path, data)
+    with pytest.raises(KeyFileError, match="the cloud kid does not match"):
+        Registry.load(tmp_path)
 
 
 def test_provision_keeps_existing_keys_unless_told_to_overwrite(tmp_path: Path) -> None:
