@@ -5,6 +5,7 @@ over another client's session by its client id."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import queue
@@ -39,18 +40,20 @@ def pki(tmp_path: Path) -> Path:
     return tmp_path / "pki"
 
 
-@pytest.fixture
-def tls_broker(pki: Path, tmp_path: Path) -> Iterator[int]:
-    """Mosquitto with one TLS listener: certificate required, its common name the username."""
+@contextlib.contextmanager
+def _tls_mosquitto(pki: Path, workdir: Path, *extra: str) -> Iterator[int]:
+    """Mosquitto with one TLS listener on a free port: a certificate from ``pki`` required, its
+    common name the username, plus ``extra`` lines; killed (SIGKILL) and reaped on the way out."""
     port = free_port()
     cert, key = cert_paths(pki, Role.BROKER, "edge")
-    conf = tmp_path / "tls.conf"
-    conf.write_text(
-        ("user root\n" if os.geteuid() == 0 else "")  # as edgetally.brokers does: keys are ours, 0600
-        + f"listener {port} 127.0.0.1\nallow_anonymous false\ncafile {pki / 'ca.crt'}\n"
-        f"certfile {cert}\nkeyfile {key}\nrequire_certificate true\nuse_identity_as_username true\n"
-        f"persistence false\nlog_dest file {tmp_path / 'tls.log'}\n"
-    )
+    lines = [
+        *(["user root"] if os.geteuid() == 0 else []),  # as edgetally.brokers does: keys are ours, 0600
+        f"listener {port} 127.0.0.1", "allow_anonymous false", f"cafile {pki / 'ca.crt'}",
+        f"certfile {cert}", f"keyfile {key}", "require_certificate true", "use_identity_as_username true",
+        "persistence false", f"log_dest file {workdir / 'mosquitto.log'}", *extra,
+    ]  # fmt: skip
+    conf = workdir / "mosquitto.conf"
+    conf.write_text("\n".join(lines) + "\n")
     proc = subprocess.Popen([str(mosquitto_binary()), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port, TIMEOUT_S, proc)
@@ -58,6 +61,12 @@ def tls_broker(pki: Path, tmp_path: Path) -> Iterator[int]:
     finally:
         proc.kill()
         proc.wait(timeout=TIMEOUT_S)
+
+
+@pytest.fixture
+def tls_broker(pki: Path, tmp_path: Path) -> Iterator[int]:
+    with _tls_mosquitto(pki, tmp_path) as port:
+        yield port
 
 
 def _connect_packet(client_id: str) -> bytes:
@@ -138,7 +147,9 @@ class _Client:
         self.client.on_subscribe = lambda c, u, mid, rcs, p: self.subacks.put([int(r.value) for r in rcs])
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        assert self.connected.wait(TIMEOUT_S), f"{client_id} did not connect"
+        if not self.connected.wait(TIMEOUT_S):
+            self.client.loop_stop()  # no network thread left behind by a failed test
+            raise AssertionError(f"{client_id} did not connect")
 
     def subscribe(self, topic: str) -> list[int]:
         self.client.subscribe(topic, qos=1)
@@ -163,22 +174,8 @@ def locked_edge(pki: Path, keys_dir: Path, tmp_path: Path) -> Iterator[tuple[int
     ca = load_authority(pki)
     for device in sorted(registry.devices)[:2]:
         issue(ca, Role.DEVICE, device)
-    port = free_port()
-    cert, key = cert_paths(pki, Role.BROKER, "edge")
-    conf = tmp_path / "locked.conf"
-    conf.write_text(
-        ("user root\n" if os.geteuid() == 0 else "")
-        + f"listener {port} 127.0.0.1\nallow_anonymous false\ncafile {pki / 'ca.crt'}\n"
-        f"certfile {cert}\nkeyfile {key}\nrequire_certificate true\nuse_identity_as_username true\n"
-        f"use_username_as_clientid true\nacl_file {acl}\npersistence false\n"
-    )
-    proc = subprocess.Popen([str(mosquitto_binary()), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port(port, TIMEOUT_S, proc)
+    with _tls_mosquitto(pki, tmp_path, "use_username_as_clientid true", f"acl_file {acl}") as port:
         yield port, registry
-    finally:
-        proc.kill()
-        proc.wait(timeout=TIMEOUT_S)
 
 
 def _client(pki: Path, port: int, role: Role, ident: str, client_id: str | None = None, **kw: bool) -> _Client:
