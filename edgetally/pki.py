@@ -95,4 +95,5 @@ def acl_cmd(
         write_secret(out, text.encode(), "ACL file", mode=0o644)
     except (KeyFileError, ProtocolError) as err:
         raise _fail(err) from err
-    typer.echo(f"wrote {out} ({text.count(chr(10) + 'user ')} users)")
+    users = sum(line.startswith("user ") for line in text.splitlines())
+    typer.echo(f"wrote {out} ({users} users)")

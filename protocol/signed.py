@@ -24,14 +24,17 @@ from protocol.repair import RepairRequest
 MAX_WORD_BYTES = 16 * 1024  # a receipt is ~150 bytes, a repair request of 64 ranges ~1.2 KiB
 
 
-def sign_receipt(receipt: Receipt, key: SigningKey) -> bytes:
-    body = receipt.to_bytes()
+def _seal(word: Receipt | RepairRequest, key: SigningKey) -> bytes:
+    body = word.to_bytes()
     return Envelope(body=body, sig=key.sign(body), kid=key.kid).to_bytes()
+
+
+def sign_receipt(receipt: Receipt, key: SigningKey) -> bytes:
+    return _seal(receipt, key)
 
 
 def sign_repair(request: RepairRequest, key: SigningKey) -> bytes:
-    body = request.to_bytes()
-    return Envelope(body=body, sig=key.sign(body), kid=key.kid).to_bytes()
+    return _seal(request, key)
 
 
 def _open(payload: bytes, cloud_key: PublicKey | None, what: str) -> bytes:
