@@ -19,6 +19,7 @@ from protocol.election import ID_PATTERN
 DEFAULT_DB_URL = "sqlite:///edgetally.db"
 DEFAULT_CLOUD_ID = "cloud1"
 DEFAULT_RECEIPT_INTERVAL_S = 0.25  # the longest a device waits for a receipt once its batch is committed
+SQLITE_BUSY_TIMEOUT_MS = 5_000  # then DatabaseUnavailable: the worker retries with backoff
 DEFAULT_OUTPUT_LIMIT = 100  # rows `cloud alerts`, `stored` and `dead-letters` show by default
 
 

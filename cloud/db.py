@@ -42,12 +42,12 @@ from cloud._exceptions import (
     MigrationError,
     NotACloudDatabase,
 )
+from cloud.config import SQLITE_BUSY_TIMEOUT_MS
 from cloud.migrations import VERSION_TABLE, one_revision, require_head
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-SQLITE_BUSY_TIMEOUT_MS = 5_000  # then DatabaseUnavailable: the worker retries with backoff
 _MIGRATION_LOCK = 0x45544301  # pg_advisory_xact_lock key: "ETC\x01"
 # Bound parameters per bulk statement: under SQLite's 32,766 and PostgreSQL's 65,535.
 _MAX_PARAMS = 30_000

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from cloud._exceptions import DatabaseError, DatabaseUnavailable, NotACloudDatabase
+from cloud.config import SQLITE_BUSY_TIMEOUT_MS
 from cloud.migrations import VERSION_TABLE, one_revision, require_head
 from cloud.results.results import Results, read_results
 
-BUSY_TIMEOUT_MS = 5_000  # as cloud.db.SQLITE_BUSY_TIMEOUT_MS (a test keeps them equal)
 _PLAIN_FILE_URL = re.compile(r"sqlite(?:\+pysqlite)?:///(?P<path>[^?#%]+)")
 
 
@@ -51,13 +51,13 @@ def read_file(path: Path, url: str, what: str) -> Iterator[sqlite3.Connection]:
     if not path.exists():
         raise NotACloudDatabase(f"no database file {path}")
     try:  # mode=rw: never creates a file; this reader only reads
-        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=rw", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=rw", uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
     except sqlite3.Error as err:
         raise _translated("reading the cloud database", err) from err
     try:
         conn.isolation_level = None  # the BEGIN below is ours
         try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             require_head(_revision(conn), url)
         except sqlite3.Error as err:
             raise _translated("reading the cloud database", err) from err

@@ -10,12 +10,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from cloud import db
 from cloud._exceptions import CloudError, NotACloudDatabase, ResultsError
 from cloud.db import make_engine, upgrade
 from cloud.ledger.ledger import Ledger
 from cloud.migrations import VERSION_TABLE
-from cloud.results import sqlite as reader
 from cloud.results.results import load_results
 from cloud.results.sqlite import load_results_file, sqlite_file
 from protocol import batch_topic
@@ -120,7 +118,3 @@ def test_a_missing_file_is_refused_and_not_created(tmp_path: Path) -> None:
 )
 def test_only_a_plain_sqlite_file_url_is_read_without_sqlalchemy(url: str, path: str | None) -> None:
     assert sqlite_file(url) == (None if path is None else Path(path))
-
-
-def test_the_stdlib_reader_waits_for_locks_as_long_as_the_engine() -> None:
-    assert reader.BUSY_TIMEOUT_MS == db.SQLITE_BUSY_TIMEOUT_MS
