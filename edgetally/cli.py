@@ -21,7 +21,7 @@ SUBCOMMANDS = {
     "devices": Lazy("devices.cli", "app", "Provision tabulators, compute expected totals, run a device fleet."),
     "gateway": Lazy("gateway.cli", "app", "Run the edge gateway; inspect, check and repair its buffer file."),
     "cloud": Lazy("cloud.cli", "app", "Run the cloud worker; migrate, read results and audit the cloud database."),
-    "pki": Lazy("edgetally.pki", "app", "Create the deployment's certificate authority and TLS certificates."),
+    "pki": Lazy("edgetally.pki", "app", "Create the deployment's certificate authority, TLS certificates and broker ACLs."),
     "scenario": Lazy("edgetally.scenarios.cli", "app", "Scenarios: a topology and a timeline of faults, then a verdict"),
 }
 

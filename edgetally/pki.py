@@ -18,7 +18,7 @@ from protocol import KeyFileError
 from protocol.keys import write_secret
 from protocol.pki import DEFAULT_DAYS, Issued, Role, create_authority, issue, load_authority
 
-app = typer.Typer(help="Create the deployment's certificate authority and TLS certificates.", no_args_is_help=True)
+app = typer.Typer(help="Create the deployment's certificate authority, TLS certificates and broker ACLs.", no_args_is_help=True)
 
 HOST_OPTION = typer.Option([], "--host", help="another name or address the brokers answer on (repeatable)")
 DAYS_OPTION = typer.Option(DEFAULT_DAYS, "--days", min=1, help="days each certificate is valid")
