@@ -67,7 +67,10 @@ def build_config(
     repair_interval_s: float = 2.0,
     repair_grace_s: float = 0.5,
     receipt_interval_s: float = DEFAULT_RECEIPT_INTERVAL_S,
+    pki: Path | None = None,
 ) -> CloudConfig:
+    from protocol.tls import Role, client_tls
+
     try:
         address = parse_broker_url(broker)
     except ProtocolError as err:
@@ -90,6 +93,7 @@ def build_config(
         repair_interval_s=repair_interval_s,
         repair_grace_s=repair_grace_s,
         receipt_interval_s=receipt_interval_s,
+        tls=None if pki is None else client_tls(pki, Role.CLOUD, cloud_id),
     )
 
 
@@ -106,7 +110,10 @@ def load_registry(keys: Path) -> Registry:
 
 @app.command("run")
 def run(
-    broker: str = typer.Option(..., "--broker", help="cloud broker, mqtt://host:port"),
+    broker: str = typer.Option(..., "--broker", help="cloud broker, mqtts://host:port (TLS) or mqtt://host:port"),
+    pki: Path | None = typer.Option(
+        None, "--pki", help="PKI directory (`edgetally pki init`) holding ca.crt and this worker's certificate"
+    ),
     db: str = DB_OPTION,
     keys: Path = typer.Option(..., "--keys", help="keys directory holding registry.json"),
     cloud_id: str = typer.Option(
@@ -162,9 +169,13 @@ def run(
         armed = faults.arm_from_environment()
         config = build_config(
             broker, db, keys, cloud_id, max_payload_bytes, ready_file, share, session,
-            verify_threads, repair_interval, repair_grace, receipt_interval,
+            verify_threads, repair_interval, repair_grace, receipt_interval, pki,
         )  # fmt: skip
         registry = load_registry(config.keys_dir)
+        if config.tls is not None:
+            from cloud.worker.session import tls_context
+
+            tls_context(config.tls)  # a missing or bad certificate stops the worker here, named
         engine = make_engine(config.db_url)
         upgrade(engine)
         ledger = Ledger(engine, registry, max_payload_bytes=config.max_payload_bytes)

@@ -15,6 +15,7 @@ from protocol import (
     BrokerAddress,
 )
 from protocol.election import ID_PATTERN
+from protocol.tls import ClientTls
 
 DEFAULT_DB_URL = "sqlite:///edgetally.db"
 DEFAULT_CLOUD_ID = "cloud1"
@@ -66,12 +67,19 @@ class CloudConfig:
     # Receipts (cloud/worker/receipts.py): at most one per device per receipt_interval_s, always the
     # latest; 0 publishes every receipt right after the commit that produced it.
     receipt_interval_s: float = DEFAULT_RECEIPT_INTERVAL_S
+    # The worker's TLS certificate (its common name cloud-{id} is its MQTT identity); required
+    # for an mqtts:// broker, refused for a plain one.
+    tls: ClientTls | None = None
 
     def __post_init__(self) -> None:
         if not ID_PATTERN.match(self.cloud_id):
             raise ConfigError(
                 f"--id {self.cloud_id!r} must be 1-64 characters of A-Z a-z 0-9 _ . -"
             )
+        if self.broker.tls and self.tls is None:
+            raise ConfigError("--broker mqtts:// needs --pki DIR (the worker's TLS certificate)")
+        if self.tls is not None and not self.broker.tls:
+            raise ConfigError("--pki given but the broker is plain mqtt://; use an mqtts:// URL")
         if self.max_payload_bytes < 1:
             raise ConfigError(f"--max-payload-bytes must be positive, got {self.max_payload_bytes}")
         if self.queue_size < 1 or self.group_max < 1 or self.verify_threads < 1:

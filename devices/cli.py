@@ -217,7 +217,7 @@ def _write_summary(path: Path, summary: FleetSummary, *, running: bool) -> None:
 
 @app.command("run")
 def run_cmd(
-    broker: str = typer.Option(..., "--broker", help="Edge broker, mqtt://host:port"),
+    broker: str = typer.Option(..., "--broker", help="Edge broker, mqtts://host:port (TLS: each device's certificate from --keys) or mqtt://host:port"),
     keys: Path = typer.Option(..., "--keys", help="Directory written by `devices provision`"),
     election_file: Path | None = typer.Option(None, "--election", help="Election file; must match the registry's"),
     seed: int = typer.Option(..., "--seed"),
@@ -255,7 +255,7 @@ def run_cmd(
     from devices.fleet.fleet import Fleet
     from devices.live import LiveView
     from devices.metrics import MetricsServer, linger
-    from devices.preflight import check_fleet_inputs
+    from devices.preflight import check_fleet_inputs, check_tls_files
     from devices.shards import parse_shard, pick
     from devices.snapshot import FleetMonitor
     from devices.state import StateStore
@@ -269,6 +269,8 @@ def run_cmd(
         everyone = files_only.devices[:devices] if devices else files_only.devices
         chosen = pick(everyone, parse_shard(shard)) if shard is not None else (everyone if devices else None)
         check_fleet_inputs(election_file, keys, chosen)  # every key that will sign, before any connection
+        if address.tls:
+            check_tls_files(keys, chosen if chosen is not None else files_only.devices)
         registry = Registry.load(keys)
         profile = EMPTY.merged(profile_from_specs(behaviour_specs))
         if behaviours_file is not None:

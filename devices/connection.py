@@ -26,12 +26,14 @@ import asyncio
 import contextlib
 import logging
 import math
+import ssl
 import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from devices._exceptions import ConnectionFailed, ConnectRefused
+from devices.tls import TlsLayer
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,8 @@ class ConnectOptions:
     keepalive: int = 30
     clean_session: bool = False
     will: Will | None = None
-    timeout: float = 10.0  # TCP connect + CONNACK
+    timeout: float = 10.0  # TCP connect + TLS handshake + CONNACK
+    tls: ssl.SSLContext | None = None  # the device's certificate; the broker's name is ``host``
 
 
 def _length(n: int) -> bytes:
@@ -158,14 +161,43 @@ class MqttConnection(asyncio.Protocol):
         self.lost: asyncio.Future[None] = loop.create_future()  # exception: why it was lost
         self._closing = False
         self.pings_sent = 0
+        self._tls: TlsLayer | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._write(connect_packet(self.options))
+        if self.options.tls is None:
+            self._write(connect_packet(self.options))
+            return
+        self._tls = TlsLayer(self.options.tls, self.options.host)
+        try:
+            transport.write(self._tls.start())
+        except ssl.SSLError as exc:
+            self._tls_failed(exc)
+
+    def _tls_failed(self, exc: ssl.SSLError) -> None:
+        why = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+        self._fail(ConnectionFailed(f"{self.options.client_id}: TLS with {self.options.host}:{self.options.port} failed: {why}"))
 
     def data_received(self, data: bytes) -> None:
+        tls = self._tls
+        if tls is not None:
+            was_ready = tls.ready
+            try:
+                data = tls.feed(data)
+            except ssl.SSLError as exc:
+                self._tls_failed(exc)
+                return
+            if tls.ready and not was_ready:
+                self._write(connect_packet(self.options))  # the handshake just completed
+            elif not was_ready and self._transport is not None:
+                self._transport.write(tls.outgoing())  # the handshake goes on
+            if not data:
+                return
+        self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
         buf = self._buffer
         buf += data
         self._ping_sent = None  # anything from the broker proves it is alive
@@ -240,7 +272,11 @@ class MqttConnection(asyncio.Protocol):
     def _write(self, packet: bytes) -> None:
         if self._transport is None or self._transport.is_closing():
             raise ConnectionFailed(f"{self.options.client_id}: not connected")
-        self._transport.write(packet)
+        if self._tls is None:
+            self._transport.write(packet)
+        else:
+            self._tls.wrap(packet)
+            self._transport.write(self._tls.outgoing())
         self._last_out = self._loop.time()
 
     def _pid(self) -> int:
@@ -317,7 +353,8 @@ class MqttConnection(asyncio.Protocol):
         """Clean goodbye: DISCONNECT (the broker discards the will), then close."""
         if self._transport is not None and not self._transport.is_closing():
             self._closing = True
-            self._transport.write(_DISCONNECT)
+            with contextlib.suppress(ConnectionFailed, ssl.SSLError):
+                self._write(_DISCONNECT)
             self._transport.close()
         with contextlib.suppress(ConnectionFailed):
             await self.lost

@@ -48,6 +48,19 @@ def check_fleet_inputs(
     return election
 
 
+def check_tls_files(keys_dir: Path, devices: Sequence[str]) -> None:
+    """Every device's TLS certificate and key, and the CA they trust, are in ``keys_dir``
+    (for an mqtts:// broker), before any connection."""
+    from protocol.tls import Role, client_tls
+
+    hint = f"run `edgetally devices provision --out {keys_dir} --pki PKI_DIR`"
+    for device in devices:
+        files = client_tls(keys_dir, Role.DEVICE, device)
+        for path in (files.ca, files.cert, files.key):
+            if not path.is_file():
+                raise ProvisionError(f"{path}: device {device!r} has no TLS certificate for mqtts:// ({hint})")
+
+
 def _load_registry(keys_dir: Path) -> Registry:
     hint = f"run `edgetally devices provision --out {keys_dir}`"
     if not keys_dir.is_dir():

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from enum import StrEnum
 
 from protocol import Registry
-from protocol.pki import Role, identity
+from protocol.tls import Role, identity
 from protocol.topics import (
     PREFIX,
     DeviceTopicKind,

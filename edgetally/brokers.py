@@ -56,14 +56,46 @@ class BrokerSettings:
     extra: str = ""  # appended verbatim (e.g. a bridge section for the bridge baseline)
 
 
-def mosquitto_config(port: int, workdir: Path, settings: BrokerSettings) -> str:
+@dataclass(frozen=True)
+class BrokerTls:
+    """A locked-down listener: TLS with this server certificate, a client certificate from ``ca``
+    required (its common name is the username, and the client id), and ``acl`` deciding who may
+    touch which topic. Paths only; the files are made by :mod:`edgetally.wire`."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    acl: Path
+
+
+def listener_lines(port: int, tls: BrokerTls | None) -> list[str]:
+    """The listener: locked down with ``tls``; plain TCP, anonymous, every topic, without."""
+    if tls is None:
+        return [f"listener {port} 127.0.0.1", "allow_anonymous true"]
+    return [
+        f"listener {port} 127.0.0.1",
+        "allow_anonymous false",
+        f"cafile {tls.ca}",
+        f"certfile {tls.cert}",
+        f"keyfile {tls.key}",
+        "tls_version tlsv1.2",
+        "require_certificate true",
+        # The certificate's common name is the username the ACL names, and the client id:
+        # nobody can connect as another client and take over its persistent session.
+        "use_identity_as_username true",
+        "use_username_as_clientid true",
+        f"acl_file {tls.acl}",
+    ]
+
+
+def mosquitto_config(port: int, workdir: Path, settings: BrokerSettings, tls: BrokerTls | None = None) -> str:
     """The config EdgeTally runs Mosquitto with; deploy/mosquitto/mosquitto.conf is its container twin."""
     lines = [
         # Run as root, Mosquitto drops to the `mosquitto` user and then cannot write its log or
-        # persistence file in our (root-owned) directory: sessions would silently not survive.
+        # persistence file in our (root-owned) directory, nor read our 0600 keys: sessions
+        # would silently not survive.
         *(["user root"] if os.geteuid() == 0 else []),
-        f"listener {port} 127.0.0.1",
-        "allow_anonymous true",
+        *listener_lines(port, tls),
         f"persistence {'true' if settings.persistence else 'false'}",
         f"persistence_location {workdir}/",
         "persistence_file mosquitto.db",
@@ -109,8 +141,11 @@ class BrokerProcess:
         port: int | None = None,
         settings: BrokerSettings | None = None,
         embedded: bool | None = None,
+        tls: BrokerTls | None = None,
     ) -> None:
+        """``tls`` None is the plain mode (anonymous TCP, no ACL): for local experiments only."""
         self.name = name
+        self.tls = tls
         self.workdir = workdir
         self._port = port
         self.settings = settings or BrokerSettings()
@@ -125,7 +160,7 @@ class BrokerProcess:
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls is not None else 'mqtt'}://127.0.0.1:{self.port}"
 
     @property
     def embedded(self) -> bool:
@@ -147,12 +182,17 @@ class BrokerProcess:
 
     def _command(self) -> list[str]:
         if self.embedded:
+            if self.tls is not None:
+                raise BrokerError(
+                    f"{self.name}: the embedded broker speaks plain MQTT only; install mosquitto"
+                    " for TLS and ACLs, or run in plain mode (--plain)"
+                )
             return [sys.executable, "-m", "edgetally.embedded_broker", "--port", str(self.port)]
         binary = mosquitto_binary()
         if binary is None:
             raise BrokerError("mosquitto is not installed (apt-get install mosquitto)")
         conf = self.workdir / "mosquitto.conf"
-        conf.write_text(mosquitto_config(self.port, self.workdir, self.settings))
+        conf.write_text(mosquitto_config(self.port, self.workdir, self.settings, self.tls))
         return [binary, "-c", str(conf)]
 
     def start(self, timeout: float = 15.0) -> None:

@@ -16,7 +16,8 @@ from rich.table import Table
 from edgetally.acl import BrokerKind, acl_text
 from protocol import KeyFileError
 from protocol.keys import write_secret
-from protocol.pki import DEFAULT_DAYS, Issued, Role, create_authority, issue, load_authority
+from protocol.pki import DEFAULT_DAYS, Issued, create_authority, issue, load_authority
+from protocol.tls import Role
 
 app = typer.Typer(help="Create the deployment's certificate authority, TLS certificates and broker ACLs.", no_args_is_help=True)
 

@@ -21,9 +21,12 @@ from typing import Any
 
 from devices.election_file import load_election
 from devices.generator import ExpectedTotals, expected_totals
-from edgetally.brokers import BrokerProcess
+from cloud.config import DEFAULT_CLOUD_ID
+from edgetally.acl import BrokerKind
+from edgetally.brokers import BrokerProcess, BrokerTls
 from edgetally.pgdb import ThrowawayDatabase
 from edgetally.processes import Component
+from edgetally.wire import Wire
 from protocol import Registry, provision
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,9 @@ class StackConfig:
     # its own there (created by start(), dropped by stop()). Ignored when db_url is given.
     postgres_admin_url: str | None = None
     fleet_args: tuple[str, ...] = ()  # more `devices run` options (e.g. --connect-rate 500)
+    # Plain mode: anonymous MQTT over TCP, no ACLs. Off by default: the brokers run TLS with
+    # client certificates and ACLs from the registry (edgetally/wire.py).
+    plain: bool = False
 
 
 class Stack:
@@ -65,13 +71,18 @@ class Stack:
         else:
             self.db_url = f"sqlite:///{work / 'cloud.db'}"
         self.summary_path = work / "fleet-summary.json"
-        self.edge = BrokerProcess(work / "edge-broker", name="edge-broker", embedded=config.embedded_brokers)
-        self.cloud_broker = BrokerProcess(
-            work / "cloud-broker", name="cloud-broker", embedded=config.embedded_brokers
-        )
         if config.workers < 1:
             raise ValueError("a stack needs at least one cloud worker")
-        cloud_args = ["cloud", "run", "--broker", self.cloud_broker.url, "--db", self.db_url, "--keys", str(self.keys)]
+        cloud_ids = (DEFAULT_CLOUD_ID,) if config.workers == 1 else tuple(f"cloud{i}" for i in range(1, config.workers + 1))
+        self.wire = None if config.plain else Wire(work / "pki", self.keys, (config.gateway_id,), cloud_ids)
+        self.edge = BrokerProcess(
+            work / "edge-broker", name="edge-broker", embedded=config.embedded_brokers, tls=self._tls(BrokerKind.EDGE)
+        )
+        self.cloud_broker = BrokerProcess(
+            work / "cloud-broker", name="cloud-broker", embedded=config.embedded_brokers, tls=self._tls(BrokerKind.CLOUD)
+        )
+        pki = [] if self.wire is None else ["--pki", str(self.wire.pki)]
+        cloud_args = ["cloud", "run", "--broker", self.cloud_broker.url, "--db", self.db_url, "--keys", str(self.keys), *pki]
         if config.workers == 1:
             self.clouds = [Component("cloud", cloud_args, work)]
         else:
@@ -89,6 +100,7 @@ class Stack:
                 "--buffer", str(self.buffer_path),
                 "--keys", str(self.keys),
                 "--id", config.gateway_id,
+                *pki,
             ],
             work,
         )
@@ -109,6 +121,9 @@ class Stack:
         self.fleet = Component("fleet", fleet_args, work, ready=False)
         self._registry: Registry | None = None
 
+    def _tls(self, kind: BrokerKind) -> BrokerTls | None:
+        return None if self.wire is None else self.wire.broker(kind)
+
     # -- lifecycle ----------------------------------------------------------------------
     @property
     def registry(self) -> Registry:
@@ -126,6 +141,8 @@ class Stack:
         self.config.workdir.mkdir(parents=True, exist_ok=True)
         if not (self.keys / "registry.json").exists():
             self.provision()
+        if self.wire is not None:
+            self.wire.prepare(self.registry)  # certificates and ACLs, before any broker starts
         self._create_database()
         self.edge.start()
         self.cloud_broker.start()

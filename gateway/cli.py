@@ -43,8 +43,11 @@ def _fail(err: Exception) -> typer.Exit:
 
 @app.command("run")
 def run(
-    edge: str = typer.Option(..., "--edge", help="edge broker URL, mqtt://host:port"),
-    cloud: str = typer.Option(..., "--cloud", help="cloud broker URL, mqtt://host:port"),
+    edge: str = typer.Option(..., "--edge", help="edge broker URL, mqtts://host:port (TLS) or mqtt://host:port"),
+    cloud: str = typer.Option(..., "--cloud", help="cloud broker URL, mqtts://host:port (TLS) or mqtt://host:port"),
+    pki: Path | None = typer.Option(
+        None, "--pki", help="PKI directory (`edgetally pki init`) holding ca.crt and this gateway's certificate"
+    ),
     buffer: Path = typer.Option(..., "--buffer", help="buffer file (SQLite); created if missing"),
     keys: Path = typer.Option(..., "--keys", help="keys directory holding registry.json"),
     gateway_id: str = typer.Option("gw1", "--id", help="gateway name (client ids, status topic)"),
@@ -123,6 +126,7 @@ def run(
             bundle_max=bundle_max,
             compress=compress,
             status_interval_s=status_interval,
+            pki=pki,
         )
         service = GatewayService(config)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from gateway._exceptions import ConfigError
 from protocol import DEFAULT_MAX_BYTES, BrokerAddress, ProtocolError, parse_broker_url
 from protocol.election import ID_PATTERN
+from protocol.tls import ClientTls, Role, client_tls
 
 # Mosquitto (edgetally/brokers.py) sends at most this many unacknowledged QoS 1 messages
 # to one client; the ingress queue holds at least twice that (one connection's worth plus
@@ -50,6 +51,7 @@ class GatewayConfig:
     bundle_max: int = DEFAULT_BUNDLE_MAX  # envelopes per uplink message; 1 = no bundling
     compress: bool = False  # zlib-compress uplink bundles
     status_interval_s: float = DEFAULT_STATUS_INTERVAL_S  # gateway status every this many seconds
+    tls: ClientTls | None = None  # the gateway's certificate, for the links that are mqtts://
     # Tuning without a command-line option (tests and issue 3 may set them).
     ingress_queue_size: int = 2 * BROKER_MAX_INFLIGHT + 48
     group_max: int = 500  # messages per buffer transaction (group commit)
@@ -64,6 +66,11 @@ class GatewayConfig:
             raise ConfigError(
                 f"gateway id {self.gateway_id!r} must be 1-64 characters of A-Z a-z 0-9 _ . -"
             )
+        tls_links = [name for name, a in (("--edge", self.edge), ("--cloud", self.cloud)) if a.tls]
+        if tls_links and self.tls is None:
+            raise ConfigError(f"{' and '.join(tls_links)} mqtts:// needs --pki DIR (the gateway's TLS certificate)")
+        if self.tls is not None and not tls_links:
+            raise ConfigError("--pki given but both brokers are plain mqtt://; use mqtts:// URLs")
         if not 1 <= self.window <= MAX_WINDOW:
             raise ConfigError(f"--window must be between 1 and {MAX_WINDOW}, got {self.window}")
         if self.delivered_retention_s < 0:
@@ -109,6 +116,7 @@ class GatewayConfig:
         bundle_max: int = DEFAULT_BUNDLE_MAX,
         compress: bool = False,
         status_interval_s: float = DEFAULT_STATUS_INTERVAL_S,
+        pki: Path | None = None,
     ) -> GatewayConfig:
         """Build from command-line strings; bad values raise :class:`ConfigError`."""
         return cls(
@@ -128,6 +136,7 @@ class GatewayConfig:
             bundle_max=bundle_max,
             compress=compress,
             status_interval_s=status_interval_s,
+            tls=None if pki is None else client_tls(pki, Role.GATEWAY, gateway_id),
         )
 
     @property

@@ -201,7 +201,10 @@ class Ingress:
             )
 
     def _make_client(self) -> mqtt.Client:
-        client = new_client(self._config.edge_client_id, clean_session=False, manual_ack=True)
+        config = self._config
+        client = new_client(
+            config.edge_client_id, clean_session=False, manual_ack=True, tls=config.tls if config.edge.tls else None
+        )
         client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         client.max_inflight_messages_set(100)  # receipts relayed to the edge broker
         set_offline_will(client, self._config.gateway_id, LINK)

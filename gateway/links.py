@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import random
+import ssl
 import threading
 import weakref
 from typing import Any
@@ -10,9 +12,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
+from gateway._exceptions import ConfigError
 from gateway.status import link_payload
-from protocol import gateway_status_topic
+from protocol import ProtocolError, gateway_status_topic
 from protocol.gateway_status import OFFLINE, ONLINE
+from protocol.tls import ClientTls, client_context
 
 __all__ = [
     "OFFLINE",
@@ -33,8 +37,10 @@ def new_client(
     manual_ack: bool = False,
     reconnect: bool = True,
     userdata: Any = None,
+    tls: ClientTls | None = None,
 ) -> mqtt.Client:
-    """A paho 2.x client speaking MQTT 3.1.1. Creating it does no I/O.
+    """A paho 2.x client speaking MQTT 3.1.1. Creating it does no I/O (``tls``: the context
+    :func:`tls_context` loaded once).
 
     ``reconnect=False`` makes paho's network thread end when the connection drops, for
     links that replace the whole client instead.
@@ -48,9 +54,20 @@ def new_client(
         manual_ack=manual_ack,
         reconnect_on_failure=reconnect,
     )
+    if tls is not None:
+        client.tls_set_context(tls_context(tls))
     with _newest_lock:
         _newest[client_id] = weakref.ref(client)
     return client
+
+
+@functools.cache
+def tls_context(files: ClientTls) -> ssl.SSLContext:
+    """The gateway's TLS context, loaded once (the service calls this at start to fail fast)."""
+    try:
+        return client_context(files)
+    except ProtocolError as exc:
+        raise ConfigError(f"--pki: {exc}") from exc
 
 
 # The newest client made for each client id in this process (a link that replaces its client

@@ -258,8 +258,13 @@ class Uplink:
             self._generation += 1
             generation = self._generation
             self._events.clear()
+        config = self._config
         client = new_client(
-            self._config.cloud_client_id, clean_session=True, reconnect=False, userdata=generation
+            config.cloud_client_id,
+            clean_session=True,
+            reconnect=False,
+            userdata=generation,
+            tls=config.tls if config.cloud.tls else None,
         )
         client.max_inflight_messages_set(self._config.window)
         set_offline_will(client, self._config.gateway_id, LINK)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 from cryptography import x509
@@ -35,22 +34,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from protocol._errors import KeyFileError
 from protocol.election import ID_PATTERN
 from protocol.keys import write_secret
+from protocol.tls import Role, ca_cert_path, cert_paths, identity
 
 DEFAULT_DAYS = 400  # a certificate outlives an election cycle; the CA ten times that
 CA_DAYS = 4000
 _LOCAL_HOSTS = ("localhost", "127.0.0.1")
-
-
-class Role(StrEnum):
-    BROKER = "broker"
-    GATEWAY = "gateway"
-    CLOUD = "cloud"
-    DEVICE = "device"
-
-
-def identity(role: Role, ident: str) -> str:
-    """The MQTT identity (username, client id, certificate common name) of a client."""
-    return f"{role.value}-{ident}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,19 +61,6 @@ class Authority:
     @property
     def cert_path(self) -> Path:
         return ca_cert_path(self.directory)
-
-
-def ca_cert_path(directory: Path) -> Path:
-    return directory / "ca.crt"
-
-
-def cert_paths(directory: Path, role: Role, ident: str) -> tuple[Path, Path]:
-    """Where the certificate and key of ``role`` ``ident`` live in ``directory``."""
-    if role is Role.BROKER:
-        base = directory / "brokers" / ident
-    else:
-        base = directory / "clients" / identity(role, ident)
-    return base.with_suffix(".crt"), base.with_suffix(".key")
 
 
 def _now() -> dt.datetime:

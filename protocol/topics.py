@@ -21,6 +21,7 @@ from protocol.election import ID_PATTERN
 
 PREFIX = "edgetally/v1"
 DEFAULT_PORT = 1883
+DEFAULT_TLS_PORT = 8883
 
 
 class DeviceTopicKind(StrEnum):
@@ -115,15 +116,17 @@ def parse_batch_topic(topic: str) -> DeviceTopic:
 class BrokerAddress:
     host: str
     port: int
+    tls: bool = False  # mqtts://: the client verifies the broker and shows its own certificate
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6 literal
-        return f"mqtt://{host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
 
 
 def parse_broker_url(url: str) -> BrokerAddress:
-    """``mqtt://host:port`` or ``tcp://host:port`` (port defaults to 1883), or ``host[:port]``.
+    """``mqtts://host:port`` (TLS, port defaults to 8883), ``mqtt://host:port`` or
+    ``tcp://host:port`` (plain TCP, port defaults to 1883), or ``host[:port]`` (plain).
 
     IPv6 literals go in brackets (``mqtt://[::1]:1883``). Credentials, paths and queries are
     refused rather than silently ignored: nothing here would use them.
@@ -134,12 +137,14 @@ def parse_broker_url(url: str) -> BrokerAddress:
         port = parts.port
     except ValueError as exc:  # bad port, unbalanced IPv6 brackets
         raise InvalidValue(f"broker URL {url!r} is not valid: {exc}") from exc
-    if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-        raise InvalidValue(f"broker URL {url!r} must look like mqtt://host:port")
+    if parts.scheme not in ("mqtt", "tcp", "mqtts") or not parts.hostname:
+        raise InvalidValue(f"broker URL {url!r} must look like mqtts://host:port or mqtt://host:port")
     if parts.username is not None or parts.password is not None:
         raise InvalidValue(f"broker URL {url!r}: credentials in the URL are not supported")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise InvalidValue(f"broker URL {url!r}: a path, query or fragment is not supported")
     if port == 0:
         raise InvalidValue(f"broker URL {url!r}: port must be 1-65535, got 0")
-    return BrokerAddress(parts.hostname, DEFAULT_PORT if port is None else port)
+    tls = parts.scheme == "mqtts"
+    default = DEFAULT_TLS_PORT if tls else DEFAULT_PORT
+    return BrokerAddress(parts.hostname, default if port is None else port, tls)

@@ -19,8 +19,10 @@ not parse is logged and acknowledged, it is informational).
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
+import ssl
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -31,11 +33,13 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from cloud._exceptions import ConfigError
 from cloud.config import CloudConfig
 from cloud.ledger.ledger import Checked, Inbound, unwrap
 from cloud.worker.status import StatusUpdate
 from protocol import ProtocolError, parse_gateway_topic
 from protocol.gateway_status import GatewayStatus
+from protocol.tls import ClientTls, client_context
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +103,15 @@ class _Taken:
         return [item for future in self.futures for item in future.result()]
 
 
+@functools.cache
+def tls_context(files: ClientTls) -> ssl.SSLContext:
+    """The worker's TLS context, loaded once (the CLI calls this before it starts the worker)."""
+    try:
+        return client_context(files)
+    except ProtocolError as exc:
+        raise ConfigError(f"--pki: {exc}") from exc
+
+
 class Session:
     """One connection attempt to the broker, with its own paho client. Constructing does no I/O."""
 
@@ -117,6 +130,8 @@ class Session:
             manual_ack=True,
             reconnect_on_failure=False,  # a new Session per connection instead
         )
+        if config.tls is not None:
+            client.tls_set_context(tls_context(config.tls))
         client.max_inflight_messages_set(100)  # receipts in flight
         client.enable_logger(logging.getLogger(f"{__name__}.paho"))
         client.on_connect = self._on_connect

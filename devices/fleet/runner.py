@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -40,6 +41,7 @@ from protocol import (
     receipt_topic,
     status_topic,
 )
+from protocol.tls import Role, client_context, client_tls
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,7 @@ class DeviceRunner:
 
     __slots__ = (
         "_command_topic", "_down", "_epilogue_done", "_lose_first", "_progressed", "_receipt_topic",
-        "_repair", "_status_topic", "_tripped", "_wake", "_withheld", "behaviour", "config", "fleet", "stats",
+        "_repair", "_status_topic", "_tls", "_tripped", "_wake", "_withheld", "behaviour", "config", "fleet", "stats",
         "tab",
     )  # fmt: skip
 
@@ -102,6 +104,7 @@ class DeviceRunner:
         self._epilogue_done = False  # replay / after_final sent
         self._lose_first = withheld_seqs(self.config, tab, self.behaviour)  # lossy, withhold_first
         self._withheld: set[int] = set()  # those of them already skipped (once each)
+        self._tls: ssl.SSLContext | None = None  # the device's certificate, loaded at first connect
 
     @property
     def last_seq(self) -> int:
@@ -145,7 +148,13 @@ class DeviceRunner:
             clean_session=False,
             will=Will(self._status_topic, _status(self.tab.device, "lost", 0), qos=1, retain=True),
             timeout=self.config.connect_timeout,
+            tls=self._tls_context() if self.config.broker.tls else None,
         )
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:  # the fleet's preflight checked the files exist
+            self._tls = client_context(client_tls(self.config.keys, Role.DEVICE, self.tab.device))
+        return self._tls
 
     async def run(self) -> None:
         backoff = Backoff(self.config.reconnect_min, self.config.reconnect_max, random.Random(self.tab.device))

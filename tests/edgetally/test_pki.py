@@ -6,7 +6,8 @@ import stat
 from pathlib import Path
 
 from protocol import Registry
-from protocol.pki import Role, cert_paths, load_authority, verify_issued
+from protocol.pki import load_authority, verify_issued
+from protocol.tls import Role, cert_paths
 from tests.helpers import run_cli
 
 

@@ -58,7 +58,7 @@ def test_run_with_a_bad_broker_url_exits_clearly(tmp_path: Path, keys_dir: Path)
     )  # fmt: skip
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        "error: --edge: broker URL 'http://x' must look like mqtt://host:port"
+        "error: --edge: broker URL 'http://x' must look like mqtts://host:port or mqtt://host:port"
     ]
 
 

@@ -25,7 +25,8 @@ from cryptography.x509.oid import NameOID
 
 from edgetally.brokers import free_port, mosquitto_binary, wait_for_port
 from protocol import Registry, batch_topic, receipt_topic
-from protocol.pki import Role, cert_paths, create_authority, issue, load_authority
+from protocol.pki import create_authority, issue, load_authority
+from protocol.tls import Role, cert_paths
 from tests.helpers import run_cli
 
 CONNACK_ACCEPTED = b"\x20\x02\x00\x00"

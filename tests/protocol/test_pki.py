@@ -12,7 +12,8 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from protocol import KeyFileError
-from protocol.pki import Role, create_authority, identity, issue, load_authority, verify_issued
+from protocol.pki import create_authority, issue, load_authority, verify_issued
+from protocol.tls import Role, identity
 
 
 def _mode(path: Path) -> int:

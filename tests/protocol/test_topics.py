@@ -98,6 +98,15 @@ def test_broker_urls_parse(url: str, host: str, port: int) -> None:
 
 
 @pytest.mark.parametrize(
+    ("url", "port"), [("mqtts://127.0.0.1:8884", 8884), ("mqtts://localhost", 8883)]
+)
+def test_mqtts_urls_ask_for_tls_on_port_8883_by_default(url: str, port: int) -> None:
+    address = parse_broker_url(url)
+    assert (address.port, address.tls) == (port, True)
+    assert parse_broker_url(address.url) == address
+
+
+@pytest.mark.parametrize(
     ("address", "url"),
     [(BrokerAddress("127.0.0.1", 1883), "mqtt://127.0.0.1:1883"), (BrokerAddress("::1", 1886), "mqtt://[::1]:1886")],
 )
@@ -109,10 +118,10 @@ def test_broker_address_url_parses_back(address: BrokerAddress, url: str) -> Non
 @pytest.mark.parametrize(
     ("url", "problem"),
     [
-        ("", "must look like mqtt://host:port"),
-        ("mqtt://", "must look like mqtt://host:port"),
-        ("mqtts://host:8883", "must look like mqtt://host:port"),
-        ("http://host:1883", "must look like mqtt://host:port"),
+        ("", "must look like mqtts://host:port or mqtt://host:port"),
+        ("mqtt://", "must look like mqtts://host:port or mqtt://host:port"),
+        ("ssl://host:8883", "must look like mqtts://host:port or mqtt://host:port"),
+        ("http://host:1883", "must look like mqtts://host:port or mqtt://host:port"),
         ("mqtt://host:abc", "is not valid"),
         ("mqtt://host:70000", "is not valid"),
         ("mqtt://host:0", "port must be 1-65535, got 0"),
