@@ -76,7 +76,8 @@ def demo_cmd(
     workdir: Path | None = typer.Option(None, "--workdir", help="Keep keys, databases and logs here"),
     keep: bool = typer.Option(False, "--keep", help="Keep the work directory after a successful run"),
     timeout: float = typer.Option(240.0, "--timeout", min=10.0, help="Give up after this many seconds"),
-    embedded_brokers: bool = typer.Option(False, "--embedded-brokers", help="Use the embedded amqtt broker even if Mosquitto is installed"),
+    embedded_brokers: bool = typer.Option(False, "--embedded-brokers", help="Use the embedded amqtt broker even if Mosquitto is installed (needs --plain)"),
+    plain: bool = typer.Option(False, "--plain", help="Anonymous MQTT over TCP without ACLs (local experiments; default: TLS, client certificates, ACLs)"),
     as_json: bool = typer.Option(False, "--json", help="Also print the verdict as JSON"),
 ) -> None:
     """Run brokers, cloud, gateway and a fleet; optionally cut the cloud link; compare totals."""
@@ -97,6 +98,7 @@ def demo_cmd(
         keep=keep,
         timeout=timeout,
         embedded_brokers=True if embedded_brokers else None,
+        plain=plain,
     )
     console = Console()
     verdict = Demo(config, console).run()
@@ -109,14 +111,54 @@ def demo_cmd(
 def broker_cmd(
     port: int = typer.Option(0, "--port", min=0, help="Port on 127.0.0.1 (0 = a free one)"),
     workdir: Path = typer.Option(Path(".edgetally/broker"), "--dir", help="Config, persistence and log directory"),
-    embedded: bool = typer.Option(False, "--embedded", help="Use the embedded amqtt broker"),
+    kind: str = typer.Option("edge", "--kind", help="edge (devices and gateways) or cloud (gateways and workers): which ACL"),
+    pki: Path | None = typer.Option(None, "--pki", help="PKI directory (`edgetally pki init`): the broker's certificate brokers/KIND.crt"),
+    keys: Path | None = typer.Option(None, "--keys", help="keys directory holding registry.json: the ACL is made from it"),
+    gateways: list[str] = typer.Option(["gw1"], "--gateway", help="a gateway's id the ACL admits (repeatable)"),
+    clouds: list[str] = typer.Option(["cloud1"], "--cloud", help="a cloud worker's id the ACL admits (repeatable)"),
+    plain: bool = typer.Option(False, "--plain", help="Anonymous MQTT over TCP without ACLs (local experiments only)"),
+    embedded: bool = typer.Option(False, "--embedded", help="Use the embedded amqtt broker (needs --plain)"),
 ) -> None:
-    """Run one broker with EdgeTally's configuration until Ctrl-C."""
-    from edgetally.brokers import BrokerProcess
+    """Run one broker with EdgeTally's configuration until Ctrl-C: TLS, client certificates and
+    an ACL from the registry (or --plain)."""
+    from edgetally.acl import BrokerKind
+    from edgetally.brokers import BrokerError, BrokerProcess, BrokerTls
+    from protocol import ProtocolError, Registry
+    from protocol.keys import write_secret
+    from protocol.tls import Role, ca_cert_path, cert_paths
 
-    broker = BrokerProcess(workdir, name="broker", port=port or None, embedded=True if embedded else None)
-    broker.start()
-    typer.echo(f"broker listening on {broker.url} (log: {broker.log_path}); Ctrl-C to stop")
+    tls: BrokerTls | None = None
+    try:
+        broker_kind = BrokerKind(kind)
+    except ValueError:
+        raise typer.BadParameter("must be edge or cloud", param_hint="--kind") from None
+    if not plain:
+        if pki is None or keys is None:
+            typer.echo("error: a locked-down broker needs --pki DIR and --keys DIR (or --plain for local experiments)", err=True)
+            raise typer.Exit(1)
+        from edgetally.acl import acl_text
+
+        cert, key = cert_paths(pki, Role.BROKER, broker_kind.value)
+        try:
+            for path in (ca_cert_path(pki), cert, key):
+                if not path.is_file():
+                    raise ProtocolError(f"{path} is missing (edgetally pki init --out {pki} --broker {broker_kind.value})")
+            text = acl_text(Registry.load(keys), broker_kind, gateways=gateways, clouds=clouds)
+            workdir.mkdir(parents=True, exist_ok=True)
+            acl = workdir / f"{broker_kind.value}.acl"
+            write_secret(acl, text.encode(), "ACL file")
+        except ProtocolError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(1) from err
+        tls = BrokerTls(ca_cert_path(pki), cert, key, acl)
+    broker = BrokerProcess(workdir, name="broker", port=port or None, embedded=True if embedded else None, tls=tls)
+    try:
+        broker.start()
+    except BrokerError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
+    mode = "PLAIN (anonymous, no ACL)" if tls is None else "TLS, client certificates, ACL"
+    typer.echo(f"broker listening on {broker.url}: {mode} (log: {broker.log_path}); Ctrl-C to stop")
     try:
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
     finally:

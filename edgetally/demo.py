@@ -39,6 +39,7 @@ class DemoConfig:
     keep: bool = False
     timeout: float = 240.0
     embedded_brokers: bool | None = None
+    plain: bool = False  # anonymous MQTT over TCP without ACLs; default TLS, certificates, ACLs
 
 
 class _Interrupted(Exception):
@@ -76,6 +77,7 @@ class Demo:
                 resend_after=3.0,
                 fleet_timeout=config.timeout,
                 embedded_brokers=config.embedded_brokers,
+                plain=config.plain,
             )
         )
         self.seen = _Observed()
@@ -145,6 +147,15 @@ class Demo:
             f"[bold]{registry.election.name}[/]: {len(self.stack.device_ids)} devices x {cfg.batches} batches"
             f" = {total:,} signed batches, {expected.ballots:,} ballots, seed {cfg.seed}; brokers: {broker_kind}"
         )
+        if cfg.plain:
+            self.console.print(
+                "[bold yellow]wire: PLAIN[/] - anonymous MQTT over TCP, no ACLs (--plain: local experiments only)"
+            )
+        else:
+            self.console.print(
+                "[bold green]wire: locked down[/] - TLS with a client certificate per device, gateway and worker;"
+                f" broker ACLs from the registry; receipts signed by the cloud (PKI: {self.workdir / 'pki'})"
+            )
         with self.console.status("starting brokers, cloud and gateway"):
             self.stack.start()
         self._event("brokers, cloud and gateway ready")

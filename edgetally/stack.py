@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cloud.config import DEFAULT_CLOUD_ID
 from devices.election_file import load_election
 from devices.generator import ExpectedTotals, expected_totals
-from cloud.config import DEFAULT_CLOUD_ID
 from edgetally.acl import BrokerKind
 from edgetally.brokers import BrokerProcess, BrokerTls
 from edgetally.pgdb import ThrowawayDatabase

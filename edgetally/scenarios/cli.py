@@ -152,6 +152,7 @@ def run_cmd(
     fleet_timeout: float = typer.Option(300.0, "--fleet-timeout", min=5.0, help="Give the fleets this long to finish after the timeline"),
     live: bool | None = typer.Option(None, "--live/--no-live", help="Live view (default: on a terminal)"),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON instead of tables"),
+    plain: bool = typer.Option(False, "--plain", help="Anonymous MQTT over TCP without ACLs (default: TLS, client certificates, ACLs)"),
 ) -> None:
     """Run a scenario: start its world, play its faults, wait for drain, print the verdict (exit 0 only if it holds)."""
     from edgetally.scenarios.runner import (  # the world's processes: only to run
@@ -172,7 +173,7 @@ def run_cmd(
         raise typer.Exit(2) from exc
     temporary = workdir is None
     work = workdir or Path(tempfile.mkdtemp(prefix=f"edgetally-scenario-{loaded.name}-"))
-    options = RunOptions(workdir=work, speed=speed, seed=seed, postgres_admin_url=postgres, fleet_timeout=fleet_timeout)
+    options = RunOptions(workdir=work, speed=speed, seed=seed, postgres_admin_url=postgres, fleet_timeout=fleet_timeout, plain=plain)
     show_live = (sys.stdout.isatty() and not json_out) if live is None else live
     view = _LiveView(console, loaded.name)
     runner = ScenarioRunner(loaded, options, observer=view if show_live else None)

@@ -57,6 +57,7 @@ class RunOptions:
     postgres_admin_url: str | None = None
     embedded_brokers: bool = False
     fleet_timeout: float = 300.0
+    plain: bool = False  # anonymous MQTT over TCP, no ACLs (default: TLS, certificates, ACLs)
     # Test-only: the environment of each gateway's FIRST start (e.g. a fault point and the
     # unsafe ack-before-commit switch of gateway/faults.py); later starts run it clean.
     first_gateway_env: dict[str, str] = field(default_factory=dict)
@@ -147,6 +148,7 @@ class ScenarioRunner:
             embedded_brokers=options.embedded_brokers,
             gateway_env=options.first_gateway_env,
             fleet_timeout=options.fleet_timeout,
+            plain=options.plain,
         )
 
     # -- the run ---------------------------------------------------------------------------

@@ -21,11 +21,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cloud.config import DEFAULT_CLOUD_ID
 from devices.election_file import load_election
-from edgetally.brokers import BrokerProcess, BrokerSettings, free_port
+from edgetally.acl import BrokerKind
+from edgetally.brokers import BrokerProcess, BrokerSettings, BrokerTls, free_port
 from edgetally.pgdb import ThrowawayDatabase
 from edgetally.processes import Component
 from edgetally.scenarios.model import Action, Scenario
+from edgetally.wire import Wire
 from protocol import Registry, provision
 
 log = logging.getLogger(__name__)
@@ -45,10 +48,11 @@ class Proxy:
     component: Component
     listen_port: int
     control_port: int
+    tls: bool = False  # the broker behind it speaks TLS: the proxy forwards the encrypted bytes
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.listen_port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.listen_port}"
 
 
 @dataclass
@@ -64,7 +68,8 @@ class Site:
     proxies: dict[str, Proxy] = field(default_factory=dict)
 
 
-def _proxy(name: str, link: str, target_port: int, workdir: Path) -> Proxy:
+def _proxy(name: str, link: str, target: BrokerProcess, workdir: Path) -> Proxy:
+    target_port = target.port
     listen, control = free_port(), free_port()
     component = Component(
         name,
@@ -77,7 +82,7 @@ def _proxy(name: str, link: str, target_port: int, workdir: Path) -> Proxy:
         ],
         workdir,
     )
-    return Proxy(link, component, listen, control)
+    return Proxy(link, component, listen, control, tls=target.tls is not None)
 
 
 class World:
@@ -90,7 +95,10 @@ class World:
         embedded_brokers: bool = False,
         gateway_env: Mapping[str, str] | None = None,
         fleet_timeout: float = 600.0,
+        plain: bool = False,
     ) -> None:
+        """``plain``: anonymous MQTT over TCP without ACLs (local experiments only); by default
+        every broker runs TLS with client certificates and an ACL from the registry."""
         self.scenario = scenario
         self.workdir = workdir
         topo = scenario.topology
@@ -104,13 +112,20 @@ class World:
             self.db_url = self._pg.url
         else:
             self.db_url = f"sqlite:///{workdir / 'cloud.db'}"
-        self.cloud_broker = BrokerProcess(workdir / "cloud-broker", name="cloud-broker", embedded=embedded_brokers)
+        many = topo.cloud_workers > 1
+        cloud_ids = tuple(f"cloud{i}" for i in range(1, topo.cloud_workers + 1)) if many else (DEFAULT_CLOUD_ID,)
+        gateway_ids = tuple(f"gw{k}" for k in range(1, topo.sites + 1))
+        self.wire = None if plain else Wire(workdir / "pki", self.keys, gateway_ids, cloud_ids)
+        self._pki = [] if self.wire is None else ["--pki", str(self.wire.pki)]
+        self.cloud_broker = BrokerProcess(
+            workdir / "cloud-broker", name="cloud-broker", embedded=embedded_brokers, tls=self._tls(BrokerKind.CLOUD)
+        )
         self.cloud_proxy: Proxy | None = None
         cloud_url = self.cloud_broker.url
         if "cloud" in topo.links:
-            self.cloud_proxy = _proxy("proxy-cloud", "cloud", self.cloud_broker.port, workdir)
+            self.cloud_proxy = _proxy("proxy-cloud", "cloud", self.cloud_broker, workdir)
             cloud_url = self.cloud_proxy.url
-        cloud_args = ["cloud", "run", "--broker", cloud_url, "--db", self.db_url, "--keys", str(self.keys)]
+        cloud_args = ["cloud", "run", "--broker", cloud_url, "--db", self.db_url, "--keys", str(self.keys), *self._pki]
         if topo.cloud_workers == 1:
             self.clouds = [Component("cloud", cloud_args, workdir)]
         else:
@@ -129,11 +144,12 @@ class World:
             name=f"edge-broker{k}",
             embedded=embedded,
             settings=BrokerSettings(persistence=topo.edge_persistence),
+            tls=self._tls(BrokerKind.EDGE),
         )
         proxies: dict[str, Proxy] = {}
         for link in ("devices", "edge", "uplink"):
             if link in topo.links:
-                target = self.cloud_broker.port if link == "uplink" else edge.port
+                target = self.cloud_broker if link == "uplink" else edge
                 proxies[link] = _proxy(f"proxy-{link}{k}", link, target, work)
         edge_for_devices = proxies["devices"].url if "devices" in proxies else edge.url
         edge_for_gateway = proxies["edge"].url if "edge" in proxies else edge.url
@@ -146,6 +162,7 @@ class World:
             "--buffer", str(buffer_path),
             "--keys", str(self.keys),
             "--id", f"gw{k}",
+            *self._pki,
         ]  # fmt: skip
         if topo.gateway_max_buffer_batches:
             gateway_args += ["--max-buffer-batches", str(topo.gateway_max_buffer_batches)]
@@ -182,6 +199,9 @@ class World:
         fleet = Component(f"fleet{k}", fleet_args, work, ready=False)
         return Site(k, edge, gateway, fleet, buffer_path, summary, truth, metrics, proxies)
 
+    def _tls(self, kind: BrokerKind) -> BrokerTls | None:
+        return None if self.wire is None else self.wire.broker(kind)
+
     # -- lifecycle -------------------------------------------------------------------------
     @property
     def registry(self) -> Registry:
@@ -200,6 +220,8 @@ class World:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not (self.keys / "registry.json").exists():
             self._registry = provision(load_election(self.election_file), self.keys)
+        if self.wire is not None:
+            self.wire.prepare(self.registry)  # certificates and ACLs, before any broker starts
         self._create_database()
         self.cloud_broker.start()
         for site in self.sites:
