@@ -10,6 +10,9 @@ broker takes them from the certificate with ``use_identity_as_username``). Per b
   and reads receipts and commands to relay them down; a cloud worker reads batches, bundles
   and gateway statuses and writes receipts and commands.
 
+- **monitors** (on both, only those named): read every EdgeTally topic, write nothing: a
+  dashboard or an auditor's tap that cannot change what it watches.
+
 Anyone else, and anything not listed, gets nothing: Mosquitto denies what no line allows.
 """
 
@@ -39,12 +42,19 @@ def _user(name: str, rules: Iterable[tuple[str, str]]) -> list[str]:
 
 
 def acl_text(
-    registry: Registry, kind: BrokerKind, *, gateways: Iterable[str], clouds: Iterable[str] = ()
+    registry: Registry,
+    kind: BrokerKind,
+    *,
+    gateways: Iterable[str],
+    clouds: Iterable[str] = (),
+    monitors: Iterable[str] = (),
 ) -> str:
     """The ACL file of a ``kind`` broker serving ``registry``'s election."""
     election = registry.election.id
     every = f"{PREFIX}/{election}/+"
     lines = [f"# EdgeTally {kind.value} broker ACL for election {election}: generated, do not edit", ""]
+    for monitor in sorted(monitors):
+        lines += _user(identity(Role.MONITOR, monitor), [("read", f"{PREFIX}/#")])
     if kind is BrokerKind.EDGE:
         for device in sorted(registry.devices):
             lines += _user(identity(Role.DEVICE, device), [

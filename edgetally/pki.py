@@ -23,6 +23,7 @@ app = typer.Typer(help="Create the deployment's certificate authority, TLS certi
 
 HOST_OPTION = typer.Option([], "--host", help="another name or address the brokers answer on (repeatable)")
 DAYS_OPTION = typer.Option(DEFAULT_DAYS, "--days", min=1, help="days each certificate is valid")
+MONITOR_OPTION = typer.Option([], "--monitor", help="a read-only client's id: reads every topic, writes none (repeatable)")
 FORCE_OPTION = typer.Option(False, "--force", help="replace what exists (a new CA invalidates every certificate)")
 
 
@@ -46,6 +47,7 @@ def init_cmd(
     brokers: list[str] = typer.Option(["edge", "cloud"], "--broker", help="a broker's name (repeatable)"),
     gateways: list[str] = typer.Option(["gw1"], "--gateway", help="a gateway's id (repeatable)"),
     clouds: list[str] = typer.Option(["cloud1"], "--cloud", help="a cloud worker's id (repeatable)"),
+    monitors: list[str] = MONITOR_OPTION,
     hosts: list[str] = HOST_OPTION,
     days: int = DAYS_OPTION,
     force: bool = FORCE_OPTION,
@@ -55,7 +57,7 @@ def init_cmd(
     try:
         ca = create_authority(out, force=force)
         issued: list[tuple[Role, Issued]] = []
-        for role, names in ((Role.BROKER, brokers), (Role.GATEWAY, gateways), (Role.CLOUD, clouds)):
+        for role, names in ((Role.BROKER, brokers), (Role.GATEWAY, gateways), (Role.CLOUD, clouds), (Role.MONITOR, monitors)):
             for name in names:
                 issued.append((role, issue(ca, role, name, hosts=tuple(hosts), days=days, force=force)))
     except KeyFileError as err:
@@ -66,7 +68,7 @@ def init_cmd(
 @app.command("issue")
 def issue_cmd(
     directory: Path = typer.Option(..., "--dir", help="a directory made by `pki init`"),
-    role: Role = typer.Option(..., "--role", help="broker, gateway, cloud or device"),
+    role: Role = typer.Option(..., "--role", help="broker, gateway, cloud, device or monitor"),
     ident: str = typer.Option(..., "--id", help="the broker's name or the client's id"),
     hosts: list[str] = HOST_OPTION,
     days: int = DAYS_OPTION,
@@ -86,13 +88,14 @@ def acl_cmd(
     broker: BrokerKind = typer.Option(..., "--broker", help="edge (devices, gateways) or cloud (gateways, workers)"),
     gateways: list[str] = typer.Option(["gw1"], "--gateway", help="a gateway's id (repeatable)"),
     clouds: list[str] = typer.Option(["cloud1"], "--cloud", help="a cloud worker's id (repeatable)"),
+    monitors: list[str] = MONITOR_OPTION,
     out: Path = typer.Option(..., "--out", help="the ACL file to write (Mosquitto acl_file)"),
 ) -> None:
     """The broker's ACL from the registry: each device, gateway and worker only its own topics."""
     from protocol import ProtocolError, Registry
 
     try:
-        text = acl_text(Registry.load(keys), broker, gateways=gateways, clouds=clouds)
+        text = acl_text(Registry.load(keys), broker, gateways=gateways, clouds=clouds, monitors=monitors)
         write_secret(out, text.encode(), "ACL file", mode=0o644)
     except (KeyFileError, ProtocolError) as err:
         raise _fail(err) from err

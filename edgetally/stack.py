@@ -54,6 +54,9 @@ class StackConfig:
     # Plain mode: anonymous MQTT over TCP, no ACLs. Off by default: the brokers run TLS with
     # client certificates and ACLs from the registry (edgetally/wire.py).
     plain: bool = False
+    # Read-only identities on both brokers (monitor-NAME certificates in workdir/pki): what a
+    # test or a dashboard watches the wire with.
+    monitors: tuple[str, ...] = ()
 
 
 class Stack:
@@ -74,7 +77,7 @@ class Stack:
         if config.workers < 1:
             raise ValueError("a stack needs at least one cloud worker")
         cloud_ids = (DEFAULT_CLOUD_ID,) if config.workers == 1 else tuple(f"cloud{i}" for i in range(1, config.workers + 1))
-        self.wire = None if config.plain else Wire(work / "pki", self.keys, (config.gateway_id,), cloud_ids)
+        self.wire = None if config.plain else Wire(work / "pki", self.keys, (config.gateway_id,), cloud_ids, config.monitors)
         self.edge = BrokerProcess(
             work / "edge-broker", name="edge-broker", embedded=config.embedded_brokers, tls=self._tls(BrokerKind.EDGE)
         )

@@ -34,7 +34,8 @@ class Wire:
     pki: Path
     keys: Path
     gateways: tuple[str, ...] = ("gw1",)
-    clouds: tuple[str, ...] = ("cloud",)
+    clouds: tuple[str, ...] = ("cloud1",)
+    monitors: tuple[str, ...] = ()  # read-only identities (edgetally/acl.py)
 
     def broker(self, kind: BrokerKind) -> BrokerTls:
         cert, key = cert_paths(self.pki, Role.BROKER, kind.value)
@@ -53,6 +54,7 @@ class Wire:
         gateways = (*self.gateways, *extra_gateways)
         wanted = [(Role.BROKER, kind.value) for kind in BrokerKind]
         wanted += [(Role.GATEWAY, g) for g in gateways] + [(Role.CLOUD, c) for c in self.clouds]
+        wanted += [(Role.MONITOR, m) for m in self.monitors]
         for role, ident in wanted:
             if not all(p.exists() for p in cert_paths(self.pki, role, ident)):
                 issue(ca, role, ident, force=True)
@@ -60,5 +62,5 @@ class Wire:
         for kind in BrokerKind:
             acl = self.broker(kind).acl
             acl.parent.mkdir(mode=0o700, exist_ok=True)
-            text = acl_text(registry, kind, gateways=gateways, clouds=self.clouds)
+            text = acl_text(registry, kind, gateways=gateways, clouds=self.clouds, monitors=self.monitors)
             write_secret(acl, text.encode(), "ACL", mode=0o600)

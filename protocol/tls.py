@@ -31,6 +31,7 @@ class Role(StrEnum):
     GATEWAY = "gateway"
     CLOUD = "cloud"
     DEVICE = "device"
+    MONITOR = "monitor"  # reads every EdgeTally topic, writes none (a dashboard, an auditor's tap)
 
 
 def identity(role: Role, ident: str) -> str:

@@ -27,18 +27,31 @@ def test_demo_with_a_cloud_outage_prints_a_matching_verdict(tmp_path: Path) -> N
         timeout=200,
     )
     assert "VERDICT: MATCH" in result.stdout
+    assert "wire: locked down" in result.stdout
     assert "cloud broker SIGKILLed for 2s" in result.stdout
     verdict = _verdict(result.stdout)
     assert verdict["ok"] is True and verdict["mismatches"] == []
 
 
-def test_demo_runs_on_the_embedded_broker_when_asked(tmp_path: Path) -> None:
+def test_demo_runs_on_the_embedded_broker_in_plain_mode_when_asked(tmp_path: Path) -> None:
     result = run_cli(
-        "demo", "--devices", "8", "--batches", "2", "--embedded-brokers", "--workdir", str(tmp_path / "demo"), "--json",
+        "demo", "--devices", "8", "--batches", "2", "--embedded-brokers", "--plain",
+        "--workdir", str(tmp_path / "demo"), "--json",
         timeout=200,
-    )
+    )  # fmt: skip
     assert "brokers: embedded amqtt" in result.stdout
+    assert "wire: PLAIN" in result.stdout
     assert _verdict(result.stdout)["ok"] is True
+
+
+def test_demo_refuses_the_embedded_broker_without_plain_naming_the_flag(tmp_path: Path) -> None:
+    result = run_cli(
+        "demo", "--devices", "4", "--batches", "1", "--embedded-brokers", "--workdir", str(tmp_path / "demo"),
+        timeout=100, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "the embedded broker speaks plain MQTT only" in result.stdout + result.stderr
+    assert "--plain" in result.stdout + result.stderr
 
 
 def _processes_mentioning(text: str) -> list[str]:

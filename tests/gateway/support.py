@@ -24,6 +24,7 @@ from protocol import (
     parse_gateway_topic,
     seal,
 )
+from protocol.tls import ClientTls, client_context
 from tests.helpers import start_cli, wait_until
 
 SEED = 7
@@ -83,14 +84,23 @@ class Collector:
     """
 
     def __init__(
-        self, url: str, topic_filter: str, *, persistent: bool = False, unwrap: bool = True
+        self,
+        url: str,
+        topic_filter: str,
+        *,
+        persistent: bool = False,
+        unwrap: bool = True,
+        tls: ClientTls | None = None,
     ) -> None:
+        """``tls``: the certificate to connect to an mqtts:// broker with (a monitor's reads everything)."""
         self.address = parse_broker_url(url)
         self.topic_filter = topic_filter
         self.unwrap = unwrap
         self.client = _client(
             f"test-collector-{uuid.uuid4().hex[:12]}", clean_session=not persistent
         )
+        if tls is not None:
+            self.client.tls_set_context(client_context(tls))
         self.client.reconnect_delay_set(1, 1)
         self.lock = threading.Lock()
         self.got: list[Got] = []

@@ -26,6 +26,7 @@ from edgetally.brokers import BrokerSettings
 from edgetally.stack import Stack, StackConfig
 from edgetally.verdict import Verdict, compare
 from protocol import BATCH_FILTER
+from protocol.tls import ClientTls, Role
 from tests.cloud.support import ledger_rows
 from tests.gateway.support import Collector
 from tests.helpers import SAMPLE_ELECTION, wait_until
@@ -55,6 +56,11 @@ def made() -> Iterator[list[Stack]]:
             broker.kill()
 
 
+def _watcher(stack: Stack) -> ClientTls:
+    assert stack.wire is not None
+    return stack.wire.client(Role.MONITOR, "watcher")
+
+
 def _stack(made: list[Stack], tmp_path: Path, kill_run: int, **overrides: object) -> Stack:
     settings: dict[str, object] = {
         "workdir": tmp_path / "stack",
@@ -66,6 +72,7 @@ def _stack(made: list[Stack], tmp_path: Path, kill_run: int, **overrides: object
         "fleet_timeout": 150.0,
         "embedded_brokers": False,
         "fleet_args": FLEET_ARGS,
+        "monitors": ("watcher",),  # a read-only identity the tests watch the brokers with
     }
     settings.update(overrides)
     stack = Stack(StackConfig(**settings))  # type: ignore[arg-type]
@@ -125,7 +132,7 @@ def test_edge_broker_sigkilled_with_batches_queued_for_the_gateway_loses_none(
     stack.start()
     stack.cloud_broker.stop()  # the cloud link is down: the gateway holds what it takes
     expected = stack.expected().batches
-    watcher = Collector(stack.edge.url, BATCH_FILTER).start()
+    watcher = Collector(stack.edge.url, BATCH_FILTER, tls=_watcher(stack)).start()
     try:
         stack.start_fleet()
         wait_until(

@@ -31,6 +31,9 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             resend_after=1.0,
             fleet_timeout=150.0,
             embedded_brokers=False,
+            # Plain: the test publishes a crafted batch on the cloud broker as an outside client
+            # would, to see the rules catch it; the locks on the wire are tests/integration/test_tls.py's.
+            plain=True,
         )
     )
     yield made
