@@ -56,7 +56,7 @@ def check_tls_files(keys_dir: Path, devices: Sequence[str]) -> None:
     hint = f"run `edgetally devices provision --out {keys_dir} --pki PKI_DIR`"
     for device in devices:
         files = client_tls(keys_dir, Role.DEVICE, device)
-        for path in (files.ca, files.cert, files.key):
+        for path in (files.cert, files.key, files.ca):
             if not path.is_file():
                 raise ProvisionError(f"{path}: device {device!r} has no TLS certificate for mqtts:// ({hint})")
 
