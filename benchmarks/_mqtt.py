@@ -17,13 +17,16 @@ import paho.mqtt.client as mqtt
 
 from cloud.worker.receipts import ReceiptSender
 from devices.generator import iter_batches
+from edgetally.acl import BrokerKind
 from edgetally.brokers import BrokerProcess
+from edgetally.wire import Wire
 from protocol import (
     BATCH_FILTER,
     GATEWAY_BUNDLE_FILTER,
     GENESIS_HASH,
     Election,
     Receipt,
+    Registry,
     batch_topic,
     body_hash,
     bundle,
@@ -31,6 +34,9 @@ from protocol import (
     parse_gateway_topic,
     seal,
 )
+from protocol.keys import write_secret
+from protocol.tls import ClientTls, Role, client_context, identity
+from protocol.topics import PREFIX
 
 Envelope = tuple[str, bytes]  # (topic, payload)
 SINK_FILTERS = [(BATCH_FILTER, 1), (GATEWAY_BUNDLE_FILTER, 1)]  # every envelope, nothing else
@@ -91,13 +97,36 @@ class Chains:
         return Receipt(key[0], key[1], contiguous, digest)
 
 
-def _client(client_id: str, *, clean_session: bool) -> mqtt.Client:
-    return mqtt.Client(
+def _client(client_id: str, *, clean_session: bool, tls: ClientTls | None = None) -> mqtt.Client:
+    client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id,
         clean_session=clean_session,
         protocol=mqtt.MQTTv311,
     )
+    if tls is not None:
+        client.tls_set_context(client_context(tls))
+    return client
+
+
+BENCH_CLIENTS = ("bench-pub", "bench-sink", "bench-counter")
+
+
+def bench_wire(work: Path, keys: Path, registry: Registry) -> Wire:
+    """A locked-down wire for a benchmark: the deployment's certificates and ACLs, plus one
+    identity per benchmark client (publisher standing in for every device, sink and counter
+    standing in for the cloud), each allowed every EdgeTally topic on both brokers."""
+    wire = Wire(work / "pki", keys, monitors=BENCH_CLIENTS)
+    wire.prepare(registry)
+    for kind in BrokerKind:
+        acl = wire.broker(kind).acl
+        extra = "".join(f"\nuser {identity(Role.MONITOR, c)}\ntopic readwrite {PREFIX}/#\n" for c in BENCH_CLIENTS)
+        write_secret(acl, (acl.read_text() + extra).encode(), "ACL")
+    return wire
+
+
+def bench_tls(wire: Wire | None, client: str) -> ClientTls | None:
+    return None if wire is None else wire.client(Role.MONITOR, client)
 
 
 def _sink_main(
@@ -107,6 +136,7 @@ def _sink_main(
     receipt_interval: float | None,
     ready: mp.synchronize.Event,
     queue: mp.Queue,  # type: ignore[type-arg]
+    tls: ClientTls | None = None,
 ) -> None:
     received = 0
     first = last = 0.0
@@ -136,7 +166,7 @@ def _sink_main(
         c.subscribe(SINK_FILTERS)
 
     unsubscribed = threading.Event()
-    client = _client(client_id, clean_session=False)
+    client = _client(client_id, clean_session=False, tls=tls)
     client.max_inflight_messages_set(100)  # receipts in flight, as the cloud worker
     client.on_message = on_message
     client.on_connect = on_connect
@@ -198,12 +228,13 @@ class Sink:
         expected: int,
         client_id: str = "bench-sink",
         receipt_interval: float | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
         self._ready = mp.Event()
         self._queue: mp.Queue = mp.Queue()  # type: ignore[type-arg]
         self._proc = mp.Process(
             target=_sink_main,
-            args=(port, client_id, expected, receipt_interval, self._ready, self._queue),
+            args=(port, client_id, expected, receipt_interval, self._ready, self._queue, tls),
             daemon=True,
         )
         self.receipts = 0  # receipts published (after result())
@@ -303,11 +334,9 @@ def register_session(port: int, client_id: str = "bench-sink") -> None:
     client.loop_stop()
 
 
-def publish_all(port: int, envelopes: Sequence[Envelope], window: int = 1000) -> float:
+def publish_all(port: int, envelopes: Sequence[Envelope], window: int = 1000, tls: ClientTls | None = None) -> float:
     """Publish QoS 1 with ``window`` in flight; every rc checked; returns the wall time it started."""
-    client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2, client_id="bench-pub", protocol=mqtt.MQTTv311
-    )
+    client = _client("bench-pub", clean_session=True, tls=tls)
     client.max_inflight_messages_set(window)
     client.max_queued_messages_set(0)
     client.connect("127.0.0.1", port)

@@ -38,6 +38,8 @@ from benchmarks._mqtt import (
     Counter,
     Envelope,
     Sink,
+    bench_tls,
+    bench_wire,
     bridge_config,
     peak_rss_kib,
     publish_all,
@@ -48,11 +50,13 @@ from benchmarks._mqtt import (
 )
 from cloud.config import DEFAULT_RECEIPT_INTERVAL_S
 from devices.election_file import load_election, sample_election_path
+from edgetally.acl import BrokerKind
 from edgetally.brokers import BrokerProcess, BrokerSettings, mosquitto_binary
 from edgetally.processes import Component
+from edgetally.wire import Wire
 from gateway._exceptions import GatewayError
 from gateway.inspect.snapshot import buffer_stats
-from protocol import RECEIPT_FILTER, provision
+from protocol import RECEIPT_FILTER, Registry, provision
 
 console = Console(width=max(Console().width, 120))
 
@@ -77,7 +81,6 @@ class Forward:
 class Figures:
     forward: dict[str, Forward] = field(default_factory=dict)  # by receipt mode
     ingest_rate: float = 0.0
-    ingest_rate: float = 0.0
     drain_s: float = 0.0
     drain_from_restart_s: float = 0.0
     peak_rss_mib: float = 0.0
@@ -87,12 +90,14 @@ class Figures:
 class Pair:
     """Edge and cloud brokers, with either a bridge (edge -> cloud) or our gateway between them."""
 
-    def __init__(self, work: Path, *, bridge: bool) -> None:
+    def __init__(self, work: Path, *, bridge: bool, wire: Wire | None = None) -> None:
         self.work = work
-        self.cloud = BrokerProcess(work / "cloud-broker", name="cloud-broker")
+        self.wire = wire
+        tls = (None, None) if wire is None else (wire.broker(BrokerKind.EDGE), wire.broker(BrokerKind.CLOUD))
+        self.cloud = BrokerProcess(work / "cloud-broker", name="cloud-broker", tls=tls[1])
         extra = bridge_config(self.cloud.port) if bridge else ""
         self.edge = BrokerProcess(
-            work / "edge-broker", name="edge-broker", settings=BrokerSettings(extra=extra)
+            work / "edge-broker", name="edge-broker", settings=BrokerSettings(extra=extra), tls=tls[0]
         )
         self.gateway: Component | None = None
         self.buffer = work / "buffer.db"
@@ -113,6 +118,7 @@ class Pair:
                 str(self.buffer),
                 "--keys",
                 str(keys),
+                *([] if self.wire is None else ["--pki", str(self.wire.pki)]),
                 *extra_args,
             ],
             self.work,
@@ -144,11 +150,13 @@ def run_forward(
     gateway_args: Sequence[str],
     mode: str = OFF,
     interval: float | None = None,
+    wire: Wire | None = None,
 ) -> Forward:
-    """(a) forwarding with the link up; with ``interval``, receipts answered at that interval."""
+    """(a) forwarding with the link up; with ``interval``, receipts answered at that interval;
+    with ``wire``, over TLS with client certificates and ACLs."""
     label = "bridge" if bridge else "gateway"
-    name = f"{label}-forward" + ("" if interval is None else f"-receipts-{interval:g}")
-    pair = Pair(work / name, bridge=bridge)
+    name = f"{label}-forward" + ("" if interval is None else f"-receipts-{interval:g}") + ("" if wire is None else "-tls")
+    pair = Pair(work / name, bridge=bridge, wire=wire)
     pair.cloud.start()
     pair.edge.start()
     counter = None
@@ -158,6 +166,7 @@ def run_forward(
             len(forward),
             client_id=f"{label}-fwd-sink",
             receipt_interval=interval,
+            tls=bench_tls(wire, "bench-sink"),
         )
         sink.start()
         if interval is not None:
@@ -165,7 +174,7 @@ def run_forward(
         if not bridge:
             pair.start_gateway(keys, gateway_args)
         with console.status(f"{label}: forwarding {len(forward):,} envelopes, receipts {mode}"):
-            started = publish_all(pair.edge.port, forward)
+            started = publish_all(pair.edge.port, forward, tls=bench_tls(wire, "bench-pub"))
             received, _first, last = sink.result(600)
         if received < len(forward):
             raise RuntimeError(f"{label} forwarding lost messages: {received}/{len(forward)}")
@@ -275,6 +284,12 @@ def main() -> None:
         default=True,
         help="receipts on: also measure interval 0, every receipt published (default: yes)",
     )
+    parser.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also forward over TLS with client certificates and ACLs (receipts off), against plain (default: yes)",
+    )
     args = parser.parse_args()
     modes: list[tuple[str, float | None]] = []
     if args.receipts in ("off", "both"):
@@ -311,6 +326,12 @@ def main() -> None:
             gateway_args=args.gateway_arg,
             receipt_modes=modes,
         )
+        tls_rate = 0.0
+        if args.tls:
+            wire = bench_wire(work, keys, Registry.load(keys))
+            tls_rate = run_forward(
+                work, keys, forward, bridge=False, gateway_args=args.gateway_arg, wire=wire
+            ).rate
         br = (
             Figures()
             if args.skip_bridge
@@ -367,6 +388,15 @@ def main() -> None:
     )
     table.add_row("gateway peak RSS, MiB", f"{gw.peak_rss_mib:.0f}", "", "", "")
     console.print(table)
+    if tls_rate and off:
+        tls_table = Table(title=f"(a) gateway forwarding of {args.messages:,} batches, plain vs TLS (receipts off)")
+        for column in ("wire", "batches/s", "/ plain", "TLS cost"):
+            tls_table.add_column(column, justify="right" if column != "wire" else "left")
+        tls_table.add_row("plain MQTT over TCP, anonymous", f"{off:,.0f}", "1.00", "-")
+        tls_table.add_row(
+            "TLS 1.3, client certificates, ACLs", f"{tls_rate:,.0f}", ratio(tls_rate, off), f"{(1 - tls_rate / off) * 100:.0f} %"
+        )
+        console.print(tls_table)
     if any(mode != OFF for mode in gw.forward):
         console.print(_receipts_table(gw.forward, top, len(forward)))
 
