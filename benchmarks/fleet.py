@@ -41,12 +41,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from benchmarks._mqtt import Sink, proc_status_kib, raw_ceiling
+from benchmarks._mqtt import Sink, bench_tls, bench_wire, proc_status_kib, raw_ceiling
 from cloud.config import DEFAULT_RECEIPT_INTERVAL_S
 from devices.synth import synth_election
 from devices.tabulator import Tabulator
+from edgetally.acl import BrokerKind
 from edgetally.brokers import BrokerProcess, mosquitto_binary
-from protocol import provision
+from protocol import Registry, provision
+from protocol.tls import ClientTls
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,13 +91,14 @@ def run_fleet(
     batches: int,
     storm: bool = False,
     receipts: float | None = None,
+    tls: ClientTls | None = None,
 ) -> FleetRun:
     """One fleet run; with ``receipts`` (an interval, seconds) the subscriber answers with
     coalesced receipts and the devices wait to be confirmed."""
     summary_file = work / f"{label}.json"
     total = args.devices * batches
     sink = (
-        Sink(broker.port, total, client_id=f"{label}-sink", receipt_interval=receipts)
+        Sink(broker.port, total, client_id=f"{label}-sink", receipt_interval=receipts, tls=tls)
         if not storm
         else None
     )
@@ -197,6 +200,12 @@ def main() -> None:
         help="fleet run with receipts off, on, or both (default)",
     )
     parser.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the fleet (receipts off) over TLS with a certificate per device and ACLs (default: yes)",
+    )
+    parser.add_argument(
         "--receipt-interval",
         type=float,
         default=DEFAULT_RECEIPT_INTERVAL_S,
@@ -223,7 +232,7 @@ def main() -> None:
         console.print(f"provisioned {args.devices:,} keys in {provision_s:.1f}s")
         broker = BrokerProcess(work / "fleet-broker", name="fleet")
         broker.start()
-        off_run = on_run = storm_run = None
+        off_run = on_run = storm_run = tls_run = None
         try:
             if args.receipts in ("off", "both"):
                 off_run = run_fleet(
@@ -254,6 +263,20 @@ def main() -> None:
                     )
                 finally:
                     receipts_broker.kill()
+            if args.tls:
+                with console.status(f"issuing {args.devices:,} device certificates and the ACLs"):
+                    started = time.monotonic()
+                    wire = bench_wire(work, work / "keys", Registry.load(work / "keys"))
+                console.print(f"issued {args.devices:,} device certificates in {time.monotonic() - started:.1f}s")
+                tls_broker = BrokerProcess(work / "tls-broker", name="fleet-tls", tls=wire.broker(BrokerKind.EDGE))
+                tls_broker.start()
+                try:
+                    tls_run = run_fleet(
+                        console, tls_broker, work / "keys", work, args, label="tls", extra=["--hold"],
+                        batches=args.batches_per_device, tls=bench_tls(wire, "bench-sink"),
+                    )  # fmt: skip
+                finally:
+                    tls_broker.kill()
             if args.storm:
                 storm_run = run_fleet(
                     console, broker, work / "keys", work, args, label="storm",
@@ -263,6 +286,26 @@ def main() -> None:
         finally:
             broker.kill()
     console.print(_table(args, ceiling_rate, size, provision_s, off_run, on_run, storm_run))
+    if off_run is not None and tls_run is not None:
+        console.print(_tls_table(args.devices, off_run, tls_run))
+
+
+def _tls_table(devices: int, plain: FleetRun, tls: FleetRun) -> Table:
+    """The fleet (receipts off) over plain TCP and over TLS: connect time, memory, rate."""
+    table = Table(title=f"{devices:,} devices, plain MQTT vs TLS 1.3 with a certificate per device and ACLs")
+    for column in ("measurement", "plain", "TLS", "TLS / plain", "TLS - plain"):
+        table.add_column(column, justify="left" if column == "measurement" else "right")
+
+    def row(name: str, key: str, unit: str, scale: float = 1.0) -> None:
+        a = float(plain.summary.get(key) or 0.0) * scale
+        b = float(tls.summary.get(key) or 0.0) * scale
+        table.add_row(name, f"{a:,.1f} {unit}", f"{b:,.1f} {unit}", f"{b / a:.2f}" if a else "-", f"{b - a:+,.1f} {unit}")
+
+    row("time to connect all", "all_connected_s", "s")
+    row("RSS per device once connected (whole process / devices)", "rss_connected_kib", "KiB", 1 / devices)
+    row("connection state per device", "connection_kib_per_device", "KiB")
+    row("steady batches acked per second", "steady_acked_per_s", "/s")
+    return table
 
 
 def _table(
