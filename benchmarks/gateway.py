@@ -158,6 +158,7 @@ def run_forward(
             len(forward),
             client_id=f"{label}-fwd-sink",
             receipt_interval=interval,
+            keys=keys,
         )
         sink.start()
         if interval is not None:

@@ -36,7 +36,7 @@ from cloud.config import (
 from protocol import DEFAULT_MAX_BYTES, ProtocolError, parse_broker_url
 
 if TYPE_CHECKING:
-    from protocol import Registry
+    from protocol import Registry, SigningKey
 
 # Each command imports what it runs (SQLAlchemy, the rules engine, the MQTT worker) in its
 # own body: `edgetally cloud results` on a SQLite file imports neither SQLAlchemy nor
@@ -91,6 +91,29 @@ def build_config(
         repair_grace_s=repair_grace_s,
         receipt_interval_s=receipt_interval_s,
     )
+
+
+def load_cloud_signing_key(keys: Path, registry: Registry) -> SigningKey:
+    """The cloud's signing key (``cloud-signing.key`` in ``--keys``), checked against the
+    registry's cloud entry (the key devices verify receipts and repair requests with)."""
+    from protocol.registry import load_cloud_key
+
+    try:
+        key = load_cloud_key(keys)
+    except ProtocolError as err:
+        raise ConfigError(f"--keys {keys}: {err}") from err
+    if registry.cloud_key is None:
+        raise ConfigError(
+            f"--keys {keys}: registry.json holds no cloud key, so devices could not verify"
+            " receipts (run `edgetally devices provision` again: it keeps the device keys)"
+        )
+    if registry.cloud_key.kid != key.public.kid:
+        raise ConfigError(
+            f"--keys {keys}: cloud-signing.key (kid {key.public.kid}) is not the cloud key in"
+            f" registry.json (kid {registry.cloud_key.kid}); devices would ignore every receipt"
+            " (run `edgetally devices provision` again)"
+        )
+    return key
 
 
 def load_registry(keys: Path) -> Registry:
@@ -165,6 +188,7 @@ def run(
             verify_threads, repair_interval, repair_grace, receipt_interval,
         )  # fmt: skip
         registry = load_registry(config.keys_dir)
+        signing_key = load_cloud_signing_key(config.keys_dir, registry)
         engine = make_engine(config.db_url)
         upgrade(engine)
         ledger = Ledger(engine, registry, max_payload_bytes=config.max_payload_bytes)
@@ -197,7 +221,9 @@ def run(
         f", shared group {config.share_group}" if config.share_group else "",
     )
     try:
-        CloudWorker(config, ledger, StatusStore(engine), rules=rules_engine).run(stop)
+        CloudWorker(
+            config, ledger, StatusStore(engine), rules=rules_engine, signing_key=signing_key
+        ).run(stop)
     finally:
         engine.dispose()
 
