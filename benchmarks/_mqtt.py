@@ -35,6 +35,7 @@ from protocol import (
     seal,
 )
 from protocol.keys import write_secret
+from protocol.registry import load_cloud_key
 from protocol.tls import ClientTls, Role, client_context, identity
 from protocol.topics import PREFIX
 
@@ -134,6 +135,7 @@ def _sink_main(
     client_id: str,
     expected: int,
     receipt_interval: float | None,
+    keys: Path | None,
     ready: mp.synchronize.Event,
     queue: mp.Queue,  # type: ignore[type-arg]
     tls: ClientTls | None = None,
@@ -141,7 +143,11 @@ def _sink_main(
     received = 0
     first = last = 0.0
     chains = Chains()
-    sender = None if receipt_interval is None else ReceiptSender(receipt_interval)
+    sender = None
+    if receipt_interval is not None:
+        if keys is None:
+            raise ValueError("a sink answering with receipts signs them: give it the keys directory")
+        sender = ReceiptSender(load_cloud_key(keys), receipt_interval)  # the cloud's signing key
     lock = threading.Lock()  # the sender is not thread-safe: paho's thread and this one share it
     closing = False
 
@@ -219,6 +225,7 @@ class Sink:
     ``receipt_interval`` (seconds) it also answers as the cloud would: for every message, each
     device's receipt (highest contiguous seq and its hash), published retained with QoS 1
     through :class:`cloud.worker.receipts.ReceiptSender` coalescing at that interval (0: every one),
+    signed with the cloud key of ``keys`` (the devices ignore unsigned receipts),
     and it stops once it has ``expected`` distinct envelopes, every held receipt published.
     """
 
@@ -228,13 +235,14 @@ class Sink:
         expected: int,
         client_id: str = "bench-sink",
         receipt_interval: float | None = None,
+        keys: Path | None = None,
         tls: ClientTls | None = None,
     ) -> None:
         self._ready = mp.Event()
         self._queue: mp.Queue = mp.Queue()  # type: ignore[type-arg]
         self._proc = mp.Process(
             target=_sink_main,
-            args=(port, client_id, expected, receipt_interval, self._ready, self._queue, tls),
+            args=(port, client_id, expected, receipt_interval, keys, self._ready, self._queue, tls),
             daemon=True,
         )
         self.receipts = 0  # receipts published (after result())

@@ -98,7 +98,7 @@ def run_fleet(
     summary_file = work / f"{label}.json"
     total = args.devices * batches
     sink = (
-        Sink(broker.port, total, client_id=f"{label}-sink", receipt_interval=receipts, tls=tls)
+        Sink(broker.port, total, client_id=f"{label}-sink", receipt_interval=receipts, keys=keys, tls=tls)
         if not storm
         else None
     )

@@ -167,6 +167,7 @@ def run_forward(
             client_id=f"{label}-fwd-sink",
             receipt_interval=interval,
             tls=bench_tls(wire, "bench-sink"),
+            keys=keys,
         )
         sink.start()
         if interval is not None:

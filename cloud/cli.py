@@ -36,7 +36,7 @@ from cloud.config import (
 from protocol import DEFAULT_MAX_BYTES, ProtocolError, parse_broker_url
 
 if TYPE_CHECKING:
-    from protocol import Registry
+    from protocol import Registry, SigningKey
 
 # Each command imports what it runs (SQLAlchemy, the rules engine, the MQTT worker) in its
 # own body: `edgetally cloud results` on a SQLite file imports neither SQLAlchemy nor
@@ -95,6 +95,29 @@ def build_config(
         receipt_interval_s=receipt_interval_s,
         tls=None if pki is None else client_tls(pki, Role.CLOUD, cloud_id),
     )
+
+
+def load_cloud_signing_key(keys: Path, registry: Registry) -> SigningKey:
+    """The cloud's signing key (``cloud-signing.key`` in ``--keys``), checked against the
+    registry's cloud entry (the key devices verify receipts and repair requests with)."""
+    from protocol.registry import load_cloud_key
+
+    try:
+        key = load_cloud_key(keys)
+    except ProtocolError as err:
+        raise ConfigError(f"--keys {keys}: {err}") from err
+    if registry.cloud_key is None:
+        raise ConfigError(
+            f"--keys {keys}: registry.json holds no cloud key, so devices could not verify"
+            " receipts (run `edgetally devices provision` again: it keeps the device keys)"
+        )
+    if registry.cloud_key.kid != key.public.kid:
+        raise ConfigError(
+            f"--keys {keys}: cloud-signing.key (kid {key.public.kid}) is not the cloud key in"
+            f" registry.json (kid {registry.cloud_key.kid}); devices would ignore every receipt"
+            " (run `edgetally devices provision` again)"
+        )
+    return key
 
 
 def load_registry(keys: Path) -> Registry:
@@ -176,6 +199,7 @@ def run(
             from cloud.worker.session import tls_context
 
             tls_context(config.tls)  # a missing or bad certificate stops the worker here, named
+        signing_key = load_cloud_signing_key(config.keys_dir, registry)
         engine = make_engine(config.db_url)
         upgrade(engine)
         ledger = Ledger(engine, registry, max_payload_bytes=config.max_payload_bytes)
@@ -208,7 +232,9 @@ def run(
         f", shared group {config.share_group}" if config.share_group else "",
     )
     try:
-        CloudWorker(config, ledger, StatusStore(engine), rules=rules_engine).run(stop)
+        CloudWorker(
+            config, ledger, StatusStore(engine), rules=rules_engine, signing_key=signing_key
+        ).run(stop)
     finally:
         engine.dispose()
 

@@ -151,6 +151,11 @@ def _summary_table(summary: FleetSummary) -> Table:
         ("elapsed", f"{summary.elapsed_s:.1f}s"),
         ("acked/s", f"{summary.acked / summary.elapsed_s:.0f}" if summary.elapsed_s else "-"),
         ("steady acked/s", f"{summary.steady_acked_per_s:.0f}" if summary.steady_acked_per_s else "-"),
+        *[
+            (f"{word}s ignored ({reason})", count)
+            for word, reasons in summary.ignored.items()
+            for reason, count in reasons.items()
+        ],
     ]
     for name, value in rows:
         table.add_row(name, str(value))

@@ -62,6 +62,8 @@ def render(snap: FleetSnapshot) -> Table:
             table.add_row("misbehaviour", name, "injected", f"{injected:,}", "")
     else:
         table.add_row("misbehaviours", "none", "", "", "")
+    for (word, reason), ignored in snap.ignored.items():
+        table.add_row(f"{word}s ignored", reason, "", f"{ignored:,}", "")
     return table
 
 

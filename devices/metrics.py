@@ -106,6 +106,12 @@ def exposition(snap: FleetSnapshot | None) -> str:
         "Misbehaviours injected, by behaviour.",
         iter([({"behaviour": name}, count) for name, count in snap.behaviours.items()]),
     )
+    out.family(
+        "ignored_total",
+        "counter",
+        "Receipts and repair requests ignored (not signed by the cloud for the device), by word and reason.",
+        iter([({"word": word, "reason": reason}, count) for (word, reason), count in snap.ignored.items()]),
+    )
     return "\n".join(out.lines) + "\n"
 
 

@@ -7,7 +7,8 @@ and raises a :mod:`devices._exceptions` error with a one-line message naming the
 line or id, and the problem:
 
     ElectionFileError  the election file is unreadable or does not hold together
-    ProvisionError     no keys directory or registry; the registry was provisioned for another
+    ProvisionError     no keys directory or registry; a registry without the cloud key (devices
+                       would have nothing to verify receipts with); the registry was provisioned for another
                        election than the file; a device has no registry entry, no private key,
                        or a private key that is not the one registered
     FleetError         a requested device is not in the election, or is requested twice
@@ -68,9 +69,15 @@ def _load_registry(keys_dir: Path) -> Registry:
     if not (keys_dir / REGISTRY_FILE).is_file():
         raise ProvisionError(f"{keys_dir / REGISTRY_FILE}: no registry in the keys directory ({hint})")
     try:
-        return Registry.load(keys_dir)
+        registry = Registry.load(keys_dir)
     except KeyFileError as exc:
         raise ProvisionError(str(exc)) from exc
+    if registry.cloud_key is None:
+        raise ProvisionError(
+            f"{keys_dir / REGISTRY_FILE}: no cloud key, so the devices could not verify receipts"
+            f" and repair requests ({hint} again: it keeps the device keys and adds the cloud key)"
+        )
+    return registry
 
 
 def _check_chosen(

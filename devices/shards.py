@@ -61,6 +61,12 @@ def aggregate(parts: Sequence[dict[str, Any]], confirm: bool) -> FleetSummary:
     for part in parts:
         for name, count in (part.get("behaviours") or {}).items():
             behaviours[name] = behaviours.get(name, 0) + int(count)
+    ignored: dict[str, dict[str, int]] = {}
+    for part in parts:
+        for word, reasons in (part.get("ignored") or {}).items():
+            mine = ignored.setdefault(word, {})
+            for reason, count in reasons.items():
+                mine[reason] = mine.get(reason, 0) + int(count)
     return FleetSummary(
         devices=total("devices"),
         batches=total("batches"),
@@ -85,6 +91,7 @@ def aggregate(parts: Sequence[dict[str, Any]], confirm: bool) -> FleetSummary:
         sent=total("sent"),
         pending=total("pending"),
         behaviours=behaviours,
+        ignored=ignored,
     )
 
 

@@ -73,6 +73,8 @@ class FleetSnapshot:
     acked_per_s: float
     receipted_per_s: float
     behaviours: Mapping[str, int] = field(default_factory=dict)
+    # receipts and repair requests ignored, (word, reason) -> count (devices/fleet/words.py)
+    ignored: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,7 @@ class FleetMonitor:
             acked_per_s=rate(2, counts.acked),
             receipted_per_s=rate(3, counts.receipted),
             behaviours=MappingProxyType(dict(sorted(stats.behaviours.items()))),
+            ignored=MappingProxyType(dict(sorted(stats.ignored.items()))),
         )
         self.latest = snapshot
         return snapshot

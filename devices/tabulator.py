@@ -98,6 +98,8 @@ class Tabulator:
         self.receipted = 0  # highest seq covered by a matching receipt
         self.publishes = 0
         self.resends = 0
+        # Words from the cloud ignored, (word, reason) -> count: devices/fleet/words.py
+        self.ignored: dict[tuple[str, str], int] = {}
         self.store: StateStore | None = None
         self.sent_seq = 0  # highest seq recorded as sent (write-ahead); only kept with a store
         self.restored: DeviceState | None = None  # what the store held when opened

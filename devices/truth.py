@@ -31,6 +31,8 @@ Per device::
     confirmed   whether the cloud's receipt must reach final_seq (silent, wrong_key: no)
     ballots     ballots of the accepted batches
     published / resends   what the device put on the wire (filled at the end of the run)
+    ignored     {word: {reason: n}}  receipts and repair requests the device ignored, not signed
+                by the cloud for it (devices/fleet/words.py; filled at the end of the run)
 
 Top level: ``expected`` totals over every accepted batch (ballots, contests, ballots per
 precinct, accepted batch count, rejections by reason and where, ``withheld``: how many seqs were
@@ -52,6 +54,7 @@ from devices import behaviours as bh
 from devices.behaviours import Behaviour
 from devices.fleet.config import last_seq, withheld_seqs
 from devices.fleet.fleet import Fleet
+from devices.fleet.words import nested
 from devices.tabulator import Tabulator
 from protocol import RejectReason, parse_body, parse_envelope, sha256_hex
 
@@ -136,6 +139,7 @@ def device_truth(
         "counts": counts,
         "published": tab.publishes,
         "resends": tab.resends,
+        "ignored": nested(tab.ignored),  # receipts and repair requests ignored (devices/fleet/words.py)
     }
 
 

@@ -15,7 +15,8 @@ import pytest
 
 from devices.election_file import load_election
 from edgetally.brokers import BrokerProcess, mosquitto_binary
-from protocol import Election, Registry, provision
+from protocol import Election, Registry, SigningKey, provision
+from protocol.registry import load_cloud_key
 from tests.helpers import SAMPLE_ELECTION
 
 _counter = itertools.count()
@@ -88,6 +89,13 @@ def keys_dir(tmp_path_factory: pytest.TempPathFactory, sample_election: Election
 @pytest.fixture(scope="session")
 def registry(keys_dir: Path) -> Registry:
     return Registry.load(keys_dir)
+
+
+@pytest.fixture(scope="session")
+def cloud_key(keys_dir: Path) -> SigningKey:
+    """The cloud's signing key of ``keys_dir`` (``cloud-signing.key``): what tests standing in
+    for the cloud sign receipts and repair requests with."""
+    return load_cloud_key(keys_dir)
 
 
 @pytest.fixture

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 
 from cloud.config import DEFAULT_RECEIPT_INTERVAL_S
-from protocol import Receipt, receipt_topic
+from protocol import Receipt, SigningKey, receipt_topic
+from protocol.signed import sign_receipt
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,8 @@ class ReceiptCoalescer:
 
 
 class ReceiptSender:
-    """Coalesces receipts and publishes them, retained and QoS 1, on the current connection.
+    """Coalesces receipts and publishes them, signed by the cloud ``key`` (protocol/signed.py,
+    docs/protocol.md §9b), retained and QoS 1, on the current connection.
 
     The held receipts belong to the sender, not to a connection: :meth:`flush` takes the client
     to publish on, so what is held while disconnected goes out on the next connection. Receipts
@@ -167,10 +169,15 @@ class ReceiptSender:
     """
 
     def __init__(
-        self, interval_s: float = DEFAULT_RECEIPT_INTERVAL_S, *, max_in_flight: int = 1_000
+        self,
+        key: SigningKey,
+        interval_s: float = DEFAULT_RECEIPT_INTERVAL_S,
+        *,
+        max_in_flight: int = 1_000,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be positive, got {max_in_flight}")
+        self._key = key
         self._coalescer = ReceiptCoalescer(interval_s)
         self._client: mqtt.Client | None = None
         self._max_in_flight = max_in_flight
@@ -216,7 +223,7 @@ class ReceiptSender:
         for index, receipt in enumerate(due):
             info = client.publish(
                 receipt_topic(receipt.election, receipt.device),
-                receipt.to_bytes(),
+                sign_receipt(receipt, self._key),
                 qos=1,
                 retain=True,
             )

@@ -1,6 +1,6 @@
 """Sending repair requests: the ones :class:`cloud.ledger.repairs.RepairScheduler` says are due,
-re-checked against the database, published QoS 1 (not retained) on each device's command topic,
-then noted in the database.
+re-checked against the database, signed by the cloud key (protocol/signed.py, docs/protocol.md
+§9b), published QoS 1 (not retained) on each device's command topic, then noted in the database.
 
 What one worker saw may be stale (with ``--share`` another worker may have committed the
 missing seqs), so only the ranges the database still misses are asked for. Not thread-safe:
@@ -18,7 +18,8 @@ import paho.mqtt.client as mqtt
 from cloud._exceptions import DatabaseUnavailable
 from cloud.ledger.ledger import Ledger
 from cloud.ledger.repairs import RepairScheduler
-from protocol import RepairRequest, command_topic
+from protocol import RepairRequest, SigningKey, command_topic
+from protocol.signed import sign_repair
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +27,10 @@ log = logging.getLogger(__name__)
 class RepairSender:
     """Publishes the due repair requests of ``scheduler`` on a client; ``sent`` counts them."""
 
-    def __init__(self, scheduler: RepairScheduler, ledger: Ledger) -> None:
+    def __init__(self, scheduler: RepairScheduler, ledger: Ledger, key: SigningKey) -> None:
         self._scheduler = scheduler
         self._ledger = ledger
+        self._key = key
         self.sent = 0
 
     def send(self, client: mqtt.Client) -> None:
@@ -54,7 +56,7 @@ class RepairSender:
         for request in requests:
             rc = client.publish(
                 command_topic(request.election, request.device),
-                request.to_bytes(),
+                sign_repair(request, self._key),
                 qos=1,
                 retain=False,
             ).rc

@@ -68,6 +68,7 @@ from cloud.worker.receipts import ReceiptSender
 from cloud.worker.repairs import RepairSender
 from cloud.worker.session import Backoff, Delivery, Session, _Taken
 from cloud.worker.status import StatusStore
+from protocol import SigningKey
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class CloudWorker:
         ledger: Ledger,
         statuses: StatusStore | None = None,
         rules: RulesEngine | None = None,
+        *,
+        signing_key: SigningKey,  # signs receipts and repair requests (protocol/signed.py)
     ) -> None:
         self._config = config
         self._ledger = ledger
@@ -99,9 +102,9 @@ class CloudWorker:
         self._totals = dict.fromkeys(Verdict, 0)
         self._stale_acks = 0
         self._repairs = RepairScheduler(config.repair_interval_s, config.repair_grace_s)
-        self._repair_sender = RepairSender(self._repairs, ledger)
+        self._repair_sender = RepairSender(self._repairs, ledger, signing_key)
         # Held receipts outlive a connection: they go out on the next one (commit thread only).
-        self._receipts = ReceiptSender(config.receipt_interval_s)
+        self._receipts = ReceiptSender(signing_key, config.receipt_interval_s)
 
     @property
     def stopping(self) -> bool:

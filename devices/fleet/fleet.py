@@ -29,10 +29,11 @@ from devices.fleet.config import FleetConfig, last_seq
 from devices.fleet.pacing import RateLimiter, TokenBucket
 from devices.fleet.runner import DeviceRunner
 from devices.fleet.stats import FleetStats, FleetSummary, rss_kib
+from devices.fleet.words import nested
 from devices.snapshot import batch_counts
 from devices.state import StateStore
 from devices.tabulator import Tabulator
-from protocol import Registry, load_signing_key
+from protocol import PublicKey, Registry, load_signing_key
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,19 @@ class Fleet:
     """Builds the tabulators (signing every batch up front) and runs them."""
 
     def __init__(self, config: FleetConfig, registry: Registry, store: StateStore | None = None) -> None:
-        """``store``: an open device state store (--state-dir); the caller closes it."""
+        """``store``: an open device state store (--state-dir); the caller closes it.
+
+        Raises :class:`FleetError` when ``registry`` holds no cloud key: the devices could not
+        verify a receipt or a repair request (devices/fleet/words.py).
+        """
+        if registry.cloud_key is None:
+            raise FleetError(
+                "the registry holds no cloud key, so the devices could not verify receipts and"
+                " repair requests: run `edgetally devices provision` again (it keeps the device keys)"
+            )
         self.config = config
         self.registry = registry
+        self.cloud_key: PublicKey = registry.cloud_key
         self.store = store
         self.runners: list[DeviceRunner] = []
         self.stats = FleetStats()
@@ -121,7 +132,7 @@ class Fleet:
     def reboot(self, tab: Tabulator) -> Tabulator:
         """A device lost its memory: a new tabulator reopened from the store replaces ``tab``."""
         fresh = self._build(tab.device)
-        fresh.publishes, fresh.resends = tab.publishes, tab.resends
+        fresh.publishes, fresh.resends, fresh.ignored = tab.publishes, tab.resends, tab.ignored
         self.tabulators[self.tabulators.index(tab)] = fresh
         return fresh
 
@@ -260,4 +271,5 @@ class Fleet:
             sent=counts.sent,
             pending=counts.pending,
             behaviours=dict(stats.behaviours),
+            ignored=nested(stats.ignored),
         )

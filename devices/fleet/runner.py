@@ -4,7 +4,9 @@ Every device: its own client id (``edgetally-dev-{device}``) and persistent sess
 status message and a last will, QoS 1 publishes awaited until the broker's PUBACK, its ``final``
 batch last. With ``confirm`` on (the default) a device also keeps every batch until the cloud's
 receipt covers it and resends what stays unreceipted, with capped exponential backoff (and at
-once what a repair request names); it is *confirmed* when its final batch is receipted. A lost
+once what a repair request names); it is *confirmed* when its final batch is receipted. Only
+receipts and repair requests the cloud signed for this device count (devices/fleet/words.py);
+any other is ignored, counted and logged. A lost
 connection is retried after the device's own :class:`~devices.fleet.pacing.Backoff`; a
 behaviour (devices/behaviours.py) makes the device misbehave on the way.
 
@@ -32,15 +34,9 @@ from devices.connection import ConnectOptions, KeepaliveWheel, MqttConnection, W
 from devices.fleet.config import FleetConfig, last_seq, withheld_seqs
 from devices.fleet.pacing import Backoff, TokenBucket
 from devices.fleet.stats import FleetStats
+from devices.fleet.words import verified_receipt, verified_repair
 from devices.tabulator import SignedBatch, Tabulator
-from protocol import (
-    ProtocolError,
-    Receipt,
-    RepairRequest,
-    command_topic,
-    receipt_topic,
-    status_topic,
-)
+from protocol import PublicKey, command_topic, receipt_topic, status_topic
 from protocol.tls import Role, client_context, client_tls
 
 log = logging.getLogger(__name__)
@@ -59,6 +55,8 @@ class Supervisor(Protocol):
     def connect_limiter(self) -> TokenBucket: ...  # new connections, fleet-wide
     @property
     def wheel(self) -> KeepaliveWheel: ...
+    @property
+    def cloud_key(self) -> PublicKey: ...  # verifies receipts and repair requests
     @property
     def all_connected(self) -> asyncio.Future[None]: ...  # the --hold gates
     @property
@@ -223,11 +221,9 @@ class DeviceRunner:
         if topic == self._command_topic:
             self._on_command(payload)
             return
-        try:
-            receipt = Receipt.parse(payload)
-        except ProtocolError as exc:
-            log.warning("device=%s ignoring bad receipt on %s: %s", self.tab.device, topic, exc)
-            return
+        receipt = verified_receipt(payload, self.fleet.cloud_key, self.tab, self.stats)
+        if receipt is None:
+            return  # counted and logged; the device keeps its batches
         if self.tab.apply_receipt(receipt):
             log.debug("device=%s receipted up to seq=%d", self.tab.device, receipt.seq)
             self._progressed = True
@@ -238,17 +234,9 @@ class DeviceRunner:
     def _on_command(self, payload: bytes) -> None:
         """A repair request: remember the asked-for seqs this device holds, sent and unreceipted."""
         tab = self.tab
-        try:
-            request = RepairRequest.parse(payload)
-        except ProtocolError as exc:
-            log.warning("device=%s ignoring bad repair request: %s", tab.device, exc)
-            return
-        if request.device != tab.device or request.election != tab.election.id:
-            log.warning(
-                "device=%s ignoring repair request for device=%s election=%s",
-                tab.device, request.device, request.election,
-            )  # fmt: skip
-            return
+        request = verified_repair(payload, self.fleet.cloud_key, tab, self.stats)
+        if request is None:
+            return  # not the cloud's word for this device: counted and logged, nothing resent
         upto = min(self._last_sent, self.last_seq)
         wanted = {seq for seq in request.seqs if tab.receipted < seq <= upto}
         log.info(

@@ -35,6 +35,9 @@ class FleetStats:
     samples: list[tuple[float, int]] = field(default_factory=list)  # (monotonic, publishes)
     exited: int = 0  # device runners that have ended (done, or gave up at the timeout)
     behaviours: dict[str, int] = field(default_factory=dict)  # misbehaviours injected, by name
+    # receipts and repair requests ignored (not the cloud's, or not for the device), by
+    # (word, reason): devices/fleet/words.py
+    ignored: dict[tuple[str, str], int] = field(default_factory=dict)
 
     @property
     def elapsed(self) -> float:
@@ -76,6 +79,8 @@ class FleetSummary:
     sent: int = 0  # distinct batches written to the broker at least once
     pending: int = 0  # sent and not receipted (still in device spools)
     behaviours: Mapping[str, int] = field(default_factory=dict)  # misbehaviours injected
+    # receipts and repair requests ignored: {"receipt": {"bad_signature": 3}, "repair": {...}}
+    ignored: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -117,6 +122,7 @@ class FleetSummary:
             "sent": self.sent,
             "pending": self.pending,
             "behaviours": dict(sorted(self.behaviours.items())),
+            "ignored": {word: dict(sorted(r.items())) for word, r in sorted(self.ignored.items())},
         }
 
 

@@ -20,13 +20,17 @@ from devices.generator import device_batches
 from protocol import (
     BatchBody,
     Election,
+    Receipt,
     Registry,
+    RepairRequest,
     SigningKey,
     batch_topic,
     body_hash,
     load_signing_key,
+    parse_envelope,
     seal,
 )
+from protocol.signed import open_receipt, open_repair
 from tests.helpers import wait_until
 
 SEED = 7
@@ -68,6 +72,17 @@ class Envelopes:
     def messages(self, devices: Iterable[str], batches: int, seed: int = SEED) -> list[Inbound]:
         """Every batch of ``devices``, device by device, in seq order."""
         return [self.inbound(b) for d in devices for b in self.bodies(d, batches, seed)]
+
+    def receipt(self, payload: bytes) -> Receipt:
+        """The receipt the cloud published, as the device it names would open it: signed by
+        the registry's cloud key (raises ProtocolError otherwise)."""
+        named = Receipt.parse(parse_envelope(payload).body)
+        return open_receipt(payload, self.registry.cloud_key, election=named.election, device=named.device)
+
+    def repair(self, payload: bytes) -> RepairRequest:
+        """The repair request the cloud published, opened as its device would."""
+        named = RepairRequest.parse(parse_envelope(payload).body)
+        return open_repair(payload, self.registry.cloud_key, election=named.election, device=named.device)
 
 
 def raw_inbound(payload: bytes, topic: str) -> Inbound:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from protocol import GENESIS_HASH, Receipt
+from protocol import GENESIS_HASH, Receipt, SigningKey
+from protocol.signed import sign_receipt
 
 
 def contiguous_receipt(election: str, device: str, held: Mapping[int, str]) -> Receipt:
@@ -14,3 +15,8 @@ def contiguous_receipt(election: str, device: str, held: Mapping[int, str]) -> R
         top += 1
         top_hash = held[top]
     return Receipt(election, device, top, top_hash)
+
+
+def signed_contiguous_receipt(election: str, device: str, held: Mapping[int, str], key: SigningKey) -> bytes:
+    """:func:`contiguous_receipt` as the cloud publishes it: signed with the cloud ``key``."""
+    return sign_receipt(contiguous_receipt(election, device, held), key)

@@ -15,13 +15,14 @@ from edgetally.brokers import BrokerProcess
 from protocol import (
     BATCH_FILTER,
     Registry,
+    SigningKey,
     parse_broker_url,
     parse_device_topic,
     receipt_topic,
     verify,
 )
 from protocol.topics import STATUS_FILTER
-from tests.devices.receipt_support import contiguous_receipt
+from tests.devices.receipt_support import signed_contiguous_receipt
 from tests.helpers import run_cli, start_cli, wait_until
 
 pytestmark = pytest.mark.integration
@@ -33,8 +34,11 @@ class ReceiptingCloud:
     ``withhold`` names (device, seq) pairs whose first copy is ignored, as if lost on the way.
     """
 
-    def __init__(self, broker: BrokerProcess, registry: Registry, withhold: set[tuple[str, int]] | None = None) -> None:
+    def __init__(
+        self, broker: BrokerProcess, registry: Registry, key: SigningKey, withhold: set[tuple[str, int]] | None = None
+    ) -> None:
         self.registry = registry
+        self.key = key  # the cloud's signing key: devices ignore receipts not signed with it
         self.withhold = set(withhold or ())
         self.held: dict[str, dict[int, str]] = defaultdict(dict)
         self.copies: dict[tuple[str, int], int] = defaultdict(int)
@@ -61,8 +65,8 @@ class ReceiptingCloud:
                 self.withhold.discard((device, seq))
                 return
             self.held[device][seq] = batch.body_hash
-            receipt = contiguous_receipt(batch.body.election, device, self.held[device])
-        client.publish(receipt_topic(receipt.election, device), receipt.to_bytes(), qos=1, retain=True)
+            payload = signed_contiguous_receipt(batch.body.election, device, self.held[device], self.key)
+        client.publish(receipt_topic(batch.body.election, device), payload, qos=1, retain=True)
 
     def close(self) -> None:
         self.client.disconnect()
@@ -82,9 +86,9 @@ def _fleet_args(broker: BrokerProcess, keys: Path, *extra: str) -> list[str]:
 
 
 def test_every_batch_arrives_signed_in_order_with_final_last(
-    broker: BrokerProcess, keys_dir: Path, registry: Registry, cloud_factory: list[ReceiptingCloud]
+    broker: BrokerProcess, keys_dir: Path, registry: Registry, cloud_key: SigningKey, cloud_factory: list[ReceiptingCloud]
 ) -> None:
-    cloud = ReceiptingCloud(broker, registry)
+    cloud = ReceiptingCloud(broker, registry, cloud_key)
     cloud_factory.append(cloud)
     result = run_cli(*_fleet_args(broker, keys_dir, "--devices", "8", "--batches-per-device", "4", "--no-confirm"))
     summary = json.loads(result.stdout)
@@ -95,9 +99,9 @@ def test_every_batch_arrives_signed_in_order_with_final_last(
 
 
 def test_fleet_waits_for_receipts_and_reports_devices_confirmed(
-    broker: BrokerProcess, keys_dir: Path, registry: Registry, cloud_factory: list[ReceiptingCloud]
+    broker: BrokerProcess, keys_dir: Path, registry: Registry, cloud_key: SigningKey, cloud_factory: list[ReceiptingCloud]
 ) -> None:
-    cloud = ReceiptingCloud(broker, registry)
+    cloud = ReceiptingCloud(broker, registry, cloud_key)
     cloud_factory.append(cloud)
     result = run_cli(*_fleet_args(broker, keys_dir, "--devices", "6", "--batches-per-device", "3"))
     summary = json.loads(result.stdout)
@@ -108,10 +112,10 @@ def test_fleet_waits_for_receipts_and_reports_devices_confirmed(
 
 
 def test_unreceipted_batch_is_resent_until_the_cloud_holds_it(
-    broker: BrokerProcess, keys_dir: Path, registry: Registry, cloud_factory: list[ReceiptingCloud]
+    broker: BrokerProcess, keys_dir: Path, registry: Registry, cloud_key: SigningKey, cloud_factory: list[ReceiptingCloud]
 ) -> None:
     device = registry.election.devices[0]
-    cloud = ReceiptingCloud(broker, registry, withhold={(device, 2)})
+    cloud = ReceiptingCloud(broker, registry, cloud_key, withhold={(device, 2)})
     cloud_factory.append(cloud)
     result = run_cli(*_fleet_args(broker, keys_dir, "--devices", "1", "--batches-per-device", "3", "--resend-after", "0.5"))
     summary = json.loads(result.stdout)
@@ -134,9 +138,9 @@ def test_fleet_without_receipts_times_out_unconfirmed_and_fails(broker: BrokerPr
 
 
 def test_killed_fleet_leaves_a_lost_status_by_last_will(
-    broker: BrokerProcess, keys_dir: Path, registry: Registry, cloud_factory: list[ReceiptingCloud], tmp_path: Path, processes: list
+    broker: BrokerProcess, keys_dir: Path, registry: Registry, cloud_key: SigningKey, cloud_factory: list[ReceiptingCloud], tmp_path: Path, processes: list
 ) -> None:
-    watcher = ReceiptingCloud(broker, registry, withhold={(d, 1) for d in registry.election.devices[:3]})
+    watcher = ReceiptingCloud(broker, registry, cloud_key, withhold={(d, 1) for d in registry.election.devices[:3]})
     cloud_factory.append(watcher)
     fleet = start_cli(*_fleet_args(broker, keys_dir, "--devices", "3", "--batches-per-device", "2", "--resend-after", "60"), log=tmp_path / "fleet.log")
     processes.append(fleet)

@@ -20,12 +20,14 @@ from edgetally.brokers import BrokerProcess
 from protocol import (
     BATCH_FILTER,
     Registry,
+    SigningKey,
     parse_device_topic,
     provision,
     receipt_topic,
     verify,
 )
-from tests.devices.receipt_support import contiguous_receipt
+from protocol.registry import load_cloud_key
+from tests.devices.receipt_support import signed_contiguous_receipt
 from tests.helpers import edgetally_cmd, run_cli, start_cli, wait_until
 
 pytestmark = pytest.mark.integration
@@ -79,8 +81,9 @@ def test_connect_rate_is_honoured_fleet_wide(broker: BrokerProcess, synth_keys: 
 class PausableCloud:
     """Verifies batches and keeps them; publishes receipts (retained, QoS 1) only once released."""
 
-    def __init__(self, broker: BrokerProcess, registry: Registry) -> None:
+    def __init__(self, broker: BrokerProcess, registry: Registry, key: SigningKey) -> None:
         self.registry = registry
+        self.key = key  # the cloud's signing key
         self.held: dict[str, dict[int, str]] = defaultdict(dict)
         self.lock = threading.Lock()
         self.connects = 0
@@ -112,8 +115,8 @@ class PausableCloud:
         with self.lock:
             held = {device: dict(seqs) for device, seqs in self.held.items()}
         for device, seqs in held.items():
-            receipt = contiguous_receipt(election, device, seqs)
-            info = self.client.publish(receipt_topic(election, device), receipt.to_bytes(), qos=1, retain=True)
+            payload = signed_contiguous_receipt(election, device, seqs, self.key)
+            info = self.client.publish(receipt_topic(election, device), payload, qos=1, retain=True)
             assert info.rc == mqtt.MQTT_ERR_SUCCESS
 
     def close(self) -> None:
@@ -126,7 +129,7 @@ def test_reconnect_storm_every_device_reconnects_with_jitter_and_is_confirmed(
 ) -> None:
     devices, batches, rate = 200, 2, 400
     registry = Registry.load(synth_keys)
-    cloud = PausableCloud(broker, registry)
+    cloud = PausableCloud(broker, registry, load_cloud_key(synth_keys))
     summary_file = tmp_path / "summary.json"
 
     def summary() -> dict[str, object]:

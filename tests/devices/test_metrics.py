@@ -21,13 +21,14 @@ from edgetally.brokers import BrokerProcess
 from protocol import (
     BATCH_FILTER,
     Registry,
+    SigningKey,
     parse_broker_url,
     parse_device_topic,
     receipt_topic,
     verify,
 )
 from tests.devices.prometheus_text import ExpositionError, Family, parse
-from tests.devices.receipt_support import contiguous_receipt
+from tests.devices.receipt_support import signed_contiguous_receipt
 from tests.helpers import run_cli, start_cli, wait_until
 
 DEVICES, BATCHES = 20, 3
@@ -126,8 +127,9 @@ def test_metrics_port_already_taken_is_a_clear_error(keys_dir: Path) -> None:
 class HeldCloud:
     """Verifies batches like the cloud, but publishes receipts only once released."""
 
-    def __init__(self, broker: BrokerProcess, registry: Registry) -> None:
+    def __init__(self, broker: BrokerProcess, registry: Registry, key: SigningKey) -> None:
         self.registry = registry
+        self.key = key  # the cloud's signing key
         self.lock = threading.Lock()
         self.held: dict[str, dict[int, str]] = {}
         self.released = False
@@ -156,8 +158,8 @@ class HeldCloud:
 
     def _receipt(self, election: str, device: str) -> None:
         with self.lock:
-            receipt = contiguous_receipt(election, device, self.held[device])
-        info = self.client.publish(receipt_topic(election, device), receipt.to_bytes(), qos=1, retain=True)
+            payload = signed_contiguous_receipt(election, device, self.held[device], self.key)
+        info = self.client.publish(receipt_topic(election, device), payload, qos=1, retain=True)
         assert info.rc == mqtt.MQTT_ERR_SUCCESS
 
     def release(self) -> None:
@@ -173,8 +175,8 @@ class HeldCloud:
 
 
 @pytest.fixture
-def held_cloud(broker: BrokerProcess, registry: Registry) -> Iterator[HeldCloud]:
-    cloud = HeldCloud(broker, registry)
+def held_cloud(broker: BrokerProcess, registry: Registry, cloud_key: SigningKey) -> Iterator[HeldCloud]:
+    cloud = HeldCloud(broker, registry, cloud_key)
     yield cloud
     cloud.close()
 

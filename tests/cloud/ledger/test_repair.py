@@ -66,7 +66,7 @@ def test_cloud_requests_withheld_seqs_and_the_resend_repairs_the_gap(
 
     # Unanswered, the request is repeated (every 0.5 s, doubling) though nothing else arrives.
     wait_until(lambda: len(commands.messages()) >= 2, 20, "a repair request, then another")
-    requests = [RepairRequest.parse(m.payload) for m in commands.messages()[:2]]
+    requests = [envelopes.repair(m.payload) for m in commands.messages()[:2]]
     for request in requests:
         assert (request.election, request.device, request.missing) == (
             envelopes.election.id,

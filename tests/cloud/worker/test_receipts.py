@@ -22,13 +22,21 @@ import pytest
 
 from cloud.worker.receipts import ReceiptCoalescer, ReceiptSender
 from edgetally.brokers import BrokerProcess
-from protocol import RECEIPT_FILTER, Receipt, receipt_topic
+from protocol import RECEIPT_FILTER, Receipt, SigningKey, parse_envelope, receipt_topic
+from protocol.signed import open_receipt
 from tests.cloud.support import Envelopes, Publisher, hash_of
 from tests.cloud.worker_support import Cloud
 from tests.gateway.support import Collector
 from tests.helpers import run_cli, wait_until
 
 E = "sample-2026"
+KEY = SigningKey.from_seed(bytes(range(32)))  # the cloud's, for these unit tests
+
+
+def _open(payload: bytes) -> Receipt:
+    """A receipt the sender published: signed with ``KEY`` (raises ProtocolError otherwise)."""
+    named = Receipt.parse(parse_envelope(payload).body)
+    return open_receipt(payload, KEY.public, election=named.election, device=named.device)
 
 
 def _r(device: str, seq: int) -> Receipt:
@@ -167,7 +175,7 @@ class _FakeClient:
         return info
 
     def seqs(self) -> list[int]:
-        return [Receipt.parse(payload).seq for _t, payload, _q, _r in self.sent]
+        return [_open(payload).seq for _t, payload, _q, _r in self.sent]
 
 
 def _client(fake: _FakeClient) -> mqtt.Client:
@@ -176,7 +184,7 @@ def _client(fake: _FakeClient) -> mqtt.Client:
 
 def test_sender_publishes_retained_qos1_on_the_receipt_topic_coalesced() -> None:
     fake = _FakeClient()
-    sender = ReceiptSender(interval_s=0.25)
+    sender = ReceiptSender(KEY, interval_s=0.25)
     for seq in range(1, 11):  # ten commits 10 ms apart
         sender.offer([_r("a", seq)])
         sender.flush(_client(fake), 100.0 + seq / 100)
@@ -191,7 +199,7 @@ def test_a_refused_publish_is_logged_and_held_again_for_the_next_connection(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     down = _FakeClient(refuse=True)
-    sender = ReceiptSender(interval_s=0.25)
+    sender = ReceiptSender(KEY, interval_s=0.25)
     sender.offer([_r("a", 3)])
     with caplog.at_level(logging.WARNING, logger="cloud.worker.receipts"):
         assert sender.flush(_client(down), 1.0) == 0
@@ -205,14 +213,14 @@ def test_a_refused_publish_is_logged_and_held_again_for_the_next_connection(
 
 def test_receipts_unacknowledged_on_a_lost_connection_go_out_on_the_next() -> None:
     first = _FakeClient()
-    sender = ReceiptSender(interval_s=0.25)
+    sender = ReceiptSender(KEY, interval_s=0.25)
     sender.offer([_r("a", 1), _r("b", 1)])
     sender.flush(_client(first), 1.0)
     first.infos[0].acked = True  # "a"'s PUBACK came; "b"'s never did
     sender.offer([_r("a", 2)])  # held while disconnected
     second = _FakeClient()
     sender.flush(_client(second), 1.3)
-    assert sorted(_seqs([Receipt.parse(p) for _t, p, _q, _r in second.sent])) == [
+    assert sorted(_seqs([_open(p) for _t, p, _q, _r in second.sent])) == [
         ("a", 2),
         ("b", 1),
     ]
@@ -221,14 +229,14 @@ def test_receipts_unacknowledged_on_a_lost_connection_go_out_on_the_next() -> No
 
 def test_past_max_in_flight_receipts_stay_held_and_keep_coalescing() -> None:
     fake = _FakeClient()
-    sender = ReceiptSender(interval_s=0.0, max_in_flight=2)
+    sender = ReceiptSender(KEY, interval_s=0.0, max_in_flight=2)
     sender.offer([_r("a", 1), _r("b", 1), _r("c", 1)])
     assert sender.flush(_client(fake), 1.0) == 2  # two unacknowledged at most
     sender.offer([_r("c", 2)])  # c's held receipt is replaced while it waits
     assert sender.flush(_client(fake), 1.1) == 0 and sender.held == 1
     fake.infos[0].acked = True  # the broker acknowledged "a"
     assert sender.flush(_client(fake), 1.2) == 1
-    assert _seqs([Receipt.parse(p) for _t, p, _q, _r in fake.sent]) == [
+    assert _seqs([_open(p) for _t, p, _q, _r in fake.sent]) == [
         ("a", 1),
         ("b", 1),
         ("c", 2),
@@ -238,20 +246,20 @@ def test_past_max_in_flight_receipts_stay_held_and_keep_coalescing() -> None:
 
 def test_drain_at_stop_publishes_every_held_receipt_in_rounds() -> None:
     fake = _FakeClient(ack_at_once=True)
-    sender = ReceiptSender(interval_s=60.0, max_in_flight=2)
+    sender = ReceiptSender(KEY, interval_s=60.0, max_in_flight=2)
     sender.offer(_r(d, 1) for d in "abcde")
     assert [sender.flush(_client(fake), 1.0) for _ in range(4)] == [2, 2, 1, 0]
     sender.offer(_r(d, 2) for d in "abcde")  # all held: within the interval
     assert sender.flush(_client(fake), 2.0) == 0
     assert sender.drain(_client(fake), timeout=5.0) == 0
-    assert sorted(_seqs([Receipt.parse(p) for _t, p, _q, _r in fake.sent][5:])) == [
+    assert sorted(_seqs([_open(p) for _t, p, _q, _r in fake.sent][5:])) == [
         (d, 2) for d in "abcde"
     ]
     assert sender.held == 0
 
 
 def test_drain_gives_up_when_paho_refuses() -> None:
-    sender = ReceiptSender(interval_s=0.25)
+    sender = ReceiptSender(KEY, interval_s=0.25)
     sender.offer([_r("a", 1), _r("b", 1)])
     assert sender.drain(_client(_FakeClient(refuse=True)), timeout=5.0) == 2  # no busy loop
 
@@ -287,7 +295,7 @@ def test_a_device_committed_batch_by_batch_gets_fewer_receipts_the_last_naming_i
         wait_until(lambda seq=seq: cloud.ledger() == seq, 20, f"batch {seq} in the ledger")
 
     def got() -> list[Receipt]:
-        return [Receipt.parse(m.payload) for m in receipts.messages()]
+        return [envelopes.receipt(m.payload) for m in receipts.messages()]
 
     wait_until(lambda: got() and got()[-1] == final, 20, "the final receipt")
     elapsed = time.monotonic() - started
@@ -329,13 +337,13 @@ def test_a_graceful_stop_publishes_the_held_receipt(
     wait_until(receipts.messages, 20, "the first receipt, at once")
     publisher.publish_all([envelopes.inbound(bodies[1])])
     wait_until(lambda: cloud.ledger() == 2, 20, "batch 2 in the ledger")
-    assert [Receipt.parse(m.payload).seq for m in receipts.messages()] == [1]  # 2 is held
+    assert [envelopes.receipt(m.payload).seq for m in receipts.messages()] == [1]  # 2 is held
 
     assert cloud.terminate() == 0
 
     second = Receipt(envelopes.election.id, device, 2, hash_of(bodies[1]))
     wait_until(
-        lambda: [Receipt.parse(m.payload) for m in receipts.messages()][-1] == second,
+        lambda: [envelopes.receipt(m.payload) for m in receipts.messages()][-1] == second,
         10,
         "the held receipt, published at stop",
     )

@@ -45,9 +45,9 @@ def _url(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=False)
 
 
-def _receipts_are(port: int, expected: dict[str, Receipt]) -> bool:
+def _receipts_are(port: int, expected: dict[str, Receipt], envelopes: Envelopes) -> bool:
     got = retained(port, RECEIPT_FILTER, len(expected))
-    return {topic: Receipt.parse(payload) for topic, payload in got.items()} == {
+    return {topic: envelopes.receipt(payload) for topic, payload in got.items()} == {
         receipt_topic(r.election, r.device): r for r in expected.values()
     }
 
@@ -75,7 +75,7 @@ def test_cloud_commits_batches_publishes_retained_receipts_and_stops_cleanly(
 
     wait_until(lambda: cloud.ledger() == 32, 20, "32 batches in the ledger")
     wait_until(
-        lambda: _receipts_are(broker.port, _final_receipts(envelopes, devices, 4)),
+        lambda: _receipts_are(broker.port, _final_receipts(envelopes, devices, 4), envelopes),
         20,
         "final receipts",
     )
@@ -135,7 +135,7 @@ def test_cloud_sigkilled_mid_stream_loses_nothing_and_counts_nothing_twice(
         len(devices),
     )
     wait_until(
-        lambda: _receipts_are(broker.port, _final_receipts(envelopes, devices, batches)),
+        lambda: _receipts_are(broker.port, _final_receipts(envelopes, devices, batches), envelopes),
         20,
         "final receipts",
     )

@@ -143,14 +143,14 @@ class _Receipts:
     """What devices see: every receipt published (live, not only the retained one), and per
     device the highest seq, which is what a device advances to (it ignores older ones)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, envelopes: Envelopes) -> None:
         self.best: dict[str, Receipt] = {}
         self._lock = threading.Lock()
         subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
 
         def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-            receipt = Receipt.parse(message.payload)
+            receipt = envelopes.receipt(message.payload)  # signed by the cloud, as devices check
             with self._lock:
                 current = self.best.get(receipt.device)
                 if current is None or receipt.seq > current.seq:
@@ -194,7 +194,7 @@ def test_workers_sharing_a_group_split_the_batches_and_count_each_once(
         worker.start()
     devices = envelopes.devices(20)
     batches = 6
-    receipts = _Receipts(broker.port)
+    receipts = _Receipts(broker.port, envelopes)
     publisher = Publisher(broker.port)
 
     publisher.publish_all(_interleaved(envelopes, devices, batches))
