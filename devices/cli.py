@@ -273,9 +273,8 @@ def run_cmd(
         files_only = check_fleet_inputs(election_file, keys, [])  # election file and registry; no key read yet
         everyone = files_only.devices[:devices] if devices else files_only.devices
         chosen = pick(everyone, parse_shard(shard)) if shard is not None else (everyone if devices else None)
-        check_fleet_inputs(election_file, keys, chosen)  # every key that will sign, before any connection
-        if address.tls:
-            check_tls_files(keys, chosen if chosen is not None else files_only.devices)
+        check_fleet_inputs(election_file, keys, chosen)  # every key that will sign
+        check_tls_files(keys, chosen or files_only.devices) if address.tls else None  # every device's certificate
         registry = Registry.load(keys)
         profile = EMPTY.merged(profile_from_specs(behaviour_specs))
         if behaviours_file is not None:
