@@ -152,6 +152,7 @@ def broker_cmd(
             raise typer.Exit(1) from err
         tls = BrokerTls(ca_cert_path(pki), cert, key, acl)
     broker = BrokerProcess(workdir, name="broker", port=port or None, embedded=True if embedded else None, tls=tls)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # for sigwait below
     try:
         broker.start()
     except BrokerError as err:

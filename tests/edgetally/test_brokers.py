@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -7,9 +10,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from edgetally.brokers import BrokerProcess, BrokerSettings, mosquitto_config
+from edgetally.brokers import BrokerProcess, BrokerSettings, free_port, mosquitto_config
+from protocol import Registry
 from tests.conftest import unique_topic
-from tests.helpers import wait_until
+from tests.helpers import edgetally_cmd, run_cli, wait_until
 
 
 def test_config_never_drops_queued_messages(tmp_path: Path) -> None:
@@ -72,3 +76,43 @@ def test_persistent_session_and_its_queue_survive_a_clean_broker_restart(
     finally:
         sub.disconnect()
         sub.loop_stop()
+
+
+def test_edgetally_broker_refuses_to_run_open_unless_told_plain(tmp_path: Path) -> None:
+    proc = run_cli("broker", "--dir", str(tmp_path / "b"), check=False, timeout=30)
+    assert proc.returncode == 1
+    assert "needs --pki DIR and --keys DIR (or --plain" in proc.stderr
+
+
+def test_edgetally_broker_runs_locked_down_from_a_pki_and_registry(
+    tmp_path: Path, keys_dir: Path, registry: Registry, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    pki = tmp_path / "pki"
+    run_cli("pki", "init", "--out", str(pki))
+    port = free_port()
+    out = tmp_path / "broker.out"
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(
+            edgetally_cmd("broker", "--kind", "edge", "--port", str(port), "--pki", str(pki), "--keys", str(keys_dir), "--dir", str(tmp_path / "b")),
+            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    processes.append(proc)
+    wait_until(lambda: b"listening" in out.read_bytes(), 20, "the broker to say it listens")
+    assert f"mqtts://127.0.0.1:{port}: TLS, client certificates, ACL" in out.read_text()
+    conf = (tmp_path / "b" / "mosquitto.conf").read_text()
+    assert "allow_anonymous false" in conf and "require_certificate true" in conf
+    acl = (tmp_path / "b" / "edge.acl").read_text()
+    assert f"user device-{registry.election.devices[0]}" in acl and "user gateway-gw1" in acl
+    # A plain MQTT client gets no session: the listener speaks TLS only.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(b"\x10\x10\x00\x04MQTT\x04\x02\x00\x3c\x00\x04anon")
+        raw.settimeout(10)
+        try:
+            answer = raw.recv(4)
+        except (ConnectionResetError, TimeoutError):
+            answer = b""
+    assert answer != b"\x20\x02\x00\x00"
+    proc.send_signal(signal.SIGTERM)  # the command stops its broker on the way out
+    assert proc.wait(20) == 0
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
