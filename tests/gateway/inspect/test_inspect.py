@@ -134,7 +134,7 @@ def test_stats_json_has_the_documented_shape(real: Filled, keys_dir: Path) -> No
     assert data["retention_s"] == 3600.0
     assert data["gateway"] == "gw-test"
     assert data["keys_dir"] == str(keys_dir.resolve())
-    assert data["schema"] == "0002"
+    assert data["schema"] == "0003"
     assert isinstance(data["oldest_pending_age_s"], float) and data["oldest_pending_age_s"] >= 0
 
 
