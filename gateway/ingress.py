@@ -415,13 +415,10 @@ class Ingress:
         self.duplicates += result.duplicates
         self.acked += acked
         self.stale += stale
-        if result.dropped:  # acknowledged all the same: redelivery would only drop them again
-            self.dropped += result.dropped_count
-            self._drop_warnings.dropped(result.dropped, self._buffer.quarantine_caps)
         for index, row in enumerate(rows):
             if row.state is State.QUARANTINED:
                 if index in result.not_stored:
-                    continue  # counted (quarantine_dropped), logged once per device above
+                    continue  # counted (quarantine_dropped), warned once per device below
                 self._drop_warnings.stored(device_key(row))
                 self.quarantined += 1
                 log.warning(
@@ -433,6 +430,9 @@ class Ingress:
                 )
             elif log.isEnabledFor(logging.DEBUG):
                 log.debug("buffered device=%s seq=%d", row.device, row.seq)
+        if result.dropped:  # acknowledged all the same: redelivery would only drop them again
+            self.dropped += result.dropped_count
+            self._drop_warnings.dropped(result.dropped, self._buffer.quarantine_caps)
         if result.duplicates:
             log.info("%d redelivered batches were already buffered", result.duplicates)
         if stale:
