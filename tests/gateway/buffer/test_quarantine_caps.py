@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from gateway.buffer.schema import State
 from gateway.buffer.store import Buffer
 from gateway.config import GatewayConfig
 from gateway.ingress import Ingress
+from gateway.inspect.check import check
 from gateway.verify import classify
 from protocol import DEFAULT_MAX_BYTES, Election, Registry, batch_topic, parse_broker_url
 from tests.gateway.buffer.test_backpressure import feed
@@ -205,3 +207,18 @@ def test_drop_warnings_name_a_device_once_then_at_most_every_interval() -> None:
     warnings.stored("dev-a")  # room again: the next drop is a first one
     warnings.dropped([drop], caps)
     assert len(records) == 4 and "quarantine cap reached" in records[3]
+
+
+def test_buffer_check_compares_the_quarantine_counters_with_the_rows(
+    tmp_path: Path, registry: Registry, sample_election: Election
+) -> None:
+    path = tmp_path / "b.db"
+    with Buffer(path, quarantine_caps=QuarantineCaps(rows_per_device=2)) as buffer:
+        buffer.put_many([m for d in sample_election.devices[:3] for m in junk(sample_election, registry, d, 3)])
+    assert check(path).ok
+    raw = sqlite3.connect(path)
+    raw.execute("UPDATE quarantine_usage SET rows = 7 WHERE device = ?", (sample_election.devices[1],))
+    raw.commit()
+    raw.close()
+    problems = check(path).problems
+    assert problems == [f"per-device quarantine counters differ from the rows for {sample_election.devices[1]!r}"]
