@@ -97,7 +97,7 @@ class Quota:
             self.full = False
             self._needed = 0
             log.warning(
-                "buffer below %d%% (live %s) after %.1fs full: resuming ingress",
+                "buffer below %d%% (outbound %s) after %.1fs full: resuming ingress",
                 round(RESUME_RATIO * 100),
                 self.describe(),
                 time.monotonic() - self._full_since,
@@ -115,7 +115,7 @@ class Quota:
         self.episodes += 1
         self._full_since = time.monotonic()
         log.warning(
-            "buffer full (live %s%s): holding ingress; new batches stay unacknowledged on the"
+            "buffer full (outbound %s%s): holding ingress; new batches stay unacknowledged on the"
             " edge broker until the uplink drains below %d%%",
             self.describe(),
             f"; the next batch needs {self._needed:,} bytes" if self._needed else "",

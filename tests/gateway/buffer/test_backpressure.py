@@ -79,9 +79,9 @@ def test_quota_holds_at_the_limit_and_resumes_only_below_ninety_percent(
     assert not quota.full and quota.room() == Room(2, None)
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2, messages
-    assert messages[0].startswith("buffer full (live 10/10 batches")
+    assert messages[0].startswith("buffer full (outbound 10/10 batches")
     assert "holding ingress" in messages[0]
-    assert messages[1].startswith(f"buffer below {round(RESUME_RATIO * 100)}% (live 8/10 batches")
+    assert messages[1].startswith(f"buffer below {round(RESUME_RATIO * 100)}% (outbound 8/10 batches")
     assert quota.episodes == 1
 
 
