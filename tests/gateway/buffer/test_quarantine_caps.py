@@ -23,6 +23,7 @@ from gateway.buffer.store import Buffer
 from gateway.config import GatewayConfig
 from gateway.ingress import Ingress
 from gateway.inspect.check import check
+from gateway.inspect.recover import recover
 from gateway.verify import classify
 from protocol import DEFAULT_MAX_BYTES, Election, Registry, batch_topic, parse_broker_url
 from tests.gateway.buffer.test_backpressure import feed
@@ -222,3 +223,18 @@ def test_buffer_check_compares_the_quarantine_counters_with_the_rows(
     raw.close()
     problems = check(path).problems
     assert problems == [f"per-device quarantine counters differ from the rows for {sample_election.devices[1]!r}"]
+
+
+def test_recover_carries_the_quarantine_and_its_dropped_counters_into_the_new_file(
+    tmp_path: Path, registry: Registry, sample_election: Election
+) -> None:
+    path, out = tmp_path / "b.db", tmp_path / "b.recovered.db"
+    device = sample_election.devices[0]
+    with Buffer(path, quarantine_caps=QuarantineCaps(rows_per_device=2)) as buffer:
+        buffer.put_many(junk(sample_election, registry, device, 5))
+        before = buffer.quarantine_usage()
+    recover(path, out)
+    assert check(out).ok
+    with Buffer(out, quarantine_caps=QuarantineCaps(rows_per_device=2)) as salvaged:
+        assert salvaged.quarantine_usage() == before
+    assert dropped_rows(out) == {(device, "malformed_json"): (3, 60)}
