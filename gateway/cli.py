@@ -16,6 +16,10 @@ from gateway.buffer.schema import State
 from gateway.config import (
     DEFAULT_BUNDLE_MAX,
     DEFAULT_KEEPALIVE_S,
+    DEFAULT_MAX_QUARANTINE_BYTES,
+    DEFAULT_MAX_QUARANTINE_BYTES_PER_DEVICE,
+    DEFAULT_MAX_QUARANTINE_ROWS,
+    DEFAULT_MAX_QUARANTINE_ROWS_PER_DEVICE,
     DEFAULT_RETENTION_S,
     DEFAULT_STATUS_INTERVAL_S,
     MAX_BUNDLE,
@@ -60,9 +64,7 @@ def run(
     sync: SyncMode = typer.Option(
         SyncMode.FULL, "--sync", case_sensitive=False, help="SQLite synchronous for the buffer"
     ),
-    ready_file: Path | None = typer.Option(
-        None, "--ready-file", help="written once subscribed on the edge broker"
-    ),
+    ready_file: Path | None = typer.Option(None, "--ready-file", help="written once subscribed on the edge broker"),
     keep_delivered: float = typer.Option(
         DEFAULT_RETENTION_S,
         "--keep-delivered",
@@ -73,14 +75,26 @@ def run(
         0,
         "--max-buffer-batches",
         min=0,
-        help="hold ingress (stop acking) while this many batches are live in the buffer; 0 = no limit",
+        help="hold ingress (stop acking) while this many batches are pending or in flight; 0 = no limit",
     ),
     max_buffer_bytes: int = typer.Option(
         0,
         "--max-buffer-bytes",
         min=0,
-        help="hold ingress while live payloads reach this many bytes; 0 = no limit",
+        help="hold ingress while outbound payloads reach this many bytes; 0 = no limit",
     ),
+    max_quarantine_rows_per_device: int = typer.Option(
+        DEFAULT_MAX_QUARANTINE_ROWS_PER_DEVICE, "--max-quarantine-rows-per-device", min=0,
+        help="rejects stored per device (the topic's); beyond, counted only; 0 = no per-device cap"),
+    max_quarantine_bytes_per_device: int = typer.Option(
+        DEFAULT_MAX_QUARANTINE_BYTES_PER_DEVICE, "--max-quarantine-bytes-per-device", min=0,
+        help="payload bytes of rejects stored per device; 0 = no per-device cap"),
+    max_quarantine_rows: int = typer.Option(
+        DEFAULT_MAX_QUARANTINE_ROWS, "--max-quarantine-rows", min=1,
+        help="rejects stored in total (always capped); beyond, counted per device and reason"),
+    max_quarantine_bytes: int = typer.Option(
+        DEFAULT_MAX_QUARANTINE_BYTES, "--max-quarantine-bytes", min=1,
+        help="payload bytes of rejects stored in total (always capped)"),
     keepalive: int = typer.Option(
         DEFAULT_KEEPALIVE_S,
         "--keepalive",
@@ -94,9 +108,7 @@ def run(
         max=MAX_BUNDLE,
         help="envelopes per uplink message (bundles, unwrapped by the cloud); 1 = no bundling",
     ),
-    compress: bool = typer.Option(
-        False, "--compress/--no-compress", help="zlib-compress uplink bundles"
-    ),
+    compress: bool = typer.Option(False, "--compress/--no-compress", help="zlib-compress uplink bundles"),
     status_interval: float = typer.Option(
         DEFAULT_STATUS_INTERVAL_S,
         "--status-interval",
@@ -122,6 +134,10 @@ def run(
             delivered_retention_s=keep_delivered,
             max_buffer_batches=max_buffer_batches,
             max_buffer_bytes=max_buffer_bytes,
+            max_quarantine_rows_per_device=max_quarantine_rows_per_device,
+            max_quarantine_bytes_per_device=max_quarantine_bytes_per_device,
+            max_quarantine_rows=max_quarantine_rows,
+            max_quarantine_bytes=max_quarantine_bytes,
             keepalive_s=keepalive,
             bundle_max=bundle_max,
             compress=compress,

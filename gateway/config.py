@@ -22,6 +22,12 @@ MAX_BUNDLE = 4096  # protocol.bundle.MAX_ENTRIES
 DEFAULT_KEEPALIVE_S = 15
 DEFAULT_STATUS_INTERVAL_S = 5.0
 DEFAULT_RETENTION_S = 3600.0  # delivered batches kept in the buffer (for `buffer show` and audits)
+# Quarantine flood control (gateway/buffer/quarantine.py): rejects stored at most this much,
+# per device (0 = no per-device cap) and in total (always capped); beyond, counted only.
+DEFAULT_MAX_QUARANTINE_ROWS_PER_DEVICE = 1000
+DEFAULT_MAX_QUARANTINE_BYTES_PER_DEVICE = 8 * 1024 * 1024
+DEFAULT_MAX_QUARANTINE_ROWS = 20_000
+DEFAULT_MAX_QUARANTINE_BYTES = 128 * 1024 * 1024
 
 
 class SyncMode(StrEnum):
@@ -45,8 +51,12 @@ class GatewayConfig:
     sync: SyncMode = SyncMode.FULL
     ready_file: Path | None = None
     delivered_retention_s: float = 3600.0  # delivered rows kept this long, then purged
-    max_buffer_batches: int = 0  # live rows (pending+inflight+quarantined) quota; 0 = none
-    max_buffer_bytes: int = 0  # live payload bytes quota; 0 = none
+    max_buffer_batches: int = 0  # outbound rows (pending+inflight) quota; 0 = none
+    max_buffer_bytes: int = 0  # outbound payload bytes quota; 0 = none
+    max_quarantine_rows_per_device: int = DEFAULT_MAX_QUARANTINE_ROWS_PER_DEVICE  # 0 = no per-device cap
+    max_quarantine_bytes_per_device: int = DEFAULT_MAX_QUARANTINE_BYTES_PER_DEVICE  # 0 = no per-device cap
+    max_quarantine_rows: int = DEFAULT_MAX_QUARANTINE_ROWS  # total; at least 1
+    max_quarantine_bytes: int = DEFAULT_MAX_QUARANTINE_BYTES  # total; at least 1
     keepalive_s: int = DEFAULT_KEEPALIVE_S  # MQTT keepalive of both links; a dead link is noticed in ~2x
     bundle_max: int = DEFAULT_BUNDLE_MAX  # envelopes per uplink message; 1 = no bundling
     compress: bool = False  # zlib-compress uplink bundles
@@ -81,6 +91,16 @@ class GatewayConfig:
             raise ConfigError(f"--max-payload-bytes must be positive, got {self.max_payload_bytes}")
         if self.max_buffer_batches < 0 or self.max_buffer_bytes < 0:
             raise ConfigError("--max-buffer-batches and --max-buffer-bytes must be 0 (no limit) or more")
+        if self.max_quarantine_rows_per_device < 0 or self.max_quarantine_bytes_per_device < 0:
+            raise ConfigError(
+                "--max-quarantine-rows-per-device and --max-quarantine-bytes-per-device must be"
+                " 0 (no per-device cap) or more"
+            )
+        if self.max_quarantine_rows < 1 or self.max_quarantine_bytes < 1:
+            raise ConfigError(
+                "--max-quarantine-rows and --max-quarantine-bytes must be at least 1: the"
+                " quarantine as a whole is always capped"
+            )
         if self.ingress_queue_size < 2 * BROKER_MAX_INFLIGHT:
             raise ConfigError(
                 f"ingress queue size must be at least {2 * BROKER_MAX_INFLIGHT}, got {self.ingress_queue_size}"
@@ -112,6 +132,10 @@ class GatewayConfig:
         delivered_retention_s: float = 3600.0,
         max_buffer_batches: int = 0,
         max_buffer_bytes: int = 0,
+        max_quarantine_rows_per_device: int = DEFAULT_MAX_QUARANTINE_ROWS_PER_DEVICE,
+        max_quarantine_bytes_per_device: int = DEFAULT_MAX_QUARANTINE_BYTES_PER_DEVICE,
+        max_quarantine_rows: int = DEFAULT_MAX_QUARANTINE_ROWS,
+        max_quarantine_bytes: int = DEFAULT_MAX_QUARANTINE_BYTES,
         keepalive_s: int = DEFAULT_KEEPALIVE_S,
         bundle_max: int = DEFAULT_BUNDLE_MAX,
         compress: bool = False,
@@ -132,6 +156,10 @@ class GatewayConfig:
             delivered_retention_s=delivered_retention_s,
             max_buffer_batches=max_buffer_batches,
             max_buffer_bytes=max_buffer_bytes,
+            max_quarantine_rows_per_device=max_quarantine_rows_per_device,
+            max_quarantine_bytes_per_device=max_quarantine_bytes_per_device,
+            max_quarantine_rows=max_quarantine_rows,
+            max_quarantine_bytes=max_quarantine_bytes,
             keepalive_s=keepalive_s,
             bundle_max=bundle_max,
             compress=compress,

@@ -50,6 +50,7 @@ import paho.mqtt.client as mqtt
 
 from gateway import faults
 from gateway.buffer.backpressure import HOLD_POLL_S, UNLIMITED, DiskHold, Quota, Room
+from gateway.buffer.quarantine import DropWarnings, device_key
 from gateway.buffer.rows import NewMessage
 from gateway.buffer.schema import State
 from gateway.buffer.store import Buffer
@@ -119,11 +120,13 @@ class Ingress:
         self.ready = threading.Event()  # set at the first successful subscription
         self.stored = 0
         self.quarantined = 0
+        self.dropped = 0  # rejects past a quarantine cap: counted in the buffer, not stored
         self.duplicates = 0
         self.acked = 0
         self.stale = 0
-        self._quota = Quota(config.max_buffer_batches, config.max_buffer_bytes, buffer.usage)
+        self._quota = Quota(config.max_buffer_batches, config.max_buffer_bytes, buffer.outbound_usage)
         self._disk = DiskHold()
+        self._drop_warnings = DropWarnings(log)
         self._carry: Received | None = None  # taken, but past the group's byte room (writer only)
 
     @property
@@ -169,10 +172,11 @@ class Ingress:
         client.disconnect()
         client.loop_stop()
         log.info(
-            "edge link closed: stored=%d quarantined=%d duplicates=%d acked=%d stale=%d"
-            " buffer_full_episodes=%d disk_full_episodes=%d",
+            "edge link closed: stored=%d quarantined=%d dropped=%d duplicates=%d acked=%d"
+            " stale=%d buffer_full_episodes=%d disk_full_episodes=%d",
             self.stored,
             self.quarantined,
+            self.dropped,
             self.duplicates,
             self.acked,
             self.stale,
@@ -414,8 +418,11 @@ class Ingress:
         self.duplicates += result.duplicates
         self.acked += acked
         self.stale += stale
-        for row in rows:
+        for index, row in enumerate(rows):
             if row.state is State.QUARANTINED:
+                if index in result.not_stored:
+                    continue  # counted (quarantine_dropped), warned once per device below
+                self._drop_warnings.stored(device_key(row))
                 self.quarantined += 1
                 log.warning(
                     "quarantined device=%s seq=%s reason=%s: %s",
@@ -426,6 +433,9 @@ class Ingress:
                 )
             elif log.isEnabledFor(logging.DEBUG):
                 log.debug("buffered device=%s seq=%d", row.device, row.seq)
+        if result.dropped:  # acknowledged all the same: redelivery would only drop them again
+            self.dropped += result.dropped_count
+            self._drop_warnings.dropped(result.dropped, self._buffer.quarantine_caps)
         if result.duplicates:
             log.info("%d redelivered batches were already buffered", result.duplicates)
         if stale:

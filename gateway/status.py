@@ -2,12 +2,13 @@
 
 The format is :class:`protocol.gateway_status.GatewayStatus` (docs/protocol.md section 15):
 gateway id, state, uplink and edge link up/down, buffer depth by state, age of the oldest
-batch not yet delivered, ingress and egress rates over the last interval (batches/s),
-started_at, pid and version.
+batch not yet delivered, ingress and egress rates over the last interval (batches/s), the
+quarantine (rejects held, rejects dropped past its caps, devices at their cap, total cap
+reached), started_at, pid and version.
 
 :class:`StatusReporter` runs in its own supervised thread. Every ``status_interval_s``, or at
 once when :meth:`StatusReporter.poke` is called (a link came up or went down), it reads the
-buffer (two cheap indexed queries), builds the status and hands the same bytes to both links:
+buffer (three cheap indexed queries), builds the status and hands the same bytes to both links:
 the edge link publishes them retained, QoS 1 (``publish_edge``); the uplink publishes them
 on its own thread when it is connected (``publish_cloud``). Nothing is queued when a link is
 down: the next status replaces this one, and each link's last will (``state`` offline, see
@@ -30,7 +31,7 @@ from gateway._exceptions import StoreError
 from gateway.buffer.schema import State
 from gateway.buffer.store import Buffer
 from protocol.election import format_timestamp
-from protocol.gateway_status import DOWN, OFFLINE, ONLINE, UP, GatewayStatus, Rates
+from protocol.gateway_status import DOWN, OFFLINE, ONLINE, UP, GatewayStatus, Quarantine, Rates
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,7 @@ class StatusReporter:
         now_wall = time.time()
         counts = self._buffer.counts()
         oldest = self._buffer.oldest_outbound_at()
+        held = self._buffer.quarantine_usage()
         me = identity()
         edge = self._edge_up()
         return GatewayStatus(
@@ -171,6 +173,13 @@ class StatusReporter:
             buffer={state.value: counts[state] for state in State},
             oldest_pending_age_s=None if oldest is None else round(max(0.0, now_wall - oldest), 3),
             rates=self._rates(),
+            quarantine=Quarantine(
+                rows=held.rows,
+                bytes=held.bytes,
+                dropped=held.dropped,
+                devices_at_cap=held.devices_at_cap,
+                total_at_cap=held.total_at_cap,
+            ),
         )
 
     def _rates(self) -> Rates | None:

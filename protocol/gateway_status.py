@@ -10,12 +10,17 @@ what is known when the connection is made). JSON with sorted keys, exactly these
      "gateway": "gw1",
      "oldest_pending_age_s": 4.2,            age of the oldest undelivered batch; null if none
      "pid": 4242,
+     "quarantine": {"bytes": 2048, "devices_at_cap": 0, "dropped": 0, "rows": 1,
+                    "total_at_cap": false},   rejects held and dropped (caps), or null
      "rates": {"egress": 950.0, "ingress": 1010.4, "interval_s": 5.0},   batches/s, or null
      "started_at": "2026-11-03T19:58:00Z",
      "state": "online",                      "online" or "offline"
      "uplink": "down",                       cloud link "up" / "down", null if unknown
      "v": 1,
      "version": "0.1.0"}
+
+``quarantine`` is newer than the other fields: a status without it (an older gateway) parses
+with ``quarantine`` None; this version always writes it (null where the others are null).
 
 Informational: nothing is counted from it, so it is not signed; :meth:`GatewayStatus.parse`
 still refuses anything malformed with a :class:`ProtocolError` subclass naming the problem.
@@ -43,6 +48,9 @@ STATES = (ONLINE, OFFLINE)
 LINK_STATES = (UP, DOWN)
 BUFFER_STATES = ("pending", "inflight", "delivered", "quarantined")
 RATE_FIELDS = ("ingress", "egress", "interval_s")
+QUARANTINE_COUNTS = ("rows", "bytes", "dropped", "devices_at_cap")
+QUARANTINE_FIELDS = frozenset({*QUARANTINE_COUNTS, "total_at_cap"})
+OPTIONAL_FIELDS = frozenset({"quarantine"})  # absent in the status of an older gateway
 FIELDS = frozenset(
     {
         "v",
@@ -57,6 +65,7 @@ FIELDS = frozenset(
         "buffer",
         "oldest_pending_age_s",
         "rates",
+        "quarantine",
     }
 )
 _TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
@@ -73,6 +82,18 @@ class Rates:
 
 
 @dataclass(frozen=True, slots=True)
+class Quarantine:
+    """Rejects the gateway holds (rows, payload bytes), those its caps dropped (counted, not
+    stored), how many devices are at their per-device cap, whether the total cap is reached."""
+
+    rows: int
+    bytes: int
+    dropped: int
+    devices_at_cap: int
+    total_at_cap: bool
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayStatus:
     gateway: str
     state: str
@@ -85,6 +106,7 @@ class GatewayStatus:
     buffer: dict[str, int] | None = None
     oldest_pending_age_s: float | None = None
     rates: Rates | None = None
+    quarantine: Quarantine | None = None
     v: int = VERSION
 
     def to_mapping(self) -> dict[str, Any]:
@@ -107,6 +129,15 @@ class GatewayStatus:
                 "egress": self.rates.egress,
                 "interval_s": self.rates.interval_s,
             },
+            "quarantine": None
+            if self.quarantine is None
+            else {
+                "rows": self.quarantine.rows,
+                "bytes": self.quarantine.bytes,
+                "dropped": self.quarantine.dropped,
+                "devices_at_cap": self.quarantine.devices_at_cap,
+                "total_at_cap": self.quarantine.total_at_cap,
+            },
         }
 
     def to_bytes(self) -> bytes:
@@ -120,6 +151,7 @@ class GatewayStatus:
         data = canonical.loads(payload, what="gateway status")
         if not isinstance(data, dict):
             raise MalformedJSON(f"gateway status must be a JSON object, got {type(data).__name__}")
+        data = {**dict.fromkeys(OPTIONAL_FIELDS), **data}  # an older gateway's status lacks them
         require_exact_fields(data, FIELDS, "gateway status")
         if type(data["v"]) is not int or data["v"] != VERSION:
             raise InvalidValue(f"gateway status v must be {VERSION}, got {shown(data['v'])}")
@@ -146,6 +178,7 @@ class GatewayStatus:
             buffer=_buffer(data["buffer"]),
             oldest_pending_age_s=_number(data["oldest_pending_age_s"], "oldest_pending_age_s"),
             rates=_rates(data["rates"]),
+            quarantine=_quarantine(data["quarantine"]),
         )
 
 
@@ -220,3 +253,24 @@ def _rates(value: object) -> Rates | None:
     if ingress is None or egress is None or interval is None:
         raise WrongType("gateway status rates must be numbers, not null")
     return Rates(ingress, egress, interval)
+
+
+def _quarantine(value: object) -> Quarantine | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise WrongType(f"gateway status quarantine must be an object or null, got {shown(value)}")
+    require_exact_fields(value, QUARANTINE_FIELDS, "gateway status quarantine")
+    counts: list[int] = []
+    for name in QUARANTINE_COUNTS:
+        count = value[name]
+        if type(count) is not int:
+            raise WrongType(f"gateway status quarantine.{name} must be an integer, got {shown(count)}")
+        if count < 0:
+            raise InvalidValue(f"gateway status quarantine.{name} must be >= 0, got {count}")
+        counts.append(count)
+    reached = value["total_at_cap"]
+    if type(reached) is not bool:
+        raise WrongType(f"gateway status quarantine.total_at_cap must be true or false, got {shown(reached)}")
+    rows, size, dropped, devices = counts
+    return Quarantine(rows, size, dropped, devices, reached)

@@ -1,21 +1,23 @@
 """Backpressure: how much the writer may take in, given the buffer's quota and its usage.
 
 ``gateway run --max-buffer-batches N --max-buffer-bytes BYTES`` (0 = unlimited) bound the
-*live* rows of the buffer: pending + in flight + quarantined (delivered rows do not count;
-they are kept only for the retention window and may be purged early). The writer asks
+*outbound* rows of the buffer: pending + in flight. Delivered rows do not count (they are
+kept only for the retention window and may be purged early), nor do quarantined ones: they
+are bounded by their own caps (``--max-quarantine-*``, gateway/buffer/quarantine.py), so a
+flood of rejects from one device can never hold back the valid batches of any device. The writer asks
 :meth:`Quota.room` before taking each group and takes at most that many batches and bytes,
-counting what it has taken but not yet committed; so live rows never exceed either limit
+counting what it has taken but not yet committed; so outbound rows never exceed either limit
 (one exception: a single batch larger than ``--max-buffer-bytes`` is let into an otherwise
 empty buffer, or it could never pass).
 
 When the buffer is full the writer stops taking, committing and acknowledging: batches wait
 unacknowledged in the gateway's persistent session on the edge broker (which sends at most
 ``max_inflight_messages`` of them and queues the rest) and on the devices, which keep every
-batch until the cloud's receipt covers it. Ingress resumes when the uplink has drained live
+batch until the cloud's receipt covers it. Ingress resumes when the uplink has drained outbound
 rows below :data:`RESUME_RATIO` (90 %) of every limit; the gap keeps it from flapping at the
 boundary. Both transitions are logged once, with the usage figures.
 
-``Buffer.usage()`` reads one row that SQLite triggers keep exact, so calling it after every
+``Buffer.outbound_usage()`` reads one row that SQLite triggers keep exact, so calling it after every
 group commit costs next to nothing; with no limit set it is never called.
 """
 
@@ -95,7 +97,7 @@ class Quota:
             self.full = False
             self._needed = 0
             log.warning(
-                "buffer below %d%% (live %s) after %.1fs full: resuming ingress",
+                "buffer below %d%% (outbound %s) after %.1fs full: resuming ingress",
                 round(RESUME_RATIO * 100),
                 self.describe(),
                 time.monotonic() - self._full_since,
@@ -113,7 +115,7 @@ class Quota:
         self.episodes += 1
         self._full_since = time.monotonic()
         log.warning(
-            "buffer full (live %s%s): holding ingress; new batches stay unacknowledged on the"
+            "buffer full (outbound %s%s): holding ingress; new batches stay unacknowledged on the"
             " edge broker until the uplink drains below %d%%",
             self.describe(),
             f"; the next batch needs {self._needed:,} bytes" if self._needed else "",

@@ -3,8 +3,8 @@
 A buffer is one SQLite file (WAL mode) whose header carries ``PRAGMA application_id``
 :data:`APPLICATION_ID`. The tables are created and upgraded only by the Alembic migrations
 in ``gateway/buffer/migrations``; :mod:`gateway.buffer.tables` describes them for SQLAlchemy.
-The migrations also create the triggers that keep the ``usage`` row exact (see
-``0002_history_usage.py``). This module imports neither SQLAlchemy nor Alembic: the
+The migrations also create the triggers that keep the ``usage`` row and the per-device
+``quarantine_usage`` rows exact (see ``0002_history_usage.py`` and ``0003_quarantine_caps.py``). This module imports neither SQLAlchemy nor Alembic: the
 inspection commands recognise and read a buffer with ``sqlite3`` alone.
 
 Row life::
@@ -57,7 +57,7 @@ class State(StrEnum):
 
 
 OUTBOUND_STATES = (State.PENDING, State.INFLIGHT)  # not yet delivered: the uplink's work
-LIVE_STATES = (State.PENDING, State.INFLIGHT, State.QUARANTINED)  # what counts toward quotas
+LIVE_STATES = (State.PENDING, State.INFLIGHT, State.QUARANTINED)  # not delivered (usage.live_*)
 
 
 class EventKind(StrEnum):
@@ -76,7 +76,7 @@ class EventKind(StrEnum):
 # recognising a file imports neither Alembic nor SQLAlchemy (the inspection commands answer in
 # a fraction of a second); tests/gateway/buffer/test_schema.py checks this list against
 # Alembic's own reading of the migrations, so a new migration fails it until added here.
-REVISIONS = ("0001", "0002")
+REVISIONS = ("0001", "0002", "0003")
 
 
 def head_revision() -> str:

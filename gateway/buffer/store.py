@@ -6,7 +6,9 @@ The storage contract follows thingsboard's gateway storage: ``put_many`` stores 
 rows back to pending, and ``reset_inflight()`` at start forgets what a previous run had in
 flight. Delivered rows stay for ``delivered_retention_s`` (for ``buffer show`` and audits),
 then :meth:`Buffer.purge_expired` deletes them in bounded transactions; they never count
-toward the quota (:meth:`Buffer.usage`) and go early when the disk is full.
+toward the quota (:meth:`Buffer.outbound_usage`) and go early when the disk is full. Nor do
+quarantined rows: they are bounded by their own caps (gateway/buffer/quarantine.py), and a
+reject past one is counted in ``quarantine_dropped`` instead of stored.
 
 Every write runs in a ``BEGIN IMMEDIATE`` transaction, so the writer thread (``put_many``)
 and the uplink thread (the rest) queue on SQLite's busy timeout instead of failing on a
@@ -26,7 +28,8 @@ after rolling the whole transaction back; ``put_many`` first tries once more aft
 delivered rows early.
 
 Opening the file (engine, lock, migrations) is in gateway/buffer/file.py, the row values in
-gateway/buffer/rows.py. This module stays whole (some 470 lines): it is the storage contract,
+gateway/buffer/rows.py, the quarantine caps in gateway/buffer/quarantine.py. This module stays
+whole (some 500 lines): it is the storage contract,
 one class whose every write follows the same transaction and state rules.
 """
 
@@ -47,7 +50,16 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gateway._exceptions import BufferMissing, DiskFull, StoreError
 from gateway.buffer.file import acquire_lock, make_engine, migrate, prepare_file
-from gateway.buffer.rows import NewMessage, OutboundMessage, PutResult, QuarantinedMessage, Usage
+from gateway.buffer.quarantine import admit
+from gateway.buffer.rows import (
+    NewMessage,
+    OutboundMessage,
+    PutResult,
+    QuarantineCaps,
+    QuarantinedMessage,
+    QuarantineUsage,
+    Usage,
+)
 from gateway.buffer.schema import (
     SQLITE_IOERR,
     EventKind,
@@ -92,6 +104,17 @@ _COUNTS = (
 _USAGE = (
     "SELECT live_batches, live_bytes, delivered_batches, delivered_bytes FROM usage WHERE id = 1"
 )
+_OUTBOUND_USAGE = (
+    "SELECT live_batches - quarantined_batches, live_bytes - quarantined_bytes,"
+    " delivered_batches, delivered_bytes FROM usage WHERE id = 1"
+)
+_QUARANTINE_USAGE = (
+    "SELECT u.quarantined_batches, u.quarantined_bytes,"
+    " (SELECT coalesce(sum(count), 0) FROM quarantine_dropped),"
+    " (SELECT coalesce(sum(bytes), 0) FROM quarantine_dropped),"
+    " (SELECT count(*) FROM quarantine_usage WHERE (? > 0 AND rows >= ?) OR (? > 0 AND bytes >= ?))"
+    " FROM usage AS u WHERE u.id = 1"
+)
 _OLDEST_OUTBOUND = (
     "SELECT received_at FROM messages WHERE id = (SELECT min(m) FROM ("
     " SELECT min(id) AS m FROM messages WHERE state = 'pending'"
@@ -103,7 +126,8 @@ class Buffer:
     """The buffer file at ``path``. Construct, then :meth:`open` (or use as a context manager).
 
     ``keys_dir``, ``gateway_id`` and ``max_payload_bytes`` are only recorded in the file (for
-    the inspection commands). ``max_page_count`` caps the file (SQLite pages of 4 KiB); a
+    the inspection commands); so are ``quarantine_caps``, which also bound what rejects may
+    hold (gateway/buffer/quarantine.py). ``max_page_count`` caps the file (SQLite pages of 4 KiB); a
     write past it fails exactly like one on a full disk.
     """
 
@@ -117,6 +141,7 @@ class Buffer:
         gateway_id: str | None = None,
         max_payload_bytes: int | None = None,
         max_page_count: int | None = None,
+        quarantine_caps: QuarantineCaps | None = None,
     ) -> None:
         if delivered_retention_s < 0:
             raise StoreError(f"delivered retention must be >= 0 s, got {delivered_retention_s}")
@@ -127,6 +152,7 @@ class Buffer:
         self.gateway_id = gateway_id
         self.max_payload_bytes = max_payload_bytes
         self.max_page_count = max_page_count
+        self.quarantine_caps = QuarantineCaps() if quarantine_caps is None else quarantine_caps
         self._engine: Engine | None = None
         self._lock: IO[bytes] | None = None
 
@@ -139,6 +165,12 @@ class Buffer:
             keys_dir=config.keys_dir,
             gateway_id=config.gateway_id,
             max_payload_bytes=config.max_payload_bytes,
+            quarantine_caps=QuarantineCaps(
+                rows_per_device=config.max_quarantine_rows_per_device,
+                bytes_per_device=config.max_quarantine_bytes_per_device,
+                rows=config.max_quarantine_rows,
+                bytes=config.max_quarantine_bytes,
+            ),
         )
 
     # -- life cycle -------------------------------------------------------------------
@@ -195,47 +227,33 @@ class Buffer:
 
     # -- storage contract (the hot path) ----------------------------------------------
     def put_many(self, batch: Sequence[NewMessage]) -> PutResult:
-        """Store ``batch`` in one transaction; identical live batches are skipped.
+        """Store ``batch`` in one transaction; identical live batches are skipped, and rejects
+        past a quarantine cap are counted in ``quarantine_dropped`` instead of stored.
 
         Raises :class:`DiskFull` (nothing of ``batch`` stored) when there is no room even
         after dropping delivered rows early.
         """
         if not batch:
             return PutResult(0, 0)
-        now = time.time()
-        rows = [
-            (
-                m.election,
-                m.device,
-                m.seq,
-                m.body_hash,
-                m.topic,
-                m.payload,
-                len(m.payload),
-                m.state.value,
-                m.reason,
-                m.detail,
-                m.received_at,
-                now,
-                m.received_at if m.state is State.QUARANTINED else None,
-            )
-            for m in batch
-        ]
         try:
-            stored = self._insert(rows)
+            return self._insert(batch)
         except DiskFull:
             freed = self.purge_delivered(limit=DISK_FULL_PURGE, why="disk_full")
             if not freed:
                 raise
             log.warning("disk full: purged %d delivered rows early to make room", freed)
-            stored = self._insert(rows)
-        return PutResult(stored, len(batch) - stored)
+            return self._insert(batch)
 
-    def _insert(self, rows: list[tuple[Any, ...]]) -> int:
+    def _insert(self, batch: Sequence[NewMessage]) -> PutResult:
+        now = time.time()
         with self._transaction("put") as conn:
+            kept, dropped, skipped = admit(conn, batch, self.quarantine_caps, now)
+            if not kept:
+                return PutResult(0, 0, dropped, skipped)
             # executemany: its rowcount is the rows inserted (a duplicate adds 0; the usage
             # triggers' own changes are not counted).
-            return int(conn.exec_driver_sql(_INSERT, rows).rowcount)
+            stored = int(conn.exec_driver_sql(_INSERT, _values(kept, now)).rowcount)
+        return PutResult(stored, len(kept) - stored, dropped, skipped)
 
     def fetch_pack(self, limit: int) -> list[OutboundMessage]:
         """Move up to ``limit`` oldest pending rows to in flight and return them in id order."""
@@ -345,6 +363,24 @@ class Buffer:
         (row,) = self._read(_USAGE)
         return Usage(*(int(value) for value in row))
 
+    def outbound_usage(self) -> Usage:
+        """What backpressure counts: live minus quarantined (pending + in flight), and
+        delivered. One primary-key read, exact: rejects never hold back a valid batch."""
+        (row,) = self._read(_OUTBOUND_USAGE)
+        return Usage(*(int(value) for value in row))
+
+    def quarantine_usage(self) -> QuarantineUsage:
+        """What the quarantine holds, what its caps dropped, and whether a cap is reached."""
+        caps = self.quarantine_caps
+        (row,) = self._read(
+            _QUARANTINE_USAGE,
+            (caps.rows_per_device, caps.rows_per_device, caps.bytes_per_device, caps.bytes_per_device),
+        )
+        rows, size, dropped, dropped_bytes, devices = (int(v or 0) for v in row)
+        return QuarantineUsage(
+            rows, size, dropped, dropped_bytes, devices, rows >= caps.rows or size >= caps.bytes
+        )
+
     def counts(self) -> dict[State, int]:
         """Rows per state (index counts; delivered from the usage counters)."""
         (row,) = self._read(_COUNTS)
@@ -416,6 +452,7 @@ class Buffer:
             "max_payload_bytes": None if self.max_payload_bytes is None else str(self.max_payload_bytes),
             "opened_at": repr(time.time()),
             "pid": str(os.getpid()),
+            **self.quarantine_caps.settings(),
         }
         conn.exec_driver_sql(
             "INSERT INTO settings (name, value) VALUES (?, ?)"
@@ -449,6 +486,27 @@ def _record_rows(
         f" SELECT ?, ?, id, id, 1, ? FROM messages WHERE {where}",
         (at, kind.value, why, *params),
     )
+
+
+def _values(batch: Sequence[NewMessage], now: float) -> list[tuple[Any, ...]]:
+    return [
+        (
+            m.election,
+            m.device,
+            m.seq,
+            m.body_hash,
+            m.topic,
+            m.payload,
+            len(m.payload),
+            m.state.value,
+            m.reason,
+            m.detail,
+            m.received_at,
+            now,
+            m.received_at if m.state is State.QUARANTINED else None,
+        )
+        for m in batch
+    ]
 
 
 def _marks(chunk: Sequence[Any]) -> str:

@@ -90,7 +90,32 @@ usage = Table(
     Column("live_bytes", Integer, nullable=False, server_default=text("0")),
     Column("delivered_batches", Integer, nullable=False, server_default=text("0")),
     Column("delivered_bytes", Integer, nullable=False, server_default=text("0")),
+    # 0003: the quarantined part of live_*; backpressure admits on live - quarantined.
+    Column("quarantined_batches", Integer, nullable=False, server_default=text("0")),
+    Column("quarantined_bytes", Integer, nullable=False, server_default=text("0")),
     CheckConstraint("id = 1", name="ck_usage_one_row"),
+)
+
+# 0003: quarantined rows and bytes per device ('' = a topic that names no device), kept exact
+# by triggers; a device's row goes when its count reaches 0.
+quarantine_usage = Table(
+    "quarantine_usage",
+    metadata,
+    Column("device", String(64), primary_key=True),
+    Column("rows", Integer, nullable=False, server_default=text("0")),
+    Column("bytes", Integer, nullable=False, server_default=text("0")),
+)
+
+# 0003: rejects not stored because a quarantine cap was reached, per (device, reason).
+quarantine_dropped = Table(
+    "quarantine_dropped",
+    metadata,
+    Column("device", String(64), primary_key=True),
+    Column("reason", String(32), primary_key=True),
+    Column("count", Integer, nullable=False, server_default=text("0")),
+    Column("bytes", Integer, nullable=False, server_default=text("0")),
+    Column("first_at", Float, nullable=False),
+    Column("last_at", Float, nullable=False),
 )
 
 # What the gateway that last opened the buffer was told (for `buffer stats`, `show`, `retry`).

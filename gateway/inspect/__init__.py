@@ -3,6 +3,7 @@
 All of them work on the file of a running gateway too (read-only snapshots, short writes).
 
     snapshot.py  what the commands share: read snapshots, short write transactions; stats
+    quarantine.py  the quarantine part of stats: held vs caps, dropped rejects per device, reason
     rows.py      ls, show, quarantine, export (read-only)
     actions.py   retry, purge (short write transactions)
     check.py     check: integrity, schema, counters, every payload

@@ -97,6 +97,7 @@ def check(path: Path, *, keys_dir: Path | None = None) -> CheckReport:
             _integrity(conn, report)
             _revision(conn, report)
             _usage(conn, report)
+            _quarantine_counters(conn, report)
             _rows(conn, report, registry)
     except SQLAlchemyError as exc:
         cause = " ".join(str(getattr(exc, "orig", None) or exc).split())
@@ -150,6 +151,40 @@ def _usage(conn: Connection, report: CheckReport) -> None:
         report.problems.append(
             f"usage counters {report.usage_recorded} differ from the rows {report.usage_actual}"
         )
+
+
+def _quarantine_counters(conn: Connection, report: CheckReport) -> None:
+    """The quarantine caps' counters (usage.quarantined_*, quarantine_usage) against the rows."""
+    try:
+        recorded = tuple(conn.exec_driver_sql(
+            "SELECT quarantined_batches, quarantined_bytes FROM usage WHERE id = 1"
+        ).one())
+        actual = tuple(conn.exec_driver_sql(
+            "SELECT count(*), coalesce(sum(size), 0) FROM messages WHERE state = 'quarantined'"
+        ).one())
+        held = {
+            str(d): (int(r), int(b))
+            for d, r, b in conn.exec_driver_sql("SELECT device, rows, bytes FROM quarantine_usage")
+        }
+        rows = {
+            str(d): (int(r), int(b))
+            for d, r, b in conn.exec_driver_sql(
+                "SELECT coalesce(device, ''), count(*), sum(size) FROM messages"
+                " WHERE state = 'quarantined' GROUP BY 1"
+            )
+        }
+    except SQLAlchemyError as exc:
+        cause = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        report.problems.append(f"quarantine counters cannot be compared: {cause}")
+        return
+    if recorded != actual:
+        report.problems.append(
+            f"quarantine counters (rows, bytes) {recorded} differ from the rows {actual}"
+        )
+    devices = sorted(d for d in held.keys() | rows.keys() if held.get(d) != rows.get(d))
+    if devices:
+        names = ", ".join(repr(d) for d in devices[:5])
+        report.problems.append(f"per-device quarantine counters differ from the rows for {names}")
 
 
 def _rows(conn: Connection, report: CheckReport, registry: Registry | None) -> None:

@@ -151,10 +151,11 @@ def _copy(source: Path, target: sqlite3.Connection, report: RecoverReport, regis
             max_bytes = int(recorded.get("max_payload_bytes", max_bytes))
             _write(target, sql_rows(conn, scan), report, registry, max_bytes)
             events = _events(conn)
+            dropped = _dropped(conn)
     except SQLAlchemyError as exc:  # the file cannot even be opened by SQLite
         log.warning("SQLite cannot read %s (%s); reading its pages directly", source, exc)
         scan.schema_readable = False
-        recorded, events = {}, []
+        recorded, events, dropped = {}, [], []
     finally:
         engine.dispose()
     if not scan.schema_readable or scan.unreadable:
@@ -164,7 +165,7 @@ def _copy(source: Path, target: sqlite3.Connection, report: RecoverReport, regis
         if report.expected is None:
             report.expected = scan.usage_from_pages
     report.unreadable = _still_missing(scan)
-    _finish(target, report, recorded, events, max(scan.seen, default=0))
+    _finish(target, report, recorded, events, max(scan.seen, default=0), dropped)
 
 
 def _still_missing(scan: Scan) -> list[tuple[int, int]]:
@@ -209,6 +210,19 @@ def _events(conn: Connection) -> list[tuple[Any, ...]]:
         ]
     except SQLAlchemyError:
         return []  # history is worth less than batches: lost events are not counted
+
+
+def _dropped(conn: Connection) -> list[tuple[Any, ...]]:
+    """The quarantine caps' dropped-reject counters (none before schema 0003, or unreadable)."""
+    try:
+        return [
+            tuple(r)
+            for r in conn.exec_driver_sql(
+                "SELECT device, reason, count, bytes, first_at, last_at FROM quarantine_dropped"
+            )
+        ]
+    except SQLAlchemyError:
+        return []  # counters, like events, are worth less than batches
 
 
 _INSERT = (
@@ -295,12 +309,18 @@ def _finish(
     recorded: dict[str, str],
     events: list[tuple[Any, ...]],
     highest: int,
+    dropped: list[tuple[Any, ...]],
 ) -> None:
     now = time.time()
     target.execute("BEGIN IMMEDIATE")
     target.executemany(
         "INSERT INTO events (at, kind, first_id, last_id, rows, reason, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
         events,
+    )
+    target.executemany(
+        "INSERT INTO quarantine_dropped (device, reason, count, bytes, first_at, last_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        dropped,
     )
     kept = {k: v for k, v in recorded.items() if k not in ("pid", "opened_at")}
     target.executemany(

@@ -129,10 +129,11 @@ def page_rows(path: Path, scan: Scan) -> Iterator[dict[str, Any]]:
 
 
 def _usage_record(rowid: int, values: list[Any]) -> bool:
-    """The one row of ``usage``: id 1 (stored as NULL, the rowid) and four integers >= 0."""
+    """The one row of ``usage``: id 1 (stored as NULL, the rowid) and four integers >= 0 (six
+    since revision 0003 added the quarantined counters)."""
     return (
         rowid == 1
-        and len(values) == 5
+        and len(values) in (5, 7)
         and values[0] is None
         and all(isinstance(v, int) and v >= 0 for v in values[1:])
     )

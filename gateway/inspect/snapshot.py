@@ -38,6 +38,7 @@ from gateway.buffer.schema import (
     recognise,
     translate,
 )
+from gateway.inspect.quarantine import quarantine_stats, render_quarantine_stats
 
 DEFAULT_WAIT_S = 5.0  # how long a command waits for SQLite locks before "locked"
 
@@ -139,6 +140,7 @@ class BufferStats:
     gateway: str | None
     keys_dir: str | None
     schema: str
+    quarantine: dict[str, Any]  # gateway/inspect/quarantine.py
 
     @property
     def total(self) -> int:
@@ -166,6 +168,7 @@ class BufferStats:
             "gateway": self.gateway,
             "keys_dir": self.keys_dir,
             "schema": self.schema,
+            "quarantine": self.quarantine,
         }
 
 
@@ -185,6 +188,7 @@ def buffer_stats(path: Path, *, now: float | None = None, wait_s: float = DEFAUL
         pending, inflight, quarantined, oldest = snap.conn.execute(_STATS).fetchone()
         usage = snap.usage()
         recorded = snap.settings()
+        quarantine = quarantine_stats(snap.conn, recorded)
     moment = time.time() if now is None else now
     wal = path.with_name(path.name + "-wal")
     retention = recorded.get("delivered_retention_s")
@@ -204,6 +208,7 @@ def buffer_stats(path: Path, *, now: float | None = None, wait_s: float = DEFAUL
         gateway=recorded.get("gateway_id"),
         keys_dir=recorded.get("keys_dir"),
         schema=head_revision(),
+        quarantine=quarantine,
     )
 
 
@@ -221,7 +226,7 @@ def render_stats(stats: BufferStats, console: Console) -> None:
     usage = stats.usage
     console.print(
         f"usage: live {usage.live_batches} batches, {human_bytes(usage.live_bytes)}"
-        f" (pending + in flight + quarantined; the quota counts these);"
+        f" (pending + in flight + quarantined; --max-buffer-* count pending + in flight);"
         f" delivered {usage.delivered_batches} batches, {human_bytes(usage.delivered_bytes)}"
     )
     age = stats.oldest_pending_age_s
@@ -230,6 +235,7 @@ def render_stats(stats: BufferStats, console: Console) -> None:
     console.print(
         f"delivered kept for: {retention} (gateway {stats.gateway or '-'}, keys {stats.keys_dir or '-'})"
     )
+    render_quarantine_stats(stats.quarantine, console)
     console.print(
         f"file size: {stats.file_bytes} bytes (database {stats.db_bytes}, write-ahead log {stats.wal_bytes})"
     )

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from protocol import ProtocolError, RejectReason
-from protocol.gateway_status import GatewayStatus, Rates
+from protocol.gateway_status import GatewayStatus, Quarantine, Rates
 from tests.helpers import REPO
 
 DOC = REPO / "docs" / "protocol.md"
@@ -34,6 +34,19 @@ def test_a_last_will_has_nulls_where_it_cannot_know() -> None:
         gateway="gw1", state="offline", started_at="2026-11-03T19:58:00Z", pid=1, version="0.1.0"
     )
     assert GatewayStatus.parse(will.to_bytes()) == will
+
+
+QUARANTINE = {"rows": 0, "bytes": 0, "dropped": 0, "devices_at_cap": 0, "total_at_cap": False}
+
+
+def test_the_documented_example_carries_the_quarantine_figures() -> None:
+    status = GatewayStatus.parse(documented_example())
+    assert status.quarantine == Quarantine(rows=1, bytes=2311, dropped=0, devices_at_cap=0, total_at_cap=False)
+
+
+def test_a_status_of_an_older_gateway_without_quarantine_figures_is_accepted() -> None:
+    status = GatewayStatus.parse(_with(quarantine=KeyError))
+    assert status.quarantine is None and status.buffer is not None
 
 
 def _with(**changes: Any) -> bytes:
@@ -66,6 +79,10 @@ def _with(**changes: Any) -> bytes:
         (_with(buffer={"pending": 1}), RejectReason.MISSING_FIELD),
         (_with(oldest_pending_age_s=-1), RejectReason.INVALID_VALUE),
         (_with(rates={"ingress": 1, "egress": None, "interval_s": 5}), RejectReason.WRONG_TYPE),
+        (_with(quarantine={"rows": 1}), RejectReason.MISSING_FIELD),
+        (_with(quarantine=[]), RejectReason.WRONG_TYPE),
+        (_with(quarantine={**QUARANTINE, "dropped": -1}), RejectReason.INVALID_VALUE),
+        (_with(quarantine={**QUARANTINE, "total_at_cap": 1}), RejectReason.WRONG_TYPE),
         (b" " * 5000, RejectReason.OVERSIZE),
     ],
 )

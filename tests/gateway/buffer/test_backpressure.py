@@ -63,7 +63,7 @@ def deliver(buffer: Buffer, n: int) -> None:
 def test_quota_holds_at_the_limit_and_resumes_only_below_ninety_percent(
     buffer: Buffer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    quota = Quota(10, 0, buffer.usage)
+    quota = Quota(10, 0, buffer.outbound_usage)
     quota.refresh()
     assert quota.room() == Room(10, None)
     assert quota.room(reserved_batches=4) == Room(6, None)  # a group still being verified
@@ -79,14 +79,14 @@ def test_quota_holds_at_the_limit_and_resumes_only_below_ninety_percent(
     assert not quota.full and quota.room() == Room(2, None)
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2, messages
-    assert messages[0].startswith("buffer full (live 10/10 batches")
+    assert messages[0].startswith("buffer full (outbound 10/10 batches")
     assert "holding ingress" in messages[0]
-    assert messages[1].startswith(f"buffer below {round(RESUME_RATIO * 100)}% (live 8/10 batches")
+    assert messages[1].startswith(f"buffer below {round(RESUME_RATIO * 100)}% (outbound 8/10 batches")
     assert quota.episodes == 1
 
 
 def test_byte_quota_counts_live_payload_bytes_and_not_delivered_ones(buffer: Buffer) -> None:
-    quota = Quota(0, 1000, buffer.usage)
+    quota = Quota(0, 1000, buffer.outbound_usage)
     buffer.put_many([batch(seq, 300) for seq in range(1, 4)])  # 900 bytes live
     quota.refresh()
     assert quota.room() == Room(None, 100) and not quota.full
@@ -98,8 +98,9 @@ def test_byte_quota_counts_live_payload_bytes_and_not_delivered_ones(buffer: Buf
     assert not quota.full and quota.room() == Room(None, 400)
 
 
-def test_quarantined_rows_count_toward_the_quota(buffer: Buffer) -> None:
-    quota = Quota(2, 0, buffer.usage)
+def test_quarantined_rows_do_not_count_toward_the_quota(buffer: Buffer) -> None:
+    """Rejects are bounded by the quarantine caps, not the quota: they never hold back valid batches."""
+    quota = Quota(2, 0, buffer.outbound_usage)
     buffer.put_many(
         [
             NewMessage("t", b"junk", State.QUARANTINED, time.time(), reason="malformed_json"),
@@ -107,7 +108,7 @@ def test_quarantined_rows_count_toward_the_quota(buffer: Buffer) -> None:
         ]
     )
     quota.refresh()
-    assert quota.full
+    assert not quota.full and quota.room().batches == 2
 
 
 def test_no_limit_never_reads_the_usage() -> None:

@@ -463,7 +463,7 @@ def test_a_buffer_of_revision_0001_is_upgraded_keeping_rows_and_computing_usage(
         assert buffer.reset_inflight() == 1
         assert [m.seq for m in buffer.fetch_pack(5)] == [1, 2]
     assert rows_of(path, "SELECT quarantined_at FROM messages WHERE state = 'quarantined'") == [(7.0,)]
-    assert rows_of(path, "SELECT version_num FROM alembic_version") == [("0002",)]
+    assert rows_of(path, "SELECT version_num FROM alembic_version") == [("0003",)]
 
 
 @pytest.mark.parametrize("damage", ["leaf page", "interior page", "truncated"])

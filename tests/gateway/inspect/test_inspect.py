@@ -124,7 +124,7 @@ def test_stats_json_has_the_documented_shape(real: Filled, keys_dir: Path) -> No
     )
     assert set(data) == {
         "path", "states", "total", "oldest_pending_age_s", "file_bytes", "usage",
-        "retention_s", "gateway", "keys_dir", "schema",
+        "retention_s", "gateway", "keys_dir", "schema", "quarantine",
     }  # fmt: skip
     assert data["path"] == str(real.path)
     assert data["states"] == {"pending": 80, "inflight": 10, "delivered": 30, "quarantined": 2}
@@ -134,8 +134,14 @@ def test_stats_json_has_the_documented_shape(real: Filled, keys_dir: Path) -> No
     assert data["retention_s"] == 3600.0
     assert data["gateway"] == "gw-test"
     assert data["keys_dir"] == str(keys_dir.resolve())
-    assert data["schema"] == "0002"
+    assert data["schema"] == "0003"
     assert isinstance(data["oldest_pending_age_s"], float) and data["oldest_pending_age_s"] >= 0
+    quarantine = data["quarantine"]
+    assert set(quarantine) == {"rows", "bytes", "caps", "devices", "cap_reached", "dropped"}
+    assert quarantine["rows"] == 2 and sum(d["rows"] for d in quarantine["devices"]) == 2
+    assert quarantine["caps"] == {"rows_per_device": 1000, "bytes_per_device": 8 * 1024 * 1024, "rows": 20_000, "bytes": 128 * 1024 * 1024}
+    assert quarantine["cap_reached"] == {"devices": [], "total": False}
+    assert quarantine["dropped"] == {"count": 0, "bytes": 0, "by_device_reason": []}
 
 
 def test_stats_table_for_people_lists_every_state(filled: Path) -> None:

@@ -76,7 +76,7 @@ def test_check_passes_a_sound_buffer_verifying_every_signature(filled: Filled, k
     assert data["ok"] is True and data["problems"] == []
     assert data["integrity"] == ["ok"]
     assert data["application_id"] == 0x45544757
-    assert data["schema"] == {"revision": "0002", "head": "0002"}
+    assert data["schema"] == {"revision": "0003", "head": "0003"}
     assert data["usage"]["recorded"] == data["usage"]["actual"]
     assert data["rows"]["read"] == 600 and data["rows"]["payloads_checked"] == 600
     assert data["rows"]["signatures_checked"] is True
