@@ -49,9 +49,7 @@ def _fail(err: Exception) -> typer.Exit:
 def run(
     edge: str = typer.Option(..., "--edge", help="edge broker URL, mqtts://host:port (TLS) or mqtt://host:port"),
     cloud: str = typer.Option(..., "--cloud", help="cloud broker URL, mqtts://host:port (TLS) or mqtt://host:port"),
-    pki: Path | None = typer.Option(
-        None, "--pki", help="PKI directory (`edgetally pki init`) holding ca.crt and this gateway's certificate"
-    ),
+    pki: Path | None = typer.Option(None, "--pki", help="PKI directory (`edgetally pki init`): ca.crt, this gateway's certificate"),
     buffer: Path = typer.Option(..., "--buffer", help="buffer file (SQLite); created if missing"),
     keys: Path = typer.Option(..., "--keys", help="keys directory holding registry.json"),
     gateway_id: str = typer.Option("gw1", "--id", help="gateway name (client ids, status topic)"),
@@ -66,9 +64,7 @@ def run(
     ),
     ready_file: Path | None = typer.Option(None, "--ready-file", help="written once subscribed on the edge broker"),
     keep_delivered: float = typer.Option(
-        DEFAULT_RETENTION_S,
-        "--keep-delivered",
-        min=0.0,
+        DEFAULT_RETENTION_S, "--keep-delivered", min=0.0,
         help="seconds delivered batches stay in the buffer (for `buffer show` and audits), then purged",
     ),
     max_buffer_batches: int = typer.Option(
