@@ -3,74 +3,20 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from edgetally.brokers import BrokerProcess
 from protocol import (
-    BATCH_FILTER,
     Registry,
     SigningKey,
-    parse_broker_url,
-    parse_device_topic,
-    receipt_topic,
-    verify,
 )
-from protocol.topics import STATUS_FILTER
-from tests.devices.receipt_support import signed_contiguous_receipt
+from tests.devices.receipt_support import ReceiptingCloud
 from tests.helpers import run_cli, start_cli, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-class ReceiptingCloud:
-    """Subscribes to batches, verifies them, and publishes receipts like the cloud does.
-
-    ``withhold`` names (device, seq) pairs whose first copy is ignored, as if lost on the way.
-    """
-
-    def __init__(
-        self, broker: BrokerProcess, registry: Registry, key: SigningKey, withhold: set[tuple[str, int]] | None = None
-    ) -> None:
-        self.registry = registry
-        self.key = key  # the cloud's signing key: devices ignore receipts not signed with it
-        self.withhold = set(withhold or ())
-        self.held: dict[str, dict[int, str]] = defaultdict(dict)
-        self.copies: dict[tuple[str, int], int] = defaultdict(int)
-        self.statuses: dict[str, dict[str, object]] = {}
-        self.lock = threading.Lock()
-        address = parse_broker_url(broker.url)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-cloud", protocol=mqtt.MQTTv311)
-        self.client.on_connect = lambda c, *_: (c.subscribe(BATCH_FILTER, 1), c.subscribe(STATUS_FILTER, 1))
-        self.client.on_message = self._on_message
-        self.client.connect(address.host, address.port)
-        self.client.loop_start()
-
-    def _on_message(self, client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
-        topic = parse_device_topic(message.topic)
-        assert topic is not None
-        if topic.kind == "status":
-            self.statuses[topic.device] = json.loads(message.payload)
-            return
-        batch = verify(message.payload, self.registry, topic_device=topic.device)
-        device, seq = batch.body.device, batch.body.seq
-        with self.lock:
-            self.copies[(device, seq)] += 1
-            if (device, seq) in self.withhold:
-                self.withhold.discard((device, seq))
-                return
-            self.held[device][seq] = batch.body_hash
-            payload = signed_contiguous_receipt(batch.body.election, device, self.held[device], self.key)
-        client.publish(receipt_topic(batch.body.election, device), payload, qos=1, retain=True)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.fixture
