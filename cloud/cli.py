@@ -196,9 +196,9 @@ def run(
         )  # fmt: skip
         registry = load_registry(config.keys_dir)
         if config.tls is not None:
-            from cloud.worker.session import tls_context
+            from cloud.worker.session import check_tls
 
-            tls_context(config.tls)  # a missing or bad certificate stops the worker here, named
+            check_tls(config.tls)  # a missing or bad certificate stops the worker here, named
         signing_key = load_cloud_signing_key(config.keys_dir, registry)
         engine = make_engine(config.db_url)
         upgrade(engine)

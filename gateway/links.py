@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import random
-import ssl
 import threading
 import weakref
 from typing import Any
@@ -40,7 +38,7 @@ def new_client(
     tls: ClientTls | None = None,
 ) -> mqtt.Client:
     """A paho 2.x client speaking MQTT 3.1.1. Creating it does no I/O (``tls``: the context
-    :func:`tls_context` loaded once).
+    :func:`check_tls` loaded at start).
 
     ``reconnect=False`` makes paho's network thread end when the connection drops, for
     links that replace the whole client instead.
@@ -55,17 +53,16 @@ def new_client(
         reconnect_on_failure=reconnect,
     )
     if tls is not None:
-        client.tls_set_context(tls_context(tls))
+        client.tls_set_context(client_context(tls))
     with _newest_lock:
         _newest[client_id] = weakref.ref(client)
     return client
 
 
-@functools.cache
-def tls_context(files: ClientTls) -> ssl.SSLContext:
-    """The gateway's TLS context, loaded once (the service calls this at start to fail fast)."""
+def check_tls(files: ClientTls) -> None:
+    """Load the gateway's TLS context now (the service, at start): a bad certificate stops it, named."""
     try:
-        return client_context(files)
+        client_context(files)
     except ProtocolError as exc:
         raise ConfigError(f"--pki: {exc}") from exc
 

@@ -33,7 +33,7 @@ from gateway.buffer.schema import State
 from gateway.buffer.store import Buffer
 from gateway.config import GatewayConfig
 from gateway.ingress import Ingress
-from gateway.links import Backoff, is_connected, tls_context
+from gateway.links import Backoff, check_tls, is_connected
 from gateway.status import StatusReporter
 from gateway.uplink import Uplink
 from protocol import ProtocolError, Registry, gateway_status_topic
@@ -119,7 +119,7 @@ class GatewayService:
         config = self.config
         registry = load_registry(config.keys_dir)
         if config.tls is not None:
-            tls_context(config.tls)  # a missing or bad certificate stops the gateway here, named
+            check_tls(config.tls)  # a missing or bad certificate stops the gateway here, named
         armed = faults.arm_from_environment()
         if armed:
             log.warning("TEST-ONLY fault injection armed: %s", armed)

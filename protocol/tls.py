@@ -18,6 +18,7 @@ written for.
 
 from __future__ import annotations
 
+import functools
 import ssl
 from dataclasses import dataclass
 from enum import StrEnum
@@ -72,9 +73,13 @@ def client_tls(directory: Path, role: Role, ident: str) -> ClientTls:
     return ClientTls(ca_cert_path(directory), cert, key)
 
 
+@functools.cache
 def client_context(files: ClientTls) -> ssl.SSLContext:
     """An ``ssl`` context that verifies the broker against ``files.ca`` and presents the client's
-    certificate; :class:`KeyFileError` naming the file that is missing or unreadable."""
+    certificate; :class:`KeyFileError` naming the file that is missing or unreadable.
+
+    Loaded once per set of files (cached): a client calls it at start to fail fast, and each
+    connection after that gets the same context."""
     for path in (files.ca, files.cert, files.key):
         if not path.is_file():
             hint = "devices provision --pki" if files.name.startswith("device-") else "edgetally pki issue"

@@ -19,10 +19,8 @@ not parse is logged and acknowledged, it is informational).
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
-import ssl
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -103,11 +101,10 @@ class _Taken:
         return [item for future in self.futures for item in future.result()]
 
 
-@functools.cache
-def tls_context(files: ClientTls) -> ssl.SSLContext:
-    """The worker's TLS context, loaded once (the CLI calls this before it starts the worker)."""
+def check_tls(files: ClientTls) -> None:
+    """Load the worker's TLS context now (the CLI, before it starts the worker): a bad certificate stops it, named."""
     try:
-        return client_context(files)
+        client_context(files)
     except ProtocolError as exc:
         raise ConfigError(f"--pki: {exc}") from exc
 
@@ -131,7 +128,7 @@ class Session:
             reconnect_on_failure=False,  # a new Session per connection instead
         )
         if config.tls is not None:
-            client.tls_set_context(tls_context(config.tls))
+            client.tls_set_context(client_context(config.tls))
         client.max_inflight_messages_set(100)  # receipts in flight
         client.enable_logger(logging.getLogger(f"{__name__}.paho"))
         client.on_connect = self._on_connect

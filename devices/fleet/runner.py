@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import ssl
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -80,7 +79,7 @@ class DeviceRunner:
 
     __slots__ = (
         "_command_topic", "_down", "_epilogue_done", "_lose_first", "_progressed", "_receipt_topic",
-        "_repair", "_status_topic", "_tls", "_tripped", "_wake", "_withheld", "behaviour", "config", "fleet", "stats",
+        "_repair", "_status_topic", "_tripped", "_wake", "_withheld", "behaviour", "config", "fleet", "stats",
         "tab",
     )  # fmt: skip
 
@@ -102,7 +101,6 @@ class DeviceRunner:
         self._epilogue_done = False  # replay / after_final sent
         self._lose_first = withheld_seqs(self.config, tab, self.behaviour)  # lossy, withhold_first
         self._withheld: set[int] = set()  # those of them already skipped (once each)
-        self._tls: ssl.SSLContext | None = None  # the device's certificate, loaded at first connect
 
     @property
     def last_seq(self) -> int:
@@ -146,13 +144,9 @@ class DeviceRunner:
             clean_session=False,
             will=Will(self._status_topic, _status(self.tab.device, "lost", 0), qos=1, retain=True),
             timeout=self.config.connect_timeout,
-            tls=self._tls_context() if self.config.broker.tls else None,
+            # The device's certificate (preflight checked the files), loaded at its first connect.
+            tls=client_context(client_tls(self.config.keys, Role.DEVICE, self.tab.device)) if self.config.broker.tls else None,
         )
-
-    def _tls_context(self) -> ssl.SSLContext:
-        if self._tls is None:  # the fleet's preflight checked the files exist
-            self._tls = client_context(client_tls(self.config.keys, Role.DEVICE, self.tab.device))
-        return self._tls
 
     async def run(self) -> None:
         backoff = Backoff(self.config.reconnect_min, self.config.reconnect_max, random.Random(self.tab.device))
