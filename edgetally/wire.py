@@ -18,7 +18,6 @@ are kept, like :func:`protocol.provision` keeps signing keys.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,13 +44,13 @@ class Wire:
         """A gateway's or cloud worker's TLS files (after :meth:`prepare`)."""
         return client_tls(self.pki, role, ident)
 
-    def prepare(self, registry: Registry, *, extra_gateways: Iterable[str] = ()) -> None:
+    def prepare(self, registry: Registry) -> None:
         """The CA, broker and client certificates that are missing, each device's certificate,
         and the ACLs of both brokers for ``registry``."""
         from protocol.pki import create_authority, issue, load_authority, provision_devices
 
         ca = load_authority(self.pki) if ca_cert_path(self.pki).exists() else create_authority(self.pki)
-        gateways = (*self.gateways, *extra_gateways)
+        gateways = self.gateways
         wanted = [(Role.BROKER, kind.value) for kind in BrokerKind]
         wanted += [(Role.GATEWAY, g) for g in gateways] + [(Role.CLOUD, c) for c in self.clouds]
         wanted += [(Role.MONITOR, m) for m in self.monitors]
