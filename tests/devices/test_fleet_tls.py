@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,8 +42,8 @@ def locked(wire: Wire, tmp_path: Path) -> Iterator[BrokerProcess]:
     broker.kill()
 
 
-def _options(broker: BrokerProcess, device: str, context: object) -> ConnectOptions:
-    return ConnectOptions("127.0.0.1", broker.port, f"edgetally-dev-{device}", tls=context, timeout=TIMEOUT_S)  # type: ignore[arg-type]
+def _options(broker: BrokerProcess, device: str, context: ssl.SSLContext) -> ConnectOptions:
+    return ConnectOptions("127.0.0.1", broker.port, f"edgetally-dev-{device}", tls=context, timeout=TIMEOUT_S)
 
 
 def test_a_device_connects_over_tls_with_its_certificate_and_publishes_its_batch(
