@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "gateway": Lazy("gateway.cli", "app", "Run the edge gateway; inspect, check and repair its buffer file."),
     "cloud": Lazy("cloud.cli", "app", "Run the cloud worker; migrate, read results and audit the cloud database."),
     "pki": Lazy("edgetally.pki", "app", "Create the deployment's certificate authority, TLS certificates and broker ACLs."),
+    "rogue": Lazy("edgetally.rogue", "rogue_cmd", "Attack a broker as a rogue client holding a stolen device certificate; report what got through."),
     "scenario": Lazy("edgetally.scenarios.cli", "app", "Scenarios: a topology and a timeline of faults, then a verdict"),
 }
 

@@ -38,6 +38,7 @@ The checks (names are the module constants below; each a :class:`edgetally.verdi
     DRAIN_TIME  informational: seconds from the last timeline action to drain; fails only when
                 drain was never reached
     PEAK        informational: the deepest the buffers got (what the runner sampled); never fails
+    CONTAINED   only when the scenario ran a rogue client: edgetally/scenarios/contained.py
 
 A store that cannot be read fails the checks that need it, with the error as the detail.
 
@@ -54,6 +55,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from edgetally.scenarios.contained import CONTAINED, check_contained, dropped_rejects, flood_hashes
 from edgetally.scenarios.observe import (
     Key,
     Observations,
@@ -107,6 +109,8 @@ class _Judge(StoreReader):
             (DRAIN_TIME, self.check_drain_time),
             (PEAK, self.check_peak),
         ]
+        if self.obs.rogue is not None:
+            steps.append((CONTAINED, self.check_contained))
         checks: list[Check] = []
         try:
             for name, step in steps:
@@ -270,8 +274,9 @@ class _Judge(StoreReader):
                     shown = ", ".join(f"{w}:{x}" for w, x in sorted(got)) if got else "not refused"
                     wrongly.append(f"{device}:{r['seq']} {shown}")
         unexpected: dict[str, int] = {}
+        flood = flood_hashes(self.obs.rogue)  # the rogue's: CONTAINED accounts for them
         for digest, places in refused.items():
-            if digest not in must:
+            if digest not in must and digest not in flood:
                 for w, x in places:
                     unexpected[f"{w}:{x}"] = unexpected.get(f"{w}:{x}", 0) + 1
         parts = [
@@ -286,6 +291,13 @@ class _Judge(StoreReader):
                 f"unexpected: {count:,} ({', '.join(f'{k} {n}' for k, n in sorted(unexpected.items()))})"
             )
         return Check(REFUSALS, not wrongly and not unexpected, "; ".join(parts))
+
+    def check_contained(self) -> Check:
+        report = self.obs.rogue
+        assert report is not None  # only a step when a rogue ran
+        refused = self._once("the refusals", lambda: read_refusals(self.engine, self.obs.buffers))
+        dropped = self._once("the quarantine counters", lambda: dropped_rejects(self.obs.buffers, str(report["device"])))
+        return check_contained(report, refused, dropped, self.obs.fleet_summaries)
 
     # -- 6 ----------------------------------------------------------------------------------
     def _explained_without_final(self) -> dict[str, str]:

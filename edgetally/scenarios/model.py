@@ -22,6 +22,8 @@ A scenario is YAML::
       confirm: true        # false: devices forget a batch at the broker's PUBACK, not at the receipt
       resend_after: 1s     # devices resend what stays unreceipted after this, doubling up to
       resend_cap: 4s       # this
+      gateway_max_quarantine_rows_per_device: 0  # the gateway's per-device quarantine cap (0 = its default)
+      rogue_flood: 200     # rejects the rogue (``start: rogue``) floods its stolen device's topic with
     timeline:
       - {at: 3s, cut: uplink}
       - {at: 11s, restore: uplink}
@@ -32,7 +34,10 @@ Each timeline entry names one action and its target: link actions ``cut``, ``bla
 on a link (``devices``, ``edge``, ``uplink``, ``cloud``); process actions ``kill`` (SIGKILL),
 ``stop`` (graceful), ``start``, ``restart`` (stop, start), ``crash`` (SIGKILL, start again at
 once) on ``edge-broker``, ``cloud-broker``, ``gateway``, ``cloud`` (every worker) or
-``cloudN``, ``fleet``. A target or link without a number means every site's; ``gateway2`` or
+``cloudN``, ``fleet``; ``wipe`` on ``gateway`` (a disk loss: SIGKILL, its buffer file deleted,
+started again on an empty disk); ``start`` (or ``kill``) on ``rogue``: ``edgetally rogue`` with
+the certificate of the election's last device (which must be outside the fleet) against site
+1's edge broker (edgetally/rogue.py says what it tries). A target or link without a number means every site's; ``gateway2`` or
 ``uplink2`` one site's. ``every`` and ``times`` repeat an entry. Times are ``5s``, ``500ms``
 or plain seconds. Errors name the file, the entry and the problem.
 """
@@ -51,8 +56,10 @@ from devices.behaviours import Behaviour
 
 LINKS = ("devices", "edge", "uplink", "cloud")
 LINK_ACTIONS = ("cut", "blackhole", "restore", "latency", "bandwidth", "drop")
-PROCESS_ACTIONS = ("kill", "stop", "start", "restart", "crash")
-PROCESSES = ("edge-broker", "cloud-broker", "gateway", "cloud", "fleet")
+PROCESS_ACTIONS = ("kill", "stop", "start", "restart", "crash", "wipe")
+PROCESSES = ("edge-broker", "cloud-broker", "gateway", "cloud", "fleet", "rogue")
+_ONLY_ON = {"wipe": ("gateway",)}  # actions that apply to some processes only
+_ONLY_WITH = {"rogue": ("start", "kill", "stop")}  # processes that take some actions only
 _SITE_SCOPED = ("devices", "edge", "uplink", "edge-broker", "gateway", "fleet")
 _OPTIONS = {"ms", "jitter_ms", "bps", "for"}
 _TIME = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
@@ -80,6 +87,8 @@ class Topology:
     confirm: bool = True  # false: devices drop each batch at the edge broker's PUBACK (hop by hop only)
     resend_after: float = 1.0
     resend_cap: float = 4.0
+    gateway_max_quarantine_rows_per_device: int = 0  # 0 = the gateway's default
+    rogue_flood: int = 200
     election: Path | None = None
 
 
@@ -249,6 +258,10 @@ def _actions(entry: object, index: int, topology: Topology, where: str) -> list[
             )
     else:
         target, site, worker = _split_target(entry[verb], PROCESSES, f"{what}.{verb}")
+        if target not in _ONLY_ON.get(verb, (target,)):
+            raise ScenarioError(f"{what}: {verb} applies to {', '.join(_ONLY_ON[verb])} only, not {target}")
+        if verb not in _ONLY_WITH.get(target, (verb,)):
+            raise ScenarioError(f"{what}: {target} takes {', '.join(_ONLY_WITH[target])} only, not {verb}")
     if site is not None and site > topology.sites:
         raise ScenarioError(f"{what}: site {site} does not exist (topology.sites is {topology.sites})")
     if worker is not None and worker > topology.cloud_workers:

@@ -128,6 +128,7 @@ class Observations:
     drained_s: float | None  # seconds from start to drain; None: never drained
     peak_buffer_depth: int  # the most batches pending + in flight the runner saw in a buffer
     duplicates_delivered: int | None = None  # what the runner counted; None: the cloud's count
+    rogue: Mapping[str, Any] | None = None  # the rogue client's report (edgetally/rogue.py), if one ran
 
 
 class _Unreadable(Exception):

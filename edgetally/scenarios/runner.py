@@ -184,6 +184,7 @@ class ScenarioRunner:
                     last_fault_s=last_fault,
                     drained_s=drained,
                     peak_buffer_depth=self.sample.peak_backlog,
+                    rogue=_read_json(world.rogue_report) if world.rogue.starts else None,
                 )
             )
         except (WorldError, ComponentError, BrokerError, ProxyError, OSError, ValueError) as exc:
@@ -219,14 +220,16 @@ class ScenarioRunner:
         self._event(what)
 
     def _process(self, verb: str, process: BrokerProcess | Component) -> None:
-        if verb in ("kill", "crash"):
+        if verb in ("kill", "crash", "wipe"):
             process.kill()
+        if verb == "wipe" and isinstance(process, Component):
+            self.world.wipe(process)
         elif verb in ("stop", "restart"):
             process.stop()
-        if isinstance(process, Component) and verb in ("kill", "crash", "stop", "restart"):
+        if isinstance(process, Component) and verb in ("kill", "crash", "stop", "restart", "wipe"):
             process.env = {}  # a test-only first-start environment never comes back
             self._awaiting.pop(process.name, None)
-        if verb in ("start", "restart", "crash") and not process.running:
+        if verb in ("start", "restart", "crash", "wipe") and not process.running:
             self._start(process)
 
     def _start(self, process: BrokerProcess | Component) -> None:
@@ -263,7 +266,7 @@ class ScenarioRunner:
     def _drain(self) -> float | None:
         """Wait (bounded) for the fleets to finish and the system to drain; when it drained."""
         deadline = time.monotonic() + self.options.fleet_timeout
-        while any(s.fleet.running for s in self.world.sites):
+        while self.world.rogue.running or any(s.fleet.running for s in self.world.sites):
             if time.monotonic() > deadline:
                 self._event("fleets did not finish", ok=False, detail=f"within {self.options.fleet_timeout:.0f}s")
                 return None
@@ -272,6 +275,8 @@ class ScenarioRunner:
             code = site.fleet.returncode
             if code != 0:
                 self._event(f"{site.fleet.name} exited {code}", ok=False, detail=f"see {site.fleet.log_path}")
+        if self.world.rogue.starts and self.world.rogue.returncode != 0:
+            self._event(f"rogue exited {self.world.rogue.returncode}", ok=False, detail=f"see {self.world.rogue.log_path}")
         expected = len(expected_accepts(self._truth()))
         self.sample.expected = expected
         deadline = time.monotonic() + self.scenario.drain_timeout

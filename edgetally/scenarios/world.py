@@ -134,6 +134,8 @@ class World:
                 for i in range(1, topo.cloud_workers + 1)
             ]
         self.sites = [self._site(k, embedded_brokers, gateway_env, fleet_timeout) for k in range(1, topo.sites + 1)]
+        self.rogue_report = workdir / "rogue-report.json"
+        self.rogue = Component("rogue", [], workdir, ready=False)  # arguments at start: they name the stolen device
         self._registry: Registry | None = None
 
     def _site(self, k: int, embedded: bool, gateway_env: Mapping[str, str] | None, fleet_timeout: float) -> Site:
@@ -170,6 +172,8 @@ class World:
             gateway_args += ["--max-buffer-bytes", str(topo.gateway_max_buffer_bytes)]
         if topo.gateway_keepalive:
             gateway_args += ["--keepalive", str(topo.gateway_keepalive)]
+        if topo.gateway_max_quarantine_rows_per_device:
+            gateway_args += ["--max-quarantine-rows-per-device", str(topo.gateway_max_quarantine_rows_per_device)]
         gateway = Component(f"gateway{k}", gateway_args, work, env=dict(gateway_env or {}))
         summary, truth, metrics = work / "fleet-summary.json", work / "truth.json", free_port()
         fleet_args = [
@@ -199,6 +203,32 @@ class World:
         fleet = Component(f"fleet{k}", fleet_args, work, ready=False)
         return Site(k, edge, gateway, fleet, buffer_path, summary, truth, metrics, proxies)
 
+    def _rogue_args(self) -> list[str]:
+        """``edgetally rogue`` with the certificate of the election's last device, which must
+        not be one the fleet runs (a stolen credential of a device in use would displace it)."""
+        devices = list(self.registry.election.devices)
+        count = self.scenario.topology.devices
+        if not count or count >= len(devices):
+            raise WorldError(f"the rogue needs a device outside the fleet: set topology.devices below {len(devices)}")
+        return [
+            "rogue",
+            "--broker", self.sites[0].edge.url,
+            "--keys", str(self.keys),
+            "--device", devices[-1],
+            "--flood", str(self.scenario.topology.rogue_flood),
+            "--seq", str(self.scenario.topology.batches),
+            "--gateway-client-id", "edgetally-gw-gw1",
+            "--report", str(self.rogue_report),
+        ]  # fmt: skip
+
+    def wipe(self, gateway: Component) -> None:
+        """A gateway's disk lost: its buffer file (and write-ahead log) deleted. It must be down."""
+        if gateway.running:
+            raise WorldError(f"{gateway.name} is running: kill it before its disk is wiped")
+        site = next(s for s in self.sites if s.gateway is gateway)
+        for suffix in ("", "-wal", "-shm"):
+            site.buffer_path.with_name(site.buffer_path.name + suffix).unlink(missing_ok=True)
+
     def _tls(self, kind: BrokerKind) -> BrokerTls | None:
         return None if self.wire is None else self.wire.broker(kind)
 
@@ -222,6 +252,8 @@ class World:
             self._registry = provision(load_election(self.election_file), self.keys)
         if self.wire is not None:
             self.wire.prepare(self.registry)  # certificates and ACLs, before any broker starts
+        if any(action.target == "rogue" for action in self.scenario.timeline):
+            self.rogue.args = self._rogue_args()
         self._create_database()
         self.cloud_broker.start()
         for site in self.sites:
@@ -248,6 +280,7 @@ class World:
 
     def stop(self) -> None:
         """Stop everything still running (fleets first, brokers last). Safe to call twice."""
+        self.rogue.stop()
         for site in self.sites:
             site.fleet.stop()
             site.gateway.stop()
@@ -262,6 +295,7 @@ class World:
 
     def kill_all(self) -> None:
         """SIGKILL whatever is left (after a failure or an interrupt)."""
+        self.rogue.kill()
         for site in self.sites:
             site.fleet.kill()
             site.gateway.kill()
@@ -300,6 +334,8 @@ class World:
             return [s.gateway for s in self._sites(action)]
         if action.target == "fleet":
             return [s.fleet for s in self._sites(action)]
+        if action.target == "rogue":
+            return [self.rogue]
         raise WorldError(f"unknown process {action.target!r}")
 
     def links(self, action: Action) -> list[Proxy]:

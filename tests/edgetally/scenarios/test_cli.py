@@ -73,3 +73,25 @@ def test_the_live_view_shows_components_stages_and_the_timeline(tmp_path: Path) 
     for expected in ("cloud-worker-crash · timeline · 4.2s", "cloud1", "cloud2", "gateway1", "fleet1",
                      "sent by devices", "50", "gateway backlog", "5 (peak 9)", "37 / 120", "kill cloud1"):  # fmt: skip
         assert expected in text, (expected, text)
+
+
+def test_a_wipe_deletes_a_stopped_gateways_buffer_and_refuses_a_running_one(tmp_path: Path) -> None:
+    from edgetally.scenarios.model import shipped
+    from edgetally.scenarios.world import World, WorldError
+
+    world = World(next(s for s in shipped() if s.name == "rogue-client"), tmp_path / "world")
+    site = world.sites[0]
+    site.buffer_path.parent.mkdir(parents=True)
+    files = [site.buffer_path.with_name(site.buffer_path.name + suffix) for suffix in ("", "-wal", "-shm")]
+    for path in files:
+        path.write_bytes(b"held batches")
+    world.wipe(site.gateway)
+    assert not any(path.exists() for path in files)
+    site.gateway.args = ["proxy", "--listen", "0", "--target", "127.0.0.1:9"]  # any process that stays up
+    site.gateway.start()
+    try:
+        site.gateway.wait_ready(30)
+        with pytest.raises(WorldError, match="gateway1 is running: kill it before its disk is wiped"):
+            world.wipe(site.gateway)
+    finally:
+        site.gateway.kill()

@@ -85,6 +85,8 @@ def test_site_and_worker_numbers_address_one_instance() -> None:
         ([], {"devices": -3}, r"topology.devices: expected a whole number >= 0"),
         ([], {"colour": "red"}, r"topology: unknown key\(s\) colour"),
         ([], {"devices": 1, "sites": 2}, r"1 devices cannot fill 2 sites"),
+        ([{"at": "1s", "wipe": "edge-broker"}], {}, r"timeline\[0\]: wipe applies to gateway only, not edge-broker"),
+        ([{"at": "1s", "crash": "rogue"}], {}, r"timeline\[0\]: rogue takes start, kill, stop only, not crash"),
     ],
 )
 def test_bad_scenarios_are_refused_naming_the_entry_and_the_problem(
@@ -108,7 +110,9 @@ def test_every_shipped_scenario_loads_and_the_library_covers_the_issue() -> None
         "uplink-outage", "flapping-uplink", "slow-uplink", "blackholed-uplink", "gateway-crash-loop",
         "edge-broker-restart", "edge-broker-sigkill", "cloud-broker-restart", "cloud-broker-sigkill",
         "cloud-worker-crash", "reconnect-storm", "tampered-and-replaying", "duplicate-flood",
-        "gateway-disk-quota", "election-night",
+        "gateway-disk-quota", "election-night", "rogue-client",
     }  # fmt: skip
+    rogue = next(s for s in shipped() if s.name == "rogue-client")  # issue 14: during an outage and a disk loss
+    assert [a.verb + " " + a.target for a in rogue.timeline] == ["cut uplink", "wipe gateway", "start rogue", "restore uplink"]
     night = next(s for s in shipped() if s.name == "election-night")
     assert "long" in night.tags and night.topology.sites == 2 and night.topology.database == "postgresql"

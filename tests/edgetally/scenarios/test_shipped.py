@@ -40,7 +40,7 @@ def test_shipped_scenario_passes_shortened(scenario: Scenario, tmp_path: Path) -
     assert report.verdict is not None
     assert report.verdict.ok, report.verdict.to_mapping()
     assert report.verdict.lost == ()
-    faults = {"cut", "crash", "kill", "drop", "blackhole", "stop", "restart", "latency"}
+    faults = {"cut", "crash", "kill", "drop", "blackhole", "stop", "restart", "latency", "wipe"}
     assert [e.what for e in report.events if e.what.split()[0] in faults], "no fault was played"
     if "backpressure" in scenario.tags:  # the quota was really reached, and held ingress
         assert "holding ingress" in (tmp_path / "world" / "site1" / "gateway1.log").read_text()
