@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from devices._exceptions import ConnectionFailed, ConnectRefused
-from devices.tls import TlsLayer
+from devices.tls import DeviceTls, TlsLayer
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class ConnectOptions:
     clean_session: bool = False
     will: Will | None = None
     timeout: float = 10.0  # TCP connect + TLS handshake + CONNACK
-    tls: ssl.SSLContext | None = None  # the device's certificate; the broker's name is ``host``
+    tls: DeviceTls | None = None  # the device's certificate; the broker's name is ``host``
 
 
 def _length(n: int) -> bytes:
@@ -170,8 +170,8 @@ class MqttConnection(asyncio.Protocol):
         if self.options.tls is None:
             self._write(connect_packet(self.options))
             return
-        self._tls = TlsLayer(self.options.tls, self.options.host)
         try:
+            self._tls = TlsLayer(self.options.tls, self.options.host)
             transport.write(self._tls.start())
         except ssl.SSLError as exc:
             self._tls_failed(exc)

@@ -73,6 +73,14 @@ def client_tls(directory: Path, role: Role, ident: str) -> ClientTls:
     return ClientTls(ca_cert_path(directory), cert, key)
 
 
+def server_verifying_context(ca: Path) -> ssl.SSLContext:
+    """A client context that verifies the broker against ``ca`` and its host name, TLS >= 1.2,
+    with no certificate of its own yet. ``OSError`` or ``ssl.SSLError`` if ``ca`` cannot be read."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
 @functools.cache
 def client_context(files: ClientTls) -> ssl.SSLContext:
     """An ``ssl`` context that verifies the broker against ``files.ca`` and presents the client's
@@ -85,8 +93,7 @@ def client_context(files: ClientTls) -> ssl.SSLContext:
             hint = "devices provision --pki" if files.name.startswith("device-") else "edgetally pki issue"
             raise KeyFileError(f"{path} is missing: {files.name} has no TLS certificate there ({hint})")
     try:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(files.ca))
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context = server_verifying_context(files.ca)
         context.load_cert_chain(str(files.cert), str(files.key))
     except (OSError, ssl.SSLError) as exc:
         raise KeyFileError(f"cannot load the TLS files of {files.name} ({files.cert}): {exc}") from exc

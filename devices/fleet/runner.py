@@ -35,8 +35,9 @@ from devices.fleet.pacing import Backoff, TokenBucket
 from devices.fleet.stats import FleetStats
 from devices.fleet.words import verified_receipt, verified_repair
 from devices.tabulator import SignedBatch, Tabulator
+from devices.tls import DeviceTls, fleet_tls
 from protocol import PublicKey, command_topic, receipt_topic, status_topic
-from protocol.tls import Role, client_context, client_tls
+from protocol.tls import Role, ca_cert_path, client_tls
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +145,11 @@ class DeviceRunner:
             clean_session=False,
             will=Will(self._status_topic, _status(self.tab.device, "lost", 0), qos=1, retain=True),
             timeout=self.config.connect_timeout,
-            # The device's certificate (preflight checked the files), loaded at its first connect.
-            tls=client_context(client_tls(self.config.keys, Role.DEVICE, self.tab.device)) if self.config.broker.tls else None,
+            # The device's certificate (preflight checked the files), loaded at each connect into
+            # the fleet's one context (devices/tls.py says why).
+            tls=DeviceTls(fleet_tls(ca_cert_path(self.config.keys)), client_tls(self.config.keys, Role.DEVICE, self.tab.device))
+            if self.config.broker.tls
+            else None,
         )
 
     async def run(self) -> None:

@@ -4,15 +4,19 @@
 from __future__ import annotations
 
 import asyncio
+import queue
 import shutil
-import ssl
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from devices._exceptions import ConnectionFailed
 from devices.connection import ConnectOptions, KeepaliveWheel, connect
+from devices.tls import DeviceTls, FleetTls
 from edgetally.acl import BrokerKind
 from edgetally.brokers import BrokerProcess, BrokerTls
 from edgetally.wire import Wire
@@ -42,15 +46,19 @@ def locked(wire: Wire, tmp_path: Path) -> Iterator[BrokerProcess]:
     broker.kill()
 
 
-def _options(broker: BrokerProcess, device: str, context: ssl.SSLContext) -> ConnectOptions:
-    return ConnectOptions("127.0.0.1", broker.port, f"edgetally-dev-{device}", tls=context, timeout=TIMEOUT_S)
+def _options(broker: BrokerProcess, device: str, tls: DeviceTls) -> ConnectOptions:
+    return ConnectOptions("127.0.0.1", broker.port, f"edgetally-dev-{device}", tls=tls, timeout=TIMEOUT_S)
+
+
+def _device_tls(keys: Path, device: str, fleet: FleetTls | None = None) -> DeviceTls:
+    return DeviceTls(fleet or FleetTls(keys / "ca.crt"), client_tls(keys, Role.DEVICE, device))
 
 
 def test_a_device_connects_over_tls_with_its_certificate_and_publishes_its_batch(
     wire: Wire, locked: BrokerProcess, registry: Registry
 ) -> None:
     device = registry.election.devices[0]
-    context = client_context(client_tls(wire.keys, Role.DEVICE, device))
+    context = _device_tls(wire.keys, device)
 
     async def main() -> None:
         wheel = KeepaliveWheel()
@@ -63,10 +71,49 @@ def test_a_device_connects_over_tls_with_its_certificate_and_publishes_its_batch
     asyncio.run(asyncio.wait_for(main(), 2 * TIMEOUT_S))
 
 
+def test_devices_sharing_the_fleets_context_each_present_their_own_certificate(
+    wire: Wire, locked: BrokerProcess, registry: Registry
+) -> None:
+    """One context for the fleet (devices/tls.py): A's connection is made, then B's loads B's
+    certificate into the same context; A still speaks as A. The ACL proves it: each may publish
+    only on its own topic, and the broker closes a connection that publishes elsewhere."""
+    election = registry.election.id
+    first, second = registry.election.devices[:2]
+    fleet = FleetTls(wire.keys / "ca.crt")
+    got: queue.Queue[str] = queue.Queue()
+    gateway = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="edgetally-gw-gw1", protocol=mqtt.MQTTv311)
+    gateway.tls_set_context(client_context(wire.client(Role.GATEWAY, "gw1")))
+    subscribed = threading.Event()
+    gateway.on_subscribe = lambda *_: subscribed.set()
+    gateway.on_message = lambda _c, _u, msg: got.put(msg.topic)
+    gateway.connect("127.0.0.1", locked.port)
+    gateway.loop_start()
+    try:
+        gateway.subscribe(f"edgetally/v1/{election}/+/batch", qos=1)
+        assert subscribed.wait(TIMEOUT_S)
+
+        async def main() -> None:
+            wheel = KeepaliveWheel()
+            a = await connect(_options(locked, first, _device_tls(wire.keys, first, fleet)), wheel)
+            b = await connect(_options(locked, second, _device_tls(wire.keys, second, fleet)), wheel)
+            for conn, device in ((a, first), (b, second)):
+                await asyncio.wait_for(conn.publish(batch_topic(election, device), b"{}", qos=1), TIMEOUT_S)
+            for conn in (a, b):
+                await conn.disconnect()
+            wheel.close()
+
+        asyncio.run(asyncio.wait_for(main(), 2 * TIMEOUT_S))
+        topics = {got.get(timeout=TIMEOUT_S), got.get(timeout=TIMEOUT_S)}
+        assert topics == {batch_topic(election, first), batch_topic(election, second)}
+    finally:
+        gateway.disconnect()
+        gateway.loop_stop()
+
+
 def test_a_device_certificate_from_another_ca_is_refused(locked: BrokerProcess, registry: Registry, wire: Wire, tmp_path: Path) -> None:
     device = registry.election.devices[0]
     rogue = issue(create_authority(tmp_path / "rogue"), Role.DEVICE, device)
-    context = client_context(ClientTls(wire.keys / "ca.crt", rogue.cert, rogue.key))
+    context = DeviceTls(FleetTls(wire.keys / "ca.crt"), ClientTls(wire.keys / "ca.crt", rogue.cert, rogue.key))
 
     async def main() -> None:
         with pytest.raises(ConnectionFailed):
@@ -86,7 +133,7 @@ def test_a_broker_whose_certificate_is_not_from_our_ca_is_refused_by_the_device(
         tls=BrokerTls(rogue_ca.cert_path, impostor.cert, impostor.key, tls.acl),
     )  # fmt: skip
     device = registry.election.devices[0]
-    context = client_context(client_tls(wire.keys, Role.DEVICE, device))
+    context = _device_tls(wire.keys, device)
     broker.start()
     try:
 
