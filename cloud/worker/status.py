@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 from cloud import models
 from cloud._exceptions import DatabaseError
 from cloud.db import check_schema, translate_errors
+from protocol import ProtocolError
 from protocol.election import parse_timestamp
 from protocol.gateway_status import GatewayStatus
 
@@ -154,6 +155,9 @@ class GatewayRow:
     pid: int
     version: str
     received_at: datetime
+    # rejects held and dropped by the caps (protocol/gateway_status.py), from the last status
+    # message; None when it carried none (a last will, an older gateway)
+    quarantine: dict[str, Any] | None = None
 
     def to_mapping(self, now: datetime | None = None) -> dict[str, Any]:
         moment = now or datetime.now(UTC)
@@ -174,6 +178,7 @@ class GatewayRow:
             "pid": self.pid,
             "version": self.version,
             "received_at": _iso(self.received_at),
+            "quarantine": None if self.quarantine is None else dict(self.quarantine),
             "age_s": round((moment - self.received_at).total_seconds(), 1),
         }
 
@@ -209,9 +214,19 @@ def load_gateways(engine: Engine) -> list[GatewayRow]:
             pid=r.pid,
             version=r.version,
             received_at=r.received_at,
+            quarantine=_quarantine(r.status),
         )
         for r in rows
     ]
+
+
+def _quarantine(status: str) -> dict[str, Any] | None:
+    """The quarantine figures of a stored status message (stored only once it parsed)."""
+    try:
+        quarantine = GatewayStatus.parse(status.encode("utf-8")).quarantine
+    except ProtocolError:  # pragma: no cover - only parsed messages are stored
+        return None
+    return None if quarantine is None else asdict(quarantine)
 
 
 def render_gateways(rows: Sequence[GatewayRow], console: Console) -> None:
@@ -229,6 +244,7 @@ def render_gateways(rows: Sequence[GatewayRow], console: Console) -> None:
         ("inflight", "right"),
         ("delivered", "right"),
         ("quarantined", "right"),
+        ("rejects dropped", "right"),
         ("oldest pending", "right"),
         ("in / out per s", "right"),
         ("reported", "right"),
@@ -244,6 +260,7 @@ def render_gateways(rows: Sequence[GatewayRow], console: Console) -> None:
             _link(row.uplink),
             _link(row.edge),
             *(_count(row.buffer[k]) for k in ("pending", "inflight", "delivered", "quarantined")),
+            _dropped(row.quarantine),
             "-" if row.oldest_pending_age_s is None else f"{row.oldest_pending_age_s:.1f}s",
             "-"
             if row.ingress_rate is None
@@ -253,6 +270,19 @@ def render_gateways(rows: Sequence[GatewayRow], console: Console) -> None:
             row.version,
         )
     console.print(table)
+
+
+def _dropped(quarantine: dict[str, Any] | None) -> str:
+    """Rejects the caps dropped, and which cap is reached (a device sending floods of them)."""
+    if quarantine is None:
+        return "-"
+    at_cap = []
+    if quarantine["devices_at_cap"]:
+        at_cap.append(f"{quarantine['devices_at_cap']:,} device(s) at cap")
+    if quarantine["total_at_cap"]:
+        at_cap.append("total at cap")
+    text = f"{quarantine['dropped']:,}"
+    return f"[red]{text}[/] ({', '.join(at_cap)})" if at_cap else text
 
 
 def _link(value: str | None) -> str:
