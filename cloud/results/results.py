@@ -184,7 +184,21 @@ def find_unit(election: Election, unit_id: str | None) -> Unit:
     return unit
 
 
+def read_every_unit(query: Query, election_id: str | None = None) -> dict[str, Results]:
+    """The results of every reporting unit, from one read of the figures (a caller holding the
+    read transaction sees them all at the same committed state)."""
+    election = stored_election(query, election_id)
+    rollups, by_device = _figures(query, election)
+    return {unit_id: _assemble(election, unit, rollups, by_device) for unit_id, unit in election.units.items()}
+
+
 def _read(query: Query, election: Election, unit: Unit) -> Results:
+    rollups, by_device = _figures(query, election)
+    return _assemble(election, unit, rollups, by_device)
+
+
+def _figures(query: Query, election: Election) -> tuple[dict[str, Rollup], dict[str | None, dict[str, int]]]:
+    """Every unit's rollup, and the rejections per device and reason."""
     eid = {"eid": election.id}
     votes: dict[str, dict[str, dict[str, int]]] = {}
     for precinct, contest, choice, n in query(
@@ -231,7 +245,12 @@ def _read(query: Query, election: Election, unit: Unit) -> Results:
         )
         for precinct in {*votes, *ballots, *finals, *duplicates, *rejected}
     }
-    rollups = roll_up(election, figures)
+    return roll_up(election, figures), by_device
+
+
+def _assemble(
+    election: Election, unit: Unit, rollups: Mapping[str, Rollup], by_device: Mapping[str | None, Mapping[str, int]]
+) -> Results:
     # Rejections of this unit: at the root every one; below it, those naming its devices.
     devices = {dv for u in election.walk(unit.id) for dv in u.devices}
     by_reason: dict[str, int] = {}
