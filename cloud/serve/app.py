@@ -5,6 +5,11 @@ Routes (JSON unless said)::
     GET /api/results              the root unit's figures (``cloud results --json``)
     GET /api/units/{unit}         any reporting unit's figures; 404 naming the unit if unknown
     GET /api/version              {"election", "version", "at"}: the results version
+    GET /api/election             the election: contests, choices and units with their names
+    GET /api/trend/{unit}         ballots and votes per time window (``cloud results --trend``)
+    GET /api/alerts               the newest alerts the rules raised (``cloud alerts``)
+    GET /api/gateways             every gateway's health (``cloud gateways``), <= 1 poll old
+    GET /                         the live results page (cloud/serve/static/)
     GET /events                   Server-Sent Events: ``event: change`` with ``id:`` the results
                                   version and data {"version", "at", "units": {unit: figures}}
                                   for the units that changed, within one poll of a commit
@@ -30,16 +35,19 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from email.utils import format_datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.responses import FileResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from cloud._exceptions import CloudError
-from cloud.serve.snapshot import Poller, Snapshot
+from cloud.serve.reads import Reads
+from cloud.serve.snapshot import Poller, Snapshot, etag_of
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -48,6 +56,7 @@ log = logging.getLogger(__name__)
 
 QUEUE_EVENTS = 16
 KEEPALIVE_S = 15.0
+STATIC = Path(__file__).with_name("static")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +118,7 @@ def create_app(engine: Engine, config: ServeConfig, *, on_ready: Callable[[], No
     the caller has bound the socket, so requests queue until it is). ``app.state.end_streams()``
     ends every SSE stream, from any thread (the server calls it when told to stop)."""
     poller = Poller(engine, config.election)
+    reads = Reads(engine, config.election, ttl_s=config.poll_s)
     hub = Hub()
     stats = _Stats()
 
@@ -172,6 +182,51 @@ def create_app(engine: Engine, config: ServeConfig, *, on_ready: Callable[[], No
             return Response(current.units[unit], media_type="application/json", headers=headers)
         finally:
             stats.observe(route, started)
+
+    def not_ready() -> Response:
+        return _json({"error": "the results service has not read the database yet"}, 503)
+
+    def cached(request: Request, body: bytes, route: str, started: float, current: Snapshot) -> Response:
+        tag = etag_of(body)
+        headers = {"ETag": tag, "Cache-Control": "no-cache", "X-Results-Version": str(current.version)}
+        stats.observe(route, started)
+        if request.headers.get("if-none-match") == tag:
+            stats.not_modified += 1
+            return Response(status_code=304, headers=headers)
+        return Response(body, media_type="application/json", headers=headers)
+
+    async def election(request: Request) -> Response:
+        started, current = time.perf_counter(), snapshot()
+        if current is None:
+            return not_ready()
+        return cached(request, current.definition, "/api/election", started, current)
+
+    async def trend(request: Request) -> Response:
+        started, current = time.perf_counter(), snapshot()
+        if current is None:
+            return not_ready()
+        unit_id = str(request.path_params.get("unit") or current.root)
+        if unit_id not in current.units:
+            return _json({"error": f"election {current.election!r} has no reporting unit {unit_id!r}"}, 404)
+        body = await asyncio.to_thread(reads.trend, unit_id, current.version)
+        return cached(request, body, "/api/trend", started, current)
+
+    async def alerts(request: Request) -> Response:
+        started, current = time.perf_counter(), snapshot()
+        if current is None:
+            return not_ready()
+        body = await asyncio.to_thread(reads.alerts, current.version)
+        return cached(request, body, "/api/alerts", started, current)
+
+    async def gateways(request: Request) -> Response:
+        started, current = time.perf_counter(), snapshot()
+        if current is None:
+            return not_ready()
+        body = await asyncio.to_thread(reads.gateways)
+        return cached(request, body, "/api/gateways", started, current)
+
+    async def page(_request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     async def results(request: Request) -> Response:
         current = snapshot()
@@ -243,6 +298,13 @@ def create_app(engine: Engine, config: ServeConfig, *, on_ready: Callable[[], No
         return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     routes = [
+        Route("/", page),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        Route("/api/election", election),
+        Route("/api/trend", trend),
+        Route("/api/trend/{unit}", trend),
+        Route("/api/alerts", alerts),
+        Route("/api/gateways", gateways),
         Route("/api/results", results),
         Route("/api/units/{unit}", unit),
         Route("/api/version", version),

@@ -45,6 +45,7 @@ class Snapshot:
     at: datetime  # when this server read them
     units: dict[str, bytes]  # unit id -> its JSON (``cloud results --json`` for that unit)
     etags: dict[str, str] = field(default_factory=dict)  # unit id -> strong ETag of its bytes
+    definition: bytes = b"{}"  # the election (contests, choices and units with their names)
 
     def etag(self, unit: str) -> str:
         return self.etags[unit]
@@ -61,6 +62,11 @@ class Change:
         """The SSE data: version, time, and the changed units' new figures (compact)."""
         units = {unit: _summary(orjson.loads(self.snapshot.units[unit])) for unit in self.changed}
         return orjson.dumps({"version": self.snapshot.version, "at": _iso(self.snapshot.at), "units": units})
+
+
+def etag_of(body: bytes) -> str:
+    """A strong ETag: a digest of the exact bytes served."""
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
 
 
 def _summary(figures: dict[str, Any]) -> dict[str, Any]:
@@ -97,8 +103,9 @@ class Poller:
             self.reads += 1
             every = read_every_unit(query, election.id)
         units = {unit: orjson.dumps(results.to_mapping(), option=orjson.OPT_SORT_KEYS) for unit, results in every.items()}
-        etags = {unit: '"' + hashlib.sha256(body).hexdigest()[:32] + '"' for unit, body in units.items()}
-        snapshot = Snapshot(election.id, election.root, version, datetime.now(UTC), units, etags)
+        etags = {unit: etag_of(body) for unit, body in units.items()}
+        definition = orjson.dumps(election.to_mapping())
+        snapshot = Snapshot(election.id, election.root, version, datetime.now(UTC), units, etags, definition)
         changed = tuple(u for u in units if old is None or old.units.get(u) != units[u])
         self.current = snapshot
         log.info("results of %s at version %d (%d units changed)", election.id, version, len(changed))
