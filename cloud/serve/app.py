@@ -6,7 +6,7 @@ Routes (JSON unless said)::
     GET /api/units/{unit}         any reporting unit's figures; 404 naming the unit if unknown
     GET /api/version              {"election", "version", "at"}: the results version
     GET /api/election             the election: contests, choices and units with their names
-    GET /api/trend/{unit}         ballots and votes per time window (``cloud results --trend``)
+    GET /api/trend/{unit}         ballots and votes per time window (``cloud results --windows``)
     GET /api/alerts               the newest alerts the rules raised (``cloud alerts``)
     GET /api/gateways             every gateway's health (``cloud gateways``), <= 1 poll old
     GET /                         the live results page (cloud/serve/static/)

@@ -48,7 +48,7 @@ class Reads:
         return body
 
     def trend(self, unit: str, version: int) -> bytes:
-        """Ballots and votes per time window of ``unit`` (``cloud results --trend --json``)."""
+        """Ballots and votes per time window of ``unit`` (``cloud results --windows --json``)."""
         return self._cached(
             ("trend", unit, version),
             lambda: orjson.dumps(load_trend(self._engine, self._election, unit).to_mapping()),
