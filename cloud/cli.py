@@ -491,12 +491,43 @@ def serve(
     election: str | None = typer.Option(None, "--election", help="which election (default: the only one)"),
     poll: float = typer.Option(0.25, "--poll", min=0.05, max=60, help="seconds between database polls"),
     ready_file: Path | None = typer.Option(None, "--ready-file", help="written once serving: JSON with pid and port"),
+    feed: Path | None = typer.Option(None, "--feed", help="also serve this `cloud publish --out` directory under /feed/"),
 ) -> None:
     """Serve results over HTTP, read-only: JSON per unit with ETags, SSE changes, /metrics."""
     from cloud.serve.app import ServeConfig
     from cloud.serve.server import serve as run_server
 
     try:
-        run_server(db, host, port, ServeConfig(election=election, poll_s=poll), ready_file)
+        if feed is not None and not feed.is_dir():
+            raise ConfigError(f"--feed {feed}: no such directory (make it with `edgetally cloud publish --out {feed}`)")
+        run_server(db, host, port, ServeConfig(election=election, poll_s=poll, feed=feed), ready_file)
     except CloudError as err:
         _fail("serve", err)
+
+
+@app.command("publish")
+def publish(
+    db: str = DB_OPTION,
+    out: Path = typer.Option(..., "--out", help="the feed's directory (current_ver.txt, v/{version}/...)"),
+    every: float | None = typer.Option(None, "--every", min=0.05, help="keep publishing each new version, polling every S seconds, until Ctrl-C or SIGTERM"),
+    keep: int = typer.Option(10, "--keep", min=1, help="versions kept (older ones are removed; never the current one)"),
+    election: str | None = typer.Option(None, "--election", help="which election (default: the only one)"),
+) -> None:
+    """Publish a static, versioned results feed a CDN can serve (current_ver.txt last)."""
+    from cloud.db import make_engine
+    from cloud.serve.feed import current, publish_until
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("%s: stopping after the current version", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        engine = make_engine(db, create=False, writer=False)
+        written = publish_until(engine, out, election=election, every=every, keep=keep, stop=stop)
+    except CloudError as err:
+        _fail("publish", err)
+    typer.echo(f"published {written} new version(s); current: {current(out)}")

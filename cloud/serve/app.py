@@ -10,6 +10,7 @@ Routes (JSON unless said)::
     GET /api/alerts               the newest alerts the rules raised (``cloud alerts``)
     GET /api/gateways             every gateway's health (``cloud gateways``), <= 1 poll old
     GET /                         the live results page (cloud/serve/static/)
+    GET /feed/...                 the `cloud publish` feed (``--feed DIR``), as static files
     GET /events                   Server-Sent Events: ``event: change`` with ``id:`` the results
                                   version and data {"version", "at", "units": {unit: figures}}
                                   for the units that changed, within one poll of a commit
@@ -64,6 +65,7 @@ class ServeConfig:
     election: str | None = None
     poll_s: float = 0.25
     retry_ms: int = 2000  # what SSE clients wait before reconnecting
+    feed: Path | None = None  # a `cloud publish` directory, served under /feed/
 
 
 class Hub:
@@ -311,6 +313,8 @@ def create_app(engine: Engine, config: ServeConfig, *, on_ready: Callable[[], No
         Route("/events", events),
         Route("/metrics", metrics),
     ]
+    if config.feed is not None:
+        routes.append(Mount("/feed", StaticFiles(directory=config.feed, check_dir=False), name="feed"))
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.end_streams = end_streams
     return app
