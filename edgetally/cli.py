@@ -80,6 +80,8 @@ def demo_cmd(
     embedded_brokers: bool = typer.Option(False, "--embedded-brokers", help="Use the embedded amqtt broker even if Mosquitto is installed (needs --plain)"),
     plain: bool = typer.Option(False, "--plain", help="Anonymous MQTT over TCP without ACLs (local experiments; default: TLS, client certificates, ACLs)"),
     as_json: bool = typer.Option(False, "--json", help="Also print the verdict as JSON"),
+    serve: bool = typer.Option(False, "--serve", help="Serve the live results page while it runs, and after the verdict until Ctrl-C"),
+    serve_port: int = typer.Option(8080, "--serve-port", min=0, max=65535, help="The page's port with --serve (0 = a free one)"),
 ) -> None:
     """Run brokers, cloud, gateway and a fleet; optionally cut the cloud link; compare totals."""
     from devices.election_file import sample_election_path
@@ -100,6 +102,7 @@ def demo_cmd(
         timeout=timeout,
         embedded_brokers=True if embedded_brokers else None,
         plain=plain,
+        serve_port=serve_port if serve else None,
     )
     console = Console()
     verdict = Demo(config, console).run()

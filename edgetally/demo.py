@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import signal
 import tempfile
+import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -19,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
+from edgetally.processes import Component
 from edgetally.stack import Stack, StackConfig
 from edgetally.verdict import Verdict, compare, render
 
@@ -40,6 +44,7 @@ class DemoConfig:
     timeout: float = 240.0
     embedded_brokers: bool | None = None
     plain: bool = False  # anonymous MQTT over TCP without ACLs; default TLS, certificates, ACLs
+    serve_port: int | None = None  # serve the live results page on this port (0: a free one) until Ctrl-C
 
 
 class _Interrupted(Exception):
@@ -81,6 +86,10 @@ class Demo:
             )
         )
         self.seen = _Observed()
+        self.serve: Component | None = None
+        if config.serve_port is not None:
+            args = ["cloud", "serve", "--db", self.stack.db_url, "--port", str(config.serve_port)]
+            self.serve = Component("serve", args, self.workdir)
         self.events: list[str] = []
         self._t0 = time.monotonic()
 
@@ -127,14 +136,37 @@ class Demo:
         try:
             verdict = self._run()
             ok = verdict.ok
+            if self.serve is not None:
+                self._serve_until_interrupted(verdict)
             return verdict
         finally:
+            if self.serve is not None:
+                self.serve.stop()
             self.stack.stop()
             signal.signal(signal.SIGTERM, previous)
             if self.config.keep or not ok:
                 self.console.print(f"work directory (logs, databases): {self.workdir}")
             else:
                 shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _page_url(self) -> str:
+        assert self.serve is not None and self.serve.ready_file is not None
+        port = json.loads(self.serve.ready_file.read_text(encoding="utf-8"))["port"]
+        return f"http://127.0.0.1:{port}/"
+
+    def _serve_until_interrupted(self, verdict: Verdict) -> None:
+        """Say whether the page serves the verdict's totals, then keep it up until Ctrl-C or SIGTERM."""
+        url = self._page_url()
+        with urllib.request.urlopen(f"{url}api/results", timeout=10) as reply:
+            shown = json.loads(reply.read())
+        same = shown == self.stack.results()
+        mark = "[green]the same totals as the verdict[/]" if same else "[bold red]totals that differ from the verdict[/]"
+        self.console.print(f"live results page: {url} shows {mark} ({'MATCH' if verdict.ok else 'MISMATCH'}); serving until Ctrl-C")
+        idle = threading.Event()
+        with contextlib.suppress(KeyboardInterrupt, _Interrupted):
+            while self.serve is not None and self.serve.running:
+                idle.wait(1.0)  # the page is served by its own process; this only waits for Ctrl-C
+        self.console.print("stopped serving the page")
 
     def _run(self) -> Verdict:
         cfg = self.config
@@ -158,7 +190,12 @@ class Demo:
             )
         with self.console.status("starting brokers, cloud and gateway"):
             self.stack.start()
+            if self.serve is not None:
+                self.serve.start()
+                self.serve.wait_ready(60)
         self._event("brokers, cloud and gateway ready")
+        if self.serve is not None:
+            self.console.print(f"live results page: {self._page_url()}")
         self.stack.start_fleet()
         self._event("fleet started")
 

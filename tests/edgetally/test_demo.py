@@ -86,3 +86,31 @@ def test_ctrl_c_stops_every_process_the_demo_started(tmp_path: Path) -> None:
     finally:
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
+
+
+def test_demo_serve_shows_the_page_with_the_verdicts_totals_until_ctrl_c(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo-serve"
+    out = tmp_path / "demo.out"
+    with open(out, "wb") as sink:
+        demo = subprocess.Popen(
+            edgetally_cmd("demo", "--devices", "8", "--batches", "2", "--serve", "--serve-port", "0", "--workdir", str(workdir)),
+            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "COLUMNS": "200"},
+        )  # fmt: skip
+    try:
+        wait_until(lambda: "serving until Ctrl-C" in out.read_text() or demo.poll() is not None, 200, "the verdict and the page")
+        text = out.read_text()
+        assert "VERDICT: MATCH" in text
+        assert "shows the same totals as the verdict (MATCH)" in text
+        url = text[text.index("live results page: http://") + len("live results page: ") :].split()[0]
+        import urllib.request
+
+        with urllib.request.urlopen(f"{url}api/results", timeout=10) as reply:
+            assert json.loads(reply.read())["batches"] == 16
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            assert b"Live results" in reply.read()
+        demo.send_signal(signal.SIGINT)  # Ctrl-C
+        assert demo.wait(60) == 0, out.read_text()
+        assert _processes_mentioning(str(workdir)) == []
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
