@@ -160,7 +160,8 @@ def stored_election(query: Query, election_id: str | None) -> Election:
     else:
         matching = [r for r in rows if r[0] == election_id]
         if not matching:
-            raise ResultsError(f"the database holds no election {election_id!r}")
+            held = ", ".join(e for e, _ in rows)
+            raise ResultsError(f"the database holds no election {election_id!r} (it holds {held})")
         stored, definition = matching[0]
     try:
         return Election.from_mapping(canonical.loads(definition, what="stored election"))
@@ -184,7 +185,34 @@ def find_unit(election: Election, unit_id: str | None) -> Unit:
     return unit
 
 
+def read_rollups(query: Query, election: Election) -> dict[str, Rollup]:
+    """Every unit's figures (the :class:`Rollup` of each unit id), exactly those ``results``
+    shows for that unit, read through ``query`` inside one read transaction."""
+    return _figures(query, election)[0]
+
+
 def _read(query: Query, election: Election, unit: Unit) -> Results:
+    rollups, by_device = _figures(query, election)
+    # Rejections of this unit: at the root every one; below it, those naming its devices.
+    devices = {dv for u in election.walk(unit.id) for dv in u.devices}
+    by_reason: dict[str, int] = {}
+    for device, reasons in by_device.items():
+        if unit.id == election.root or device in devices:
+            for reason, n in reasons.items():
+                by_reason[reason] = by_reason.get(reason, 0) + n
+    return Results(
+        election=election,
+        rollup=rollups[unit.id],
+        children=tuple(rollups[c] for c in unit.children),
+        rejections=sum(by_reason.values()),
+        rejections_by_reason=dict(sorted(by_reason.items())),
+    )
+
+
+def _figures(
+    query: Query, election: Election
+) -> tuple[dict[str, Rollup], dict[str | None, dict[str, int]]]:
+    """Every unit's rollup, and the rejections by device (None: naming no device) and reason."""
     eid = {"eid": election.id}
     votes: dict[str, dict[str, dict[str, int]]] = {}
     for precinct, contest, choice, n in query(
@@ -231,21 +259,7 @@ def _read(query: Query, election: Election, unit: Unit) -> Results:
         )
         for precinct in {*votes, *ballots, *finals, *duplicates, *rejected}
     }
-    rollups = roll_up(election, figures)
-    # Rejections of this unit: at the root every one; below it, those naming its devices.
-    devices = {dv for u in election.walk(unit.id) for dv in u.devices}
-    by_reason: dict[str, int] = {}
-    for device, reasons in by_device.items():
-        if unit.id == election.root or device in devices:
-            for reason, n in reasons.items():
-                by_reason[reason] = by_reason.get(reason, 0) + n
-    return Results(
-        election=election,
-        rollup=rollups[unit.id],
-        children=tuple(rollups[c] for c in unit.children),
-        rejections=sum(by_reason.values()),
-        rejections_by_reason=dict(sorted(by_reason.items())),
-    )
+    return roll_up(election, figures), by_device
 
 
 # -- for people --------------------------------------------------------------------------
