@@ -103,7 +103,7 @@ def export_text(db_url: str, fmt: str, election_id: str | None, generated: datet
         data = read_export(engine, election_id)
     finally:
         engine.dispose()
-    log.info(
+    log.debug(
         "export %s of %s: %d units, %d of %d devices final",
         fmt, data.election.id, len(data.rollups), data.root.devices_final, data.root.devices_total,
     )  # fmt: skip
