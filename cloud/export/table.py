@@ -1,5 +1,5 @@
-"""An election's results as one CSV table a newsroom tool loads: a row per reporting unit ×
-contest × choice, units in tree order (each parent before its children), contests and choices
+"""An election's results as one CSV table a newsroom tool loads: a row per reporting unit x
+contest x choice, units in tree order (each parent before its children), contests and choices
 in the election's order, zeros included. Written with the ``csv`` module (RFC 4180: quoted
 where needed, CRLF line ends), UTF-8, one header row::
 

@@ -1,4 +1,4 @@
-"""`edgetally cloud export --format csv` as a real subprocess: one row per unit × contest ×
+"""`edgetally cloud export --format csv` as a real subprocess: one row per unit x contest x
 choice under the documented header, every figure what `cloud results --json` prints."""
 
 from __future__ import annotations

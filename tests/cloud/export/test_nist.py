@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 from cloud.ledger.ledger import Ledger
-from tests.cloud.results_support import expected_for
 from tests.cloud.export.support import (
     ballot_counts,
     count_status,
@@ -19,6 +18,7 @@ from tests.cloud.export.support import (
     schema_errors,
     vote_counts,
 )
+from tests.cloud.results_support import expected_for
 from tests.cloud.support import Envelopes
 
 
