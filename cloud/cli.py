@@ -1,5 +1,5 @@
 """`edgetally cloud ...` commands: run, migrate, results, export, audit, settings, gateways,
-and what the rules wrote: alerts, stored, dead-letters.
+serve, and what the rules wrote: alerts, stored, dead-letters.
 
 Errors in what the user gave (missing keys, bad URL, a database that is not a cloud
 database) end the command with exit code 1 and one line on stderr. An unreachable broker at
@@ -510,3 +510,22 @@ def dead_letters(
         typer.echo(json.dumps(found, indent=2))
     else:
         outputs.render_dead_letters(found, Console())
+
+
+@app.command("serve")
+def serve(
+    db: str = DB_OPTION,
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
+    port: int = typer.Option(8080, "--port", min=0, max=65535, help="port (0 = a free one, named in the ready file)"),
+    election: str | None = typer.Option(None, "--election", help="which election (default: the only one)"),
+    poll: float = typer.Option(0.25, "--poll", min=0.05, max=60, help="seconds between database polls"),
+    ready_file: Path | None = typer.Option(None, "--ready-file", help="written once serving: JSON with pid and port"),
+) -> None:
+    """Serve results over HTTP, read-only: JSON per unit with ETags, SSE changes, /metrics."""
+    from cloud.serve.app import ServeConfig
+    from cloud.serve.server import serve as run_server
+
+    try:
+        run_server(db, host, port, ServeConfig(election=election, poll_s=poll), ready_file)
+    except CloudError as err:
+        _fail("serve", err)

@@ -185,6 +185,14 @@ def find_unit(election: Election, unit_id: str | None) -> Unit:
     return unit
 
 
+def read_every_unit(query: Query, election_id: str | None = None) -> dict[str, Results]:
+    """The results of every reporting unit, from one read of the figures (a caller holding the
+    read transaction sees them all at the same committed state)."""
+    election = stored_election(query, election_id)
+    rollups, by_device = _figures(query, election)
+    return {unit_id: _assemble(election, unit, rollups, by_device) for unit_id, unit in election.units.items()}
+
+
 def read_rollups(query: Query, election: Election) -> dict[str, Rollup]:
     """Every unit's figures (the :class:`Rollup` of each unit id), exactly those ``results``
     shows for that unit, read through ``query`` inside one read transaction."""
@@ -193,26 +201,11 @@ def read_rollups(query: Query, election: Election) -> dict[str, Rollup]:
 
 def _read(query: Query, election: Election, unit: Unit) -> Results:
     rollups, by_device = _figures(query, election)
-    # Rejections of this unit: at the root every one; below it, those naming its devices.
-    devices = {dv for u in election.walk(unit.id) for dv in u.devices}
-    by_reason: dict[str, int] = {}
-    for device, reasons in by_device.items():
-        if unit.id == election.root or device in devices:
-            for reason, n in reasons.items():
-                by_reason[reason] = by_reason.get(reason, 0) + n
-    return Results(
-        election=election,
-        rollup=rollups[unit.id],
-        children=tuple(rollups[c] for c in unit.children),
-        rejections=sum(by_reason.values()),
-        rejections_by_reason=dict(sorted(by_reason.items())),
-    )
+    return _assemble(election, unit, rollups, by_device)
 
 
-def _figures(
-    query: Query, election: Election
-) -> tuple[dict[str, Rollup], dict[str | None, dict[str, int]]]:
-    """Every unit's rollup, and the rejections by device (None: naming no device) and reason."""
+def _figures(query: Query, election: Election) -> tuple[dict[str, Rollup], dict[str | None, dict[str, int]]]:
+    """Every unit's rollup, and the rejections per device and reason."""
     eid = {"eid": election.id}
     votes: dict[str, dict[str, dict[str, int]]] = {}
     for precinct, contest, choice, n in query(
@@ -260,6 +253,25 @@ def _figures(
         for precinct in {*votes, *ballots, *finals, *duplicates, *rejected}
     }
     return roll_up(election, figures), by_device
+
+
+def _assemble(
+    election: Election, unit: Unit, rollups: Mapping[str, Rollup], by_device: Mapping[str | None, Mapping[str, int]]
+) -> Results:
+    # Rejections of this unit: at the root every one; below it, those naming its devices.
+    devices = {dv for u in election.walk(unit.id) for dv in u.devices}
+    by_reason: dict[str, int] = {}
+    for device, reasons in by_device.items():
+        if unit.id == election.root or device in devices:
+            for reason, n in reasons.items():
+                by_reason[reason] = by_reason.get(reason, 0) + n
+    return Results(
+        election=election,
+        rollup=rollups[unit.id],
+        children=tuple(rollups[c] for c in unit.children),
+        rejections=sum(by_reason.values()),
+        rejections_by_reason=dict(sorted(by_reason.items())),
+    )
 
 
 # -- for people --------------------------------------------------------------------------
