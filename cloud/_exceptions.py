@@ -9,7 +9,8 @@ these at the boundary, with ``raise ... from exc``.
     │   ├── NotACloudDatabase   no EdgeTally cloud schema there (run `edgetally cloud migrate`)
     │   ├── MigrationError      Alembic could not bring the schema to head
     │   └── ElectionMismatch    the database holds another definition of the same election
-    └── ResultsError            results asked for an election or unit the database does not hold
+    ├── ResultsError            results asked for an election or unit the database does not hold
+    └── ExportError             an export that cannot be written where --out says
 """
 
 from __future__ import annotations
@@ -48,4 +49,8 @@ class ElectionMismatch(DatabaseError):
 
 
 class ResultsError(CloudError):
+    pass
+
+
+class ExportError(CloudError):
     pass

@@ -1,5 +1,5 @@
-"""`edgetally cloud ...` commands: run, migrate, results, audit, settings, gateways, and what
-the rules wrote: alerts, stored, dead-letters.
+"""`edgetally cloud ...` commands: run, migrate, results, export, audit, settings, gateways,
+serve, and what the rules wrote: alerts, stored, dead-letters.
 
 Errors in what the user gave (missing keys, bad URL, a database that is not a cloud
 database) end the command with exit code 1 and one line on stderr. An unreachable broker at
@@ -315,6 +315,35 @@ def _trend(db: str, election: str | None, unit: str | None, *, as_json: bool, la
         typer.echo(json.dumps(trend.to_mapping(), indent=2, sort_keys=True))
     else:
         render_trend(trend, Console(), last=last)
+
+
+@app.command("export")
+def export(
+    db: str = DB_OPTION,
+    fmt: str = typer.Option(
+        ..., "--format", help="nist-1500-100 (NIST SP 1500-100 v2 JSON) or csv"
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="write FILE (atomically: a temporary file renamed); default stdout"
+    ),
+    election: str | None = typer.Option(
+        None, "--election", help="election id, if the database holds several"
+    ),
+) -> None:
+    """The election's results per reporting unit, contest and choice, as NIST SP 1500-100 v2
+    JSON (an ElectionReport) or as CSV; the figures `results --json` shows."""
+    from datetime import UTC, datetime
+
+    from cloud.export.export import export_text, write_atomically
+
+    try:
+        text = export_text(db, fmt, election, datetime.now(UTC))
+        if out is not None:
+            write_atomically(out, text)
+    except CloudError as err:
+        _fail("export", err)
+    if out is None:
+        typer.echo(text, nl=False)
 
 
 @app.command("audit")

@@ -160,7 +160,8 @@ def stored_election(query: Query, election_id: str | None) -> Election:
     else:
         matching = [r for r in rows if r[0] == election_id]
         if not matching:
-            raise ResultsError(f"the database holds no election {election_id!r}")
+            held = ", ".join(e for e, _ in rows)
+            raise ResultsError(f"the database holds no election {election_id!r} (it holds {held})")
         stored, definition = matching[0]
     try:
         return Election.from_mapping(canonical.loads(definition, what="stored election"))
@@ -190,6 +191,12 @@ def read_every_unit(query: Query, election_id: str | None = None) -> dict[str, R
     election = stored_election(query, election_id)
     rollups, by_device = _figures(query, election)
     return {unit_id: _assemble(election, unit, rollups, by_device) for unit_id, unit in election.units.items()}
+
+
+def read_rollups(query: Query, election: Election) -> dict[str, Rollup]:
+    """Every unit's figures (the :class:`Rollup` of each unit id), exactly those ``results``
+    shows for that unit, read through ``query`` inside one read transaction."""
+    return _figures(query, election)[0]
 
 
 def _read(query: Query, election: Election, unit: Unit) -> Results:
