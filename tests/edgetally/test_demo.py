@@ -114,3 +114,4 @@ def test_demo_serve_shows_the_page_with_the_verdicts_totals_until_ctrl_c(tmp_pat
     finally:
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait(60)

@@ -97,6 +97,7 @@ def test_a_reader_never_finds_a_half_written_version_while_the_feed_keeps_publis
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait(TIMEOUT_S)
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)

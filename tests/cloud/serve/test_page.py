@@ -166,3 +166,4 @@ def test_the_live_page_follows_the_count_to_the_end_drills_down_and_survives_a_s
     finally:
         if service.proc is not None and service.proc.poll() is None:
             service.proc.kill()
+            service.proc.wait(TIMEOUT_S)
