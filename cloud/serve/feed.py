@@ -5,6 +5,8 @@ Layout under ``--out DIR`` (the shape election-night reporting feeds use)::
     current_ver.txt                 the version to read, e.g. ``364``, written last
     v/{version}/summary.json        the election, the results version, when, and the root's figures
     v/{version}/units/{unit}.json   every reporting unit's figures (``cloud results --json --unit``)
+    v/{version}/nist-1500-100.json  the NIST SP 1500-100 v2 export of that version (cloud/export/)
+    v/{version}/results.csv         the CSV export (one row per unit x contest x choice)
 
 A reader first reads ``current_ver.txt``, then the files of that version: they are complete,
 because a version is written into a hidden directory (``v/.tmp-…``) and renamed into place in
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from cloud._exceptions import CloudError, ConfigError
+from cloud.export.export import CSV_FORMAT, NIST_FORMAT, ExportData, render
 from cloud.serve.snapshot import Poller, Snapshot
 
 if TYPE_CHECKING:
@@ -91,6 +94,10 @@ def publish(snapshot: Snapshot, out: Path, *, keep: int = 10) -> Published:
                 "results": orjson.loads(snapshot.units[snapshot.root]),
             }
             _write(staging / "summary.json", orjson.dumps(summary))
+            if snapshot.model is not None:
+                data = ExportData(snapshot.model, snapshot.rollups)
+                _write(staging / "nist-1500-100.json", render(data, NIST_FORMAT, snapshot.at).encode("utf-8"))
+                _write(staging / "results.csv", render(data, CSV_FORMAT, snapshot.at).encode("utf-8"))
             os.rename(staging, final)  # the whole version appears at once
         if current(out) != snapshot.version:
             _write(out / POINTER, f"{snapshot.version}\n".encode("ascii"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,9 @@ from cloud.results.results import read_every_unit, read_snapshot, sa_query, stor
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
+
+    from cloud.results.rollups import Rollup
+    from protocol import Election
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,8 @@ class Snapshot:
     units: dict[str, bytes]  # unit id -> its JSON (``cloud results --json`` for that unit)
     etags: dict[str, str] = field(default_factory=dict)  # unit id -> strong ETag of its bytes
     definition: bytes = b"{}"  # the election (contests, choices and units with their names)
+    model: Election | None = None  # the same, as the model (for the exports)
+    rollups: Mapping[str, Rollup] = field(default_factory=dict)  # unit id -> its figures
 
     def etag(self, unit: str) -> str:
         return self.etags[unit]
@@ -105,7 +111,8 @@ class Poller:
         units = {unit: orjson.dumps(results.to_mapping(), option=orjson.OPT_SORT_KEYS) for unit, results in every.items()}
         etags = {unit: etag_of(body) for unit, body in units.items()}
         definition = orjson.dumps(election.to_mapping())
-        snapshot = Snapshot(election.id, election.root, version, datetime.now(UTC), units, etags, definition)
+        rollups = {unit: results.rollup for unit, results in every.items()}
+        snapshot = Snapshot(election.id, election.root, version, datetime.now(UTC), units, etags, definition, election, rollups)
         changed = tuple(u for u in units if old is None or old.units.get(u) != units[u])
         self.current = snapshot
         log.info("results of %s at version %d (%d units changed)", election.id, version, len(changed))

@@ -49,6 +49,11 @@ def test_a_published_version_holds_every_units_figures_and_is_not_written_twice(
     county = root["children"][0]["id"]
     assert json.loads((out / "v" / str(version) / "units" / f"{county}.json").read_text()) == _results(db_url, county)
     assert len(list((out / "v" / str(version) / "units").iterdir())) == len(envelopes.election.units)
+    nist = json.loads((out / "v" / str(version) / "nist-1500-100.json").read_text())
+    exported = json.loads(run_cli("cloud", "export", "--db", db_url, "--format", "nist-1500-100").stdout)
+    assert {k: v for k, v in nist.items() if k != "GeneratedDate"} == {k: v for k, v in exported.items() if k != "GeneratedDate"}
+    csv_text = (out / "v" / str(version) / "results.csv").read_text()
+    assert csv_text.splitlines() == run_cli("cloud", "export", "--db", db_url, "--format", "csv").stdout.splitlines()
     again = run_cli("cloud", "publish", "--db", db_url, "--out", str(out)).stdout
     assert "published 0 new version(s)" in again and _read_version(out)[0] == version
 
