@@ -1,4 +1,5 @@
-"""The live results page (cloud/serve/static/) in real headless Chromium (Debian's `chromium`,
+"""The results service over a real locked-down stack: its event stream while a fleet sends, and
+the live results page (cloud/serve/static/) in real headless Chromium (Debian's `chromium`,
 driven by Playwright with ``executable_path``) over a real locked-down stack: it is open while
 the fleet sends, ends showing exactly what the cloud counted (every contest's votes, precincts
 reporting, turnout, ballots; then one county and one precinct after drilling down), and when the
@@ -167,3 +168,39 @@ def test_the_live_page_follows_the_count_to_the_end_drills_down_and_survives_a_s
         if service.proc is not None and service.proc.poll() is None:
             service.proc.kill()
             service.proc.wait(TIMEOUT_S)
+
+
+def test_events_follow_the_real_pipeline_with_rising_versions_to_the_expected_totals(stack: Stack, tmp_path: Path) -> None:
+    """Subscribed while a fleet sends through the locked stack: every change event's version is
+    higher than the last, and the last one's figures are `devices expected`'s."""
+    import httpx
+
+    stack.start()
+    service = Service(stack.db_url, tmp_path)
+    service.start()
+    try:
+        expected = stack.expected()
+        root_id = stack.registry.election.root
+        changes: list[dict[str, Any]] = []
+        with httpx.stream("GET", f"{service.url}events", timeout=TIMEOUT_S) as stream:
+            stack.start_fleet()
+            event: dict[str, str] = {}
+            for line in stream.iter_lines():  # bounded: the stream's read timeout, and the break below
+                if line:
+                    name, _, value = line.partition(":")
+                    event[name] = value.strip()
+                    continue
+                if event.get("event") == "change":
+                    changes.append(json.loads(event["data"]))
+                    root = changes[-1]["units"].get(root_id, {})
+                    if root.get("batches") == expected.batches:
+                        break
+                event = {}
+        versions = [c["version"] for c in changes]
+        assert versions == sorted(set(versions)) and len(versions) >= 2, versions
+        final = changes[-1]["units"][root_id]
+        assert final["ballots"] == expected.ballots
+        assert final["contests"] == expected.to_mapping()["contests"]
+        assert stack.fleet.wait(timeout=170) == 0, stack.fleet.tail()
+    finally:
+        service.stop()
