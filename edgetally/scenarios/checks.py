@@ -39,6 +39,7 @@ The checks (names are the module constants below; each a :class:`edgetally.verdi
                 drain was never reached
     PEAK        informational: the deepest the buffers got (what the runner sampled); never fails
     CONTAINED   only when the scenario ran a rogue client: edgetally/scenarios/contained.py
+    SERVED      only when it ran the results service: edgetally/scenarios/served.py
 
 A store that cannot be read fails the checks that need it, with the error as the detail.
 
@@ -68,6 +69,7 @@ from edgetally.scenarios.observe import (
     seq_span,
     undelivered,
 )
+from edgetally.scenarios.served import SERVED, check_served
 from edgetally.scenarios.verdict import ScenarioVerdict, _count, _listed
 from edgetally.verdict import Check
 
@@ -111,6 +113,8 @@ class _Judge(StoreReader):
         ]
         if self.obs.rogue is not None:
             steps.append((CONTAINED, self.check_contained))
+        if self.obs.served:
+            steps.append((SERVED, lambda: check_served(self.obs.served_results, self.results().to_mapping())))
         checks: list[Check] = []
         try:
             for name, step in steps:

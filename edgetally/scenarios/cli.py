@@ -109,8 +109,9 @@ class _LiveView:
         pieces: list[BrokerProcess | Component] = [world.cloud_broker, *world.clouds]
         for site in world.sites:
             pieces += [site.edge, site.gateway, site.fleet]
-        if world.rogue.starts:
-            pieces.append(world.rogue)
+        for extra in (world.rogue, world.serve):
+            if extra.starts:
+                pieces.append(extra)
         for piece in pieces:
             running = piece.running
             state = "[green]running[/]" if running else "[red]down[/]"

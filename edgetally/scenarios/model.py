@@ -23,6 +23,7 @@ A scenario is YAML::
       resend_after: 1s     # devices resend what stays unreceipted after this, doubling up to
       resend_cap: 4s       # this
       gateway_max_quarantine_rows_per_device: 0  # the gateway's per-device quarantine cap (0 = its default)
+      serve: false         # true: `cloud serve` over the cloud database; the verdict checks its totals
       rogue_flood: 200     # rejects the rogue (``start: rogue``) floods its stolen device's topic with
     timeline:
       - {at: 3s, cut: uplink}
@@ -89,6 +90,7 @@ class Topology:
     resend_cap: float = 4.0
     gateway_max_quarantine_rows_per_device: int = 0  # 0 = the gateway's default
     rogue_flood: int = 200
+    serve: bool = False
     election: Path | None = None
 
 

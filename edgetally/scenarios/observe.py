@@ -129,6 +129,8 @@ class Observations:
     peak_buffer_depth: int  # the most batches pending + in flight the runner saw in a buffer
     duplicates_delivered: int | None = None  # what the runner counted; None: the cloud's count
     rogue: Mapping[str, Any] | None = None  # the rogue client's report (edgetally/rogue.py), if one ran
+    served: bool = False  # the scenario ran `cloud serve` (topology.serve)
+    served_results: Mapping[str, Any] | None = None  # what its /api/results showed at the end
 
 
 class _Unreadable(Exception):

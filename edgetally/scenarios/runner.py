@@ -40,6 +40,7 @@ from edgetally.scenarios.observe import (
     expected_accepts,
     undelivered,
 )
+from edgetally.scenarios.served import fetch_served
 from edgetally.scenarios.verdict import ScenarioVerdict
 from edgetally.scenarios.world import Proxy, World, WorldError
 from gateway._exceptions import GatewayError
@@ -185,6 +186,8 @@ class ScenarioRunner:
                     drained_s=drained,
                     peak_buffer_depth=self.sample.peak_backlog,
                     rogue=_read_json(world.rogue_report) if world.rogue.starts else None,
+                    served=world.serve.starts > 0,
+                    served_results=fetch_served(world.serve_port, self.sample.expected, 10.0) if world.serve.starts else None,
                 )
             )
         except (WorldError, ComponentError, BrokerError, ProxyError, OSError, ValueError) as exc:

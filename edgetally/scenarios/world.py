@@ -134,6 +134,8 @@ class World:
                 for i in range(1, topo.cloud_workers + 1)
             ]
         self.sites = [self._site(k, embedded_brokers, gateway_env, fleet_timeout) for k in range(1, topo.sites + 1)]
+        self.serve_port = free_port()
+        self.serve = Component("serve", ["cloud", "serve", "--db", self.db_url, "--port", str(self.serve_port)], workdir)
         self.rogue_report = workdir / "rogue-report.json"
         self.rogue = Component("rogue", [], workdir, ready=False)  # arguments at start: they name the stolen device
         self._registry: Registry | None = None
@@ -272,6 +274,9 @@ class World:
             worker.wait_ready(60)
         for site in self.sites:
             site.gateway.wait_ready(60)
+        if self.scenario.topology.serve:
+            self.serve.start()
+            self.serve.wait_ready(60)
 
     def start_fleets(self) -> None:
         for site in self.sites:
@@ -281,6 +286,7 @@ class World:
     def stop(self) -> None:
         """Stop everything still running (fleets first, brokers last). Safe to call twice."""
         self.rogue.stop()
+        self.serve.stop()
         for site in self.sites:
             site.fleet.stop()
             site.gateway.stop()
@@ -296,6 +302,7 @@ class World:
     def kill_all(self) -> None:
         """SIGKILL whatever is left (after a failure or an interrupt)."""
         self.rogue.kill()
+        self.serve.kill()
         for site in self.sites:
             site.fleet.kill()
             site.gateway.kill()

@@ -14,6 +14,7 @@ from sqlalchemy import create_engine, text
 
 from edgetally.scenarios.model import Scenario, shipped
 from edgetally.scenarios.runner import RunOptions, ScenarioRunner
+from edgetally.scenarios.served import SERVED
 from tests.support.postgres import PG_ADMIN_URL, require_server
 
 pytestmark = pytest.mark.integration
@@ -42,6 +43,8 @@ def test_shipped_scenario_passes_shortened(scenario: Scenario, tmp_path: Path) -
     assert report.verdict.lost == ()
     faults = {"cut", "crash", "kill", "drop", "blackhole", "stop", "restart", "latency", "wipe"}
     assert [e.what for e in report.events if e.what.split()[0] in faults], "no fault was played"
+    if scenario.topology.serve:  # the results service ran, and the verdict judged what it showed
+        assert SERVED in [c.name for c in report.verdict.checks]
     if "backpressure" in scenario.tags:  # the quota was really reached, and held ingress
         assert "holding ingress" in (tmp_path / "world" / "site1" / "gateway1.log").read_text()
 
