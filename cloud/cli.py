@@ -521,6 +521,7 @@ def serve(
     poll: float = typer.Option(0.25, "--poll", min=0.05, max=60, help="seconds between database polls"),
     ready_file: Path | None = typer.Option(None, "--ready-file", help="written once serving: JSON with pid and port"),
     feed: Path | None = typer.Option(None, "--feed", help="also serve this `cloud publish --out` directory under /feed/"),
+    keys: Path | None = typer.Option(None, "--keys", help="the election's registry: /api/audit serves the audit's verdict"),
 ) -> None:
     """Serve results over HTTP, read-only: JSON per unit with ETags, SSE changes, /metrics."""
     from cloud.serve.app import ServeConfig
@@ -529,7 +530,8 @@ def serve(
     try:
         if feed is not None and not feed.is_dir():
             raise ConfigError(f"--feed {feed}: no such directory (make it with `edgetally cloud publish --out {feed}`)")
-        run_server(db, host, port, ServeConfig(election=election, poll_s=poll, feed=feed), ready_file)
+        registry = load_registry(keys) if keys is not None else None
+        run_server(db, host, port, ServeConfig(election=election, poll_s=poll, feed=feed), ready_file, registry)
     except CloudError as err:
         _fail("serve", err)
 

@@ -88,7 +88,7 @@ class Demo:
         self.seen = _Observed()
         self.serve: Component | None = None
         if config.serve_port is not None:
-            args = ["cloud", "serve", "--db", self.stack.db_url, "--port", str(config.serve_port)]
+            args = ["cloud", "serve", "--db", self.stack.db_url, "--port", str(config.serve_port), "--keys", str(self.stack.keys)]
             self.serve = Component("serve", args, self.workdir)
         self.events: list[str] = []
         self._t0 = time.monotonic()

@@ -9,6 +9,7 @@ Routes (JSON unless said)::
     GET /api/trend/{unit}         ballots and votes per time window (``cloud results --windows``)
     GET /api/alerts               the newest alerts the rules raised (``cloud alerts``)
     GET /api/gateways             every gateway's health (``cloud gateways``), <= 1 poll old
+    GET /api/audit                the last ``cloud audit`` verdict (``--keys``), rerun <= every 10 s
     GET /                         the live results page (cloud/serve/static/)
     GET /feed/...                 the `cloud publish` feed (``--feed DIR``), as static files
     GET /events                   Server-Sent Events: ``event: change`` with ``id:`` the results
@@ -53,6 +54,8 @@ from cloud.serve.snapshot import Poller, Snapshot, etag_of
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
+    from protocol import Registry
+
 log = logging.getLogger(__name__)
 
 QUEUE_EVENTS = 16
@@ -66,6 +69,7 @@ class ServeConfig:
     poll_s: float = 0.25
     retry_ms: int = 2000  # what SSE clients wait before reconnecting
     feed: Path | None = None  # a `cloud publish` directory, served under /feed/
+    audit_every_s: float = 10.0  # the audit (with a registry) runs again at most this often
 
 
 class Hub:
@@ -115,12 +119,14 @@ def _json(payload: object, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
 
-def create_app(engine: Engine, config: ServeConfig, *, on_ready: Callable[[], None] | None = None) -> Starlette:
+def create_app(
+    engine: Engine, config: ServeConfig, *, on_ready: Callable[[], None] | None = None, registry: Registry | None = None
+) -> Starlette:
     """The app; ``on_ready`` is called once the first poll was tried (started, not serving yet:
     the caller has bound the socket, so requests queue until it is). ``app.state.end_streams()``
     ends every SSE stream, from any thread (the server calls it when told to stop)."""
     poller = Poller(engine, config.election)
-    reads = Reads(engine, config.election, ttl_s=config.poll_s)
+    reads = Reads(engine, config.election, ttl_s=config.poll_s, registry=registry, audit_every_s=config.audit_every_s)
     hub = Hub()
     stats = _Stats()
 
@@ -227,6 +233,18 @@ def create_app(engine: Engine, config: ServeConfig, *, on_ready: Callable[[], No
         body = await asyncio.to_thread(reads.gateways)
         return cached(request, body, "/api/gateways", started, current)
 
+    async def audit(request: Request) -> Response:
+        started, current = time.perf_counter(), snapshot()
+        if current is None:
+            return not_ready()
+        try:
+            body = await asyncio.to_thread(reads.audit, current.version)
+        except CloudError as exc:
+            return _json({"error": f"the audit failed: {exc}"}, 503)
+        if body is None:
+            return _json({"error": "no audit: start `cloud serve` with --keys DIR (the election's registry)"}, 404)
+        return cached(request, body, "/api/audit", started, current)
+
     async def page(_request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
@@ -307,6 +325,7 @@ def create_app(engine: Engine, config: ServeConfig, *, on_ready: Callable[[], No
         Route("/api/trend/{unit}", trend),
         Route("/api/alerts", alerts),
         Route("/api/gateways", gateways),
+        Route("/api/audit", audit),
         Route("/api/results", results),
         Route("/api/units/{unit}", unit),
         Route("/api/version", version),

@@ -21,6 +21,7 @@ import uvicorn
 from cloud._exceptions import ConfigError
 from cloud.db import make_engine
 from cloud.serve.app import ServeConfig, create_app
+from protocol import Registry
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,9 @@ class _Server(uvicorn.Server):
         self._on_exit()
 
 
-def serve(db_url: str, host: str, port: int, config: ServeConfig, ready_file: Path | None = None) -> None:
+def serve(
+    db_url: str, host: str, port: int, config: ServeConfig, ready_file: Path | None = None, registry: Registry | None = None
+) -> None:
     """Serve until stopped. :class:`ConfigError` for a port that cannot be bound; a database
     that cannot be read keeps the unit routes at 503 (and is logged) until it can."""
     engine = make_engine(db_url, create=False, writer=False)
@@ -71,7 +74,7 @@ def serve(db_url: str, host: str, port: int, config: ServeConfig, ready_file: Pa
         if ready_file is not None:
             ready_file.write_text(json.dumps({"pid": os.getpid(), "port": bound}) + "\n", encoding="utf-8")
 
-    app = create_app(engine, config, on_ready=ready)
+    app = create_app(engine, config, on_ready=ready, registry=registry)
     server = _Server(
         uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=1),
         app.state.end_streams,

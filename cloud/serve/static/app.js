@@ -118,14 +118,30 @@ function renderAlerts(rows) {
   if (!rows.length) list.append(el("li", {}, "none"));
 }
 
+async function getAudit() {
+  const reply = await fetch("/api/audit", { cache: "no-cache" });
+  if (reply.status === 404) return null;  // the service runs without the registry (--keys)
+  if (!reply.ok) throw new Error(`/api/audit: ${reply.status}`);
+  return reply.json();
+}
+
+function renderAudit(audit) {
+  const node = $("audit");
+  if (audit === null) { node.textContent = "audit: not run by this server (start it with --keys)"; node.className = ""; return; }
+  const failing = audit.checks.filter((c) => !c.ok).map((c) => c.name);
+  node.textContent = audit.ok ? `audit: all ${audit.checks.length} checks hold (version ${fmt.format(audit.version)})`
+    : `audit: ${failing.length} of ${audit.checks.length} checks fail (${failing.join(", ")}) at version ${fmt.format(audit.version)}`;
+  node.className = audit.ok ? "" : "bad";
+}
+
 async function refresh() {
   pending = null;
   const unit = unitFromHash();
-  const [r, trend, gws, alerts] = await Promise.all([
+  const [r, trend, gws, alerts, audit] = await Promise.all([
     getJSON(`/api/units/${encodeURIComponent(unit)}`), getJSON(`/api/trend/${encodeURIComponent(unit)}`),
-    getJSON("/api/gateways"), getJSON("/api/alerts"),
+    getJSON("/api/gateways"), getJSON("/api/alerts"), getAudit(),
   ]);
-  renderCrumbs(unit); renderFigures(r); renderTrend(trend); renderGateways(gws); renderAlerts(alerts);
+  renderCrumbs(unit); renderFigures(r); renderTrend(trend); renderGateways(gws); renderAlerts(alerts); renderAudit(audit);
   $("updated").textContent = new Date().toLocaleTimeString();
   document.body.dataset.unit = unit;
   document.body.dataset.shownBatches = String(r.batches);

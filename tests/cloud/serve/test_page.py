@@ -46,8 +46,8 @@ def _artifacts() -> Path:
 class Service:
     """`edgetally cloud serve` on a fixed port, so that it comes back where the page expects it."""
 
-    def __init__(self, db_url: str, workdir: Path) -> None:
-        self.db_url, self.workdir, self.port = db_url, workdir, free_port()
+    def __init__(self, db_url: str, workdir: Path, keys: Path | None = None) -> None:
+        self.db_url, self.workdir, self.port, self.keys = db_url, workdir, free_port(), keys
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -58,6 +58,7 @@ class Service:
         ready = self.workdir / "serve.ready"
         ready.unlink(missing_ok=True)
         args = ["cloud", "serve", "--db", self.db_url, "--port", str(self.port), "--poll", "0.1", "--ready-file", str(ready)]
+        args += ["--keys", str(self.keys)] if self.keys is not None else []
         self.proc = proc = start_cli(*args, log=self.workdir / "serve.log")
         wait_until(lambda: ready.exists() or proc.poll() is not None, TIMEOUT_S, "the results service ready")
         assert proc.poll() is None, (self.workdir / "serve.log").read_text()
@@ -127,7 +128,7 @@ def test_the_live_page_follows_the_count_to_the_end_drills_down_and_survives_a_s
     chromium = _chromium()
     artifacts = _artifacts()
     stack.start()
-    service = Service(stack.db_url, tmp_path)
+    service = Service(stack.db_url, tmp_path, stack.keys)
     service.start()
     try:
         with sync_playwright() as pw:
@@ -143,6 +144,10 @@ def test_the_live_page_follows_the_count_to_the_end_drills_down_and_survives_a_s
             final = _results(stack)
             assert final["contests"] == expected.to_mapping()["contests"]  # what the page must end on: the verdict
             assert _shown(page) == _as_page_shows(final)
+            audit = json.loads(run_cli("cloud", "audit", "--db", stack.db_url, "--keys", str(stack.keys), "--json", check=False).stdout)
+            page.wait_for_function("document.getElementById('audit').textContent.includes('checks')", timeout=TIMEOUT_S * 1000)
+            shown_audit = page.inner_text("#audit")
+            assert ("fail" in shown_audit) is (not audit["ok"]), shown_audit  # 12 of 91 devices: finals missing
             page.screenshot(path=str(artifacts / "live-page-final.png"), full_page=True)
 
             county = next(c for c in final["children"] if c["batches"])

@@ -21,7 +21,7 @@ from cloud.ledger.ledger import Ledger
 from cloud.results.results import load_results
 from tests.cloud.results_support import fill
 from tests.cloud.support import Envelopes
-from tests.helpers import start_cli, wait_until
+from tests.helpers import run_cli, start_cli, wait_until
 
 TIMEOUT_S = 20
 
@@ -127,8 +127,29 @@ def test_subscribers_get_each_change_with_a_rising_version_and_the_final_figures
 
 
 def test_serve_refuses_a_database_that_does_not_exist(tmp_path: Path) -> None:
-    from tests.helpers import run_cli
 
     proc = run_cli("cloud", "serve", "--db", f"sqlite:///{tmp_path / 'none.db'}", "--port", "0", check=False, timeout=60)
     assert proc.returncode == 1
     assert "none.db" in proc.stderr
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_the_audit_verdict_is_served_with_keys_and_refused_with_a_reason_without(
+    served: Served, db_url: str, ledger: Ledger, envelopes: Envelopes, keys_dir: Path, tmp_path: Path
+) -> None:
+    first, _ = _halves(envelopes)
+    fill(ledger, envelopes, first)
+    without = served.get("/api/audit")
+    assert without.status_code == 404 and "--keys" in without.json()["error"]
+    ready = tmp_path / "audit.ready"
+    proc = start_cli("cloud", "serve", "--db", db_url, "--port", "0", "--keys", str(keys_dir), "--ready-file", str(ready), log=tmp_path / "audit.log")
+    try:
+        wait_until(lambda: ready.exists() or proc.poll() is not None, TIMEOUT_S, "the audited service ready")
+        verdict = httpx.get(f"http://127.0.0.1:{json.loads(ready.read_text())['port']}/api/audit", timeout=TIMEOUT_S).json()
+        expected = json.loads(run_cli("cloud", "audit", "--db", db_url, "--keys", str(keys_dir), "--json", check=False).stdout)
+        assert verdict["ok"] is expected["ok"] is False  # half the devices have no final batch yet
+        assert [c["name"] for c in verdict["checks"]] == [c["name"] for c in expected["checks"]]
+        assert verdict["version"] >= 1 and "audited_at" in verdict
+    finally:
+        proc.kill()
+        proc.wait(TIMEOUT_S)
