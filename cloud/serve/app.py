@@ -130,13 +130,20 @@ def create_app(
     hub = Hub()
     stats = _Stats()
 
+    failing: list[str] = []  # the error the last poll met, logged once until it changes or clears
+
     async def poll_once() -> None:
         try:
             change = await asyncio.to_thread(poller.poll)
         except CloudError as exc:  # keep serving the last figures
             stats.poll_errors += 1
-            log.warning("results service: cannot read the database: %s", exc)
+            if failing != [str(exc)]:
+                log.warning("results service: cannot read the database: %s", exc)
+                failing[:] = [str(exc)]
             return
+        if failing:
+            log.info("results service: the database reads again")
+            failing.clear()
         if change is not None and change.changed:
             hub.publish(b"id: %d\nevent: change\ndata: %s\n\n" % (change.snapshot.version, change.event()))
 
