@@ -45,7 +45,7 @@ from protocol import Election, provision
 SAMPLE = Path(__file__).resolve().parents[1] / "elections" / "sample.yaml"
 TIMEOUT_S = 60.0
 GROUP = 500
-console = Console()
+console = Console(width=max(Console().width, 130))
 
 
 def _inbound(envelopes: Sequence[tuple[str, bytes]]) -> list[Inbound]:
