@@ -9,6 +9,7 @@ The JSON shape keeps the keys of ``edgetally devices expected --json`` where the
      "ballots_by_precinct": {precinct: n}, "duplicates": n, "rejections": n, "devices_final": n,
      "unit": {"id", "name", "kind", "parent"}, "registered": n, "turnout": ratio | null,
      "precincts_reporting": n, "precincts_total": n, "devices_total": n,
+     "devices_reporting": n, "devices_confirmed": n, "devices_silent": n,
      "rejections_by_reason": {reason: n}, "children": [child summary, ...]}
 
 all of them for the unit shown. ``contests`` lists every contest and choice, zeros included;
@@ -99,6 +100,9 @@ class Results:
             "precincts_reporting": self.rollup.precincts_reporting,
             "precincts_total": self.rollup.precincts_total,
             "devices_total": self.devices_total,
+            "devices_reporting": self.rollup.devices_reporting,
+            "devices_confirmed": self.rollup.devices_confirmed,
+            "devices_silent": self.devices_total - self.rollup.devices_reporting,
             "rejections_by_reason": self.rejections_by_reason,
             "children": [child.summary() for child in self.children],
         }
@@ -220,14 +224,18 @@ def _figures(query: Query, election: Election) -> tuple[dict[str, Rollup], dict[
     }
     finals: dict[str, int] = {}
     duplicates: dict[str, int] = {}
-    for device, final_seq, dups in query(
-        "SELECT device, final_seq, duplicates FROM devices WHERE election = :eid", eid
+    reporting: dict[str, int] = {}
+    confirmed: dict[str, int] = {}
+    for device, final_seq, dups, max_seq, contiguous in query(
+        "SELECT device, final_seq, duplicates, max_seq, contiguous_seq FROM devices WHERE election = :eid", eid
     ):
         precinct = election.precinct_of(device)
         if precinct is None:
             continue
         finals[precinct] = finals.get(precinct, 0) + (final_seq is not None)
         duplicates[precinct] = duplicates.get(precinct, 0) + int(dups)
+        reporting[precinct] = reporting.get(precinct, 0) + (int(max_seq) > 0)
+        confirmed[precinct] = confirmed.get(precinct, 0) + (final_seq is not None and int(contiguous) >= int(final_seq))
     by_device: dict[str | None, dict[str, int]] = {}
     for device, reason, n in query(
         "SELECT device, reason, count(*) FROM rejections"
@@ -248,6 +256,8 @@ def _figures(query: Query, election: Election) -> tuple[dict[str, Rollup], dict[
             counted=precinct in ballots,
             devices_final=finals.get(precinct, 0),
             duplicates=duplicates.get(precinct, 0),
+            devices_reporting=reporting.get(precinct, 0),
+            devices_confirmed=confirmed.get(precinct, 0),
             rejections=rejected.get(precinct, 0),
         )
         for precinct in {*votes, *ballots, *finals, *duplicates, *rejected}

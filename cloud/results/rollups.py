@@ -6,7 +6,9 @@ children, computed at query time: the tree is small (thousands of precincts at m
 keeps one source of truth, which the audit checks against the ledger. No I/O here.
 
 A precinct **reports** when every one of its devices has its final batch in the ledger; a unit
-shows how many of the precincts below it report, out of how many. Turnout is ballots cast over
+shows how many of the precincts below it report, out of how many. A device is **reporting**
+once any batch of its is in the ledger (the others are **silent**), and **confirmed** when its
+final batch and every seq before it are: what its receipts cover, so it has nothing left to send. Turnout is ballots cast over
 registered voters (``None`` where none are registered).
 """
 
@@ -29,6 +31,8 @@ class PrecinctFigures:
     counted: bool = False  # it has a precinct_ballots row (some batch was accepted)
     devices_final: int = 0  # its devices whose final batch is in the ledger
     duplicates: int = 0
+    devices_reporting: int = 0  # its devices with any batch in the ledger
+    devices_confirmed: int = 0  # its devices with every seq up to the final one in the ledger
     rejections: int = 0
 
 
@@ -46,6 +50,8 @@ class Rollup:
     devices_total: int
     devices_final: int
     duplicates: int
+    devices_reporting: int
+    devices_confirmed: int
     rejections: int
     ballots_by_precinct: dict[str, int]  # precincts with accepted batches only
 
@@ -67,6 +73,9 @@ class Rollup:
             "precincts_total": self.precincts_total,
             "devices_final": self.devices_final,
             "devices_total": self.devices_total,
+            "devices_reporting": self.devices_reporting,
+            "devices_confirmed": self.devices_confirmed,
+            "devices_silent": self.devices_total - self.devices_reporting,
             "rejections": self.rejections,
             "contests": self.contests,
         }
@@ -107,6 +116,8 @@ def _precinct(election: Election, unit: Unit, f: PrecinctFigures) -> Rollup:
         devices_total=devices,
         devices_final=f.devices_final,
         duplicates=f.duplicates,
+        devices_reporting=f.devices_reporting,
+        devices_confirmed=f.devices_confirmed,
         rejections=f.rejections,
         ballots_by_precinct={unit.id: f.ballots} if f.counted else {},
     )
@@ -132,6 +143,8 @@ def _sum(election: Election, unit: Unit, children: list[Rollup]) -> Rollup:
         devices_total=sum(c.devices_total for c in children),
         devices_final=sum(c.devices_final for c in children),
         duplicates=sum(c.duplicates for c in children),
+        devices_reporting=sum(c.devices_reporting for c in children),
+        devices_confirmed=sum(c.devices_confirmed for c in children),
         rejections=sum(c.rejections for c in children),
         ballots_by_precinct=dict(sorted(by_precinct.items())),
     )

@@ -76,7 +76,8 @@ def etag_of(body: bytes) -> str:
 
 
 def _summary(figures: dict[str, Any]) -> dict[str, Any]:
-    keys = ("ballots", "batches", "contests", "turnout", "precincts_reporting", "precincts_total", "devices_final", "devices_total", "rejections")
+    keys = ("ballots", "batches", "contests", "turnout", "precincts_reporting", "precincts_total", "devices_final", "devices_total",
+            "devices_reporting", "devices_confirmed", "devices_silent", "rejections")
     return {k: figures[k] for k in keys}
 
 

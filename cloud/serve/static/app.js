@@ -51,8 +51,10 @@ function renderFigures(r) {
   $("ballots").textContent = fmt.format(r.ballots);
   $("turnout").textContent = r.turnout == null ? "-" : pct.format(r.turnout);
   $("devices").textContent = `${fmt.format(r.devices_final)} of ${fmt.format(r.devices_total)}`;
-  const silent = r.devices_total - r.devices_final;
-  $("devices-health").textContent = silent ? `${fmt.format(silent)} device(s) have not sent their final batch yet` : "every device has sent its final batch";
+  const unfinished = r.devices_total - r.devices_final;
+  $("devices-health").textContent = `devices: ${fmt.format(r.devices_reporting)} reporting, ` +
+    `${fmt.format(r.devices_confirmed)} confirmed (every batch to the final one counted), ${fmt.format(r.devices_silent)} silent; ` +
+    (unfinished ? `${fmt.format(unfinished)} without their final batch yet` : "every device has sent its final batch");
   $("rejections").textContent = r.rejections ? `${fmt.format(r.rejections)} message(s) refused: ` +
     Object.entries(r.rejections_by_reason).map(([k, n]) => `${k} ${fmt.format(n)}`).join(", ") : "no message refused";
   const box = $("contests"); box.replaceChildren();
