@@ -6,6 +6,7 @@ up the election's tree (cloud/results/rollups.py), so a unit's figures are exact
 The JSON shape keeps the keys of ``edgetally devices expected --json`` where the two overlap::
 
     {"election": id, "ballots": n, "batches": n, "contests": {contest: {choice: n}},
+     "shares": {contest: {choice: share of the contest's votes, or null}},
      "ballots_by_precinct": {precinct: n}, "duplicates": n, "rejections": n, "devices_final": n,
      "unit": {"id", "name", "kind", "parent"}, "registered": n, "turnout": ratio | null,
      "precincts_reporting": n, "precincts_total": n, "devices_total": n,
@@ -90,6 +91,7 @@ class Results:
             "ballots": self.ballots,
             "batches": self.batches,
             "contests": self.contests,
+            "shares": shares(self.contests),
             "ballots_by_precinct": self.ballots_by_precinct,
             "duplicates": self.duplicates,
             "rejections": self.rejections,
@@ -106,6 +108,15 @@ class Results:
             "rejections_by_reason": self.rejections_by_reason,
             "children": [child.summary() for child in self.children],
         }
+
+
+def shares(contests: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, float | None]]:
+    """Each choice's share of its contest's votes (6 decimals; None while the contest has none)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for contest, choices in contests.items():
+        total = sum(choices.values())
+        out[contest] = {choice: round(n / total, 6) if total else None for choice, n in choices.items()}
+    return out
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""Devices reporting, confirmed and silent per unit (cloud/results/rollups.py), on SQLite and
+"""Devices reporting, confirmed and silent, and each choice's share, per unit (cloud/results/), on SQLite and
 PostgreSQL: a device is reporting once any batch of its is counted, confirmed when every seq up
 to its final one is, silent otherwise; each unit sums its own."""
 
@@ -33,3 +33,14 @@ def test_devices_are_reporting_confirmed_or_silent_in_every_unit(ledger: Ledger,
     fill(ledger, envelopes, [gapped], batches=BATCHES)  # seq 2 arrives; the rest are duplicates
     got = load_results(engine, unit_id=precinct.id).to_mapping()
     assert (got["devices_reporting"], got["devices_confirmed"]) == (2, 2)
+
+
+def test_each_choice_has_its_share_of_the_contests_votes(ledger: Ledger, engine: Engine, envelopes: Envelopes) -> None:
+    empty = load_results(engine).to_mapping()
+    assert all(share is None for choices in empty["shares"].values() for share in choices.values())
+    fill(ledger, envelopes, list(envelopes.election.devices)[:10])
+    got = load_results(engine).to_mapping()
+    for contest, choices in got["contests"].items():
+        total = sum(choices.values())
+        assert got["shares"][contest] == {c: round(n / total, 6) for c, n in choices.items()}
+        assert abs(sum(got["shares"][contest].values()) - 1) < 1e-5
