@@ -42,6 +42,16 @@ def load_devices(
     keys = sorted({(b.body.election, b.body.device) for b in batches})
     if not keys:
         return {}
+    rows = _device_rows(conn, keys)
+    if len(rows) < len(keys):  # prepare() seeds every registered device; be safe anyway
+        known = {(r[0], r[1]) for r in rows}
+        missing = [device for election, device in keys if (election, device) not in known]
+        insert_missing(conn, models.devices, seed(missing), key=("election", "device"))
+        rows = _device_rows(conn, keys)
+    return {(r[0], r[1]): DeviceState(*r) for r in rows}
+
+
+def _device_rows(conn: Connection, keys: Sequence[DeviceKey]) -> list[Any]:
     if conn.dialect.name == "postgresql":
         # Locked in key order: concurrent workers serialise per device and cannot deadlock.
         sql = (
@@ -49,19 +59,17 @@ def load_devices(
             " (SELECT * FROM unnest(%b::text[], %b::text[]))"
             " ORDER BY election, device FOR UPDATE"
         )
-        params: tuple[Any, ...] = ([e for e, _ in keys], [d for _, d in keys])
-    else:  # SQLite: BEGIN IMMEDIATE already serialises writers
-        mark = placeholder(conn.dialect)
-        where = " OR ".join([f"(election = {mark} AND device = {mark})"] * len(keys))
-        sql = f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE {where} ORDER BY election, device"
-        params = tuple(v for key in keys for v in key)
-    rows = conn.exec_driver_sql(sql, params).all()
-    if len(rows) < len(keys):  # prepare() seeds every registered device; be safe anyway
-        known = {(r[0], r[1]) for r in rows}
-        missing = [device for election, device in keys if (election, device) not in known]
-        insert_missing(conn, models.devices, seed(missing), key=("election", "device"))
-        rows = conn.exec_driver_sql(sql, params).all()
-    return {(r[0], r[1]): DeviceState(*r) for r in rows}
+        return list(conn.exec_driver_sql(sql, ([e for e, _ in keys], [d for _, d in keys])).all())
+    # SQLite: BEGIN IMMEDIATE already serialises writers. In chunks: one statement takes an
+    # expression at most 1,000 deep, so a group from more devices than that would fail.
+    mark = placeholder(conn.dialect)
+    rows: list[Any] = []
+    for i in range(0, len(keys), _CONDITIONS_PER_QUERY):
+        chunk = keys[i : i + _CONDITIONS_PER_QUERY]
+        where = " OR ".join([f"(election = {mark} AND device = {mark})"] * len(chunk))
+        sql = f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE {where}"
+        rows += conn.exec_driver_sql(sql, tuple(v for key in chunk for v in key)).all()
+    return sorted(rows, key=lambda r: (r[0], r[1]))
 
 
 def load_held(
