@@ -9,7 +9,7 @@ Routes (JSON unless said)::
     GET /api/trend/{unit}         ballots and votes per time window (``cloud results --windows``)
     GET /api/alerts               the newest alerts the rules raised (``cloud alerts``)
     GET /api/gateways             every gateway's health (``cloud gateways``), <= 1 poll old
-    GET /api/audit                the last ``cloud audit`` verdict (``--keys``), rerun <= every 10 s
+    GET /api/audit                the last ``cloud audit`` verdict (``--keys``), rerun <= every 2 s
     GET /                         the live results page (cloud/serve/static/)
     GET /feed/...                 the `cloud publish` feed (``--feed DIR``), as static files
     GET /events                   Server-Sent Events: ``event: change`` with ``id:`` the results
@@ -69,7 +69,7 @@ class ServeConfig:
     poll_s: float = 0.25
     retry_ms: int = 2000  # what SSE clients wait before reconnecting
     feed: Path | None = None  # a `cloud publish` directory, served under /feed/
-    audit_every_s: float = 10.0  # the audit (with a registry) runs again at most this often
+    audit_every_s: float = 2.0  # the audit (with a registry) runs again at most this often
 
 
 class Hub:

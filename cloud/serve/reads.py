@@ -31,7 +31,7 @@ class Reads:
     """Cached reads over ``engine``; thread-safe (requests run them in worker threads)."""
 
     def __init__(
-        self, engine: Engine, election: str | None, ttl_s: float, *, registry: Registry | None = None, audit_every_s: float = 10.0
+        self, engine: Engine, election: str | None, ttl_s: float, *, registry: Registry | None = None, audit_every_s: float = 2.0
     ) -> None:
         self._engine = engine
         self._registry = registry

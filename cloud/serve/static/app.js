@@ -127,11 +127,19 @@ async function getAudit() {
   return reply.json();
 }
 
+let auditTimer = null;
+
+async function refreshAudit() {
+  auditTimer = null;
+  renderAudit(await getAudit());
+}
+
 function renderAudit(audit) {
   const node = $("audit");
   if (audit === null) { node.textContent = "audit: not run by this server (start it with --keys)"; node.className = ""; return; }
+  if (audit.version < lastVersion && !auditTimer) auditTimer = setTimeout(() => refreshAudit().catch(console.error), 3000);
   const failing = audit.checks.filter((c) => !c.ok).map((c) => c.name);
-  node.textContent = audit.ok ? `audit: all ${audit.checks.length} checks hold (version ${fmt.format(audit.version)})`
+  node.textContent = audit.ok ? `audit: all ${audit.checks.length} checks hold at version ${fmt.format(audit.version)}`
     : `audit: ${failing.length} of ${audit.checks.length} checks fail (${failing.join(", ")}) at version ${fmt.format(audit.version)}`;
   node.className = audit.ok ? "" : "bad";
 }

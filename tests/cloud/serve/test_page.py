@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -145,10 +146,14 @@ def test_the_live_page_follows_the_count_to_the_end_drills_down_and_survives_a_s
             assert final["contests"] == expected.to_mapping()["contests"]  # what the page must end on: the verdict
             assert _shown(page) == _as_page_shows(final)
             audit = json.loads(run_cli("cloud", "audit", "--db", stack.db_url, "--keys", str(stack.keys), "--json", check=False).stdout)
-            page.wait_for_function("document.getElementById('audit').textContent.includes('checks')", timeout=TIMEOUT_S * 1000)
+            version = json.loads(urllib.request.urlopen(f"{service.url}api/version", timeout=10).read())["version"]
+            audited = f"at version {version:,}"  # the audit of the final state, not an earlier one
+            page.wait_for_function(f"document.getElementById('audit').textContent.includes('{audited}')", timeout=TIMEOUT_S * 1000)
             shown_audit = page.inner_text("#audit")
             assert ("fail" in shown_audit) is (not audit["ok"]), shown_audit  # 12 of 91 devices: finals missing
             page.screenshot(path=str(artifacts / "live-page-final.png"), full_page=True)
+            page.set_viewport_size({"width": 1280, "height": 900})
+            page.screenshot(path=str(artifacts / "live-page-desktop.png"), full_page=True)
 
             county = next(c for c in final["children"] if c["batches"])
             page.click(f"tr[data-unit='{county['id']}']")
