@@ -46,3 +46,5 @@ def test_compose_runs_every_tier_with_the_shipped_broker_config() -> None:
         assert any(a.startswith(option + "mqtts://") for a in args) and "--pki=/pki" in args
     assert any(str(a).startswith("--broker=mqtts://") for a in services["fleet"]["command"])
     assert any(str(arg).startswith("--db=postgresql+psycopg://") for arg in services["cloud"]["command"])
+    results = services["results"]  # the live page, published on the host's loopback only
+    assert results["command"][:2] == ["cloud", "serve"] and results["ports"] == ["127.0.0.1:8080:8080"]
