@@ -11,8 +11,7 @@ import os
 import signal
 import threading
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,10 +63,18 @@ class Running:
 
 
 @pytest.fixture
+def cloud(broker_factory: Callable[..., BrokerProcess]) -> BrokerProcess:
+    """A plain cloud broker (issue 14 item 6, not converted): the in-process Uplink over TLS
+    loses its link ("Unspecified error") right after each connect in these tests, though the
+    gateway process over TLS works (tests/gateway/test_gateway_run.py); to be investigated."""
+    return broker_factory("cloud", plain=True)
+
+
+@pytest.fixture
 def running(tmp_path: Path, cloud: BrokerProcess, keys_dir: Path) -> Iterator[Running]:
     address = parse_broker_url(cloud.url)
     config = GatewayConfig(
-        gateway_id=f"t{uuid.uuid4().hex[:8]}",
+        gateway_id="gw1",
         edge=address,  # unused here
         cloud=address,
         buffer_path=tmp_path / "b.db",

@@ -1,0 +1,192 @@
+"""The tests' locked-down wire: one PKI per session (edgetally.wire.Wire for the provisioned
+``keys_dir`` registry), and which certificate a test harness client connects with.
+
+Brokers from ``broker_factory`` run TLS with client certificates and the registry's ACLs, as the
+product's do. A harness client plays one role and connects with that role's certificate, the
+one the ACL grants what it does:
+
+- a watcher (``Collector``) is a **monitor**: reads every EdgeTally topic, writes nothing;
+- a publisher of a device's batch or status on the edge broker is **that device**;
+- a publisher of receipts or commands on the edge broker stands in for a **gateway**;
+- on the cloud broker a publisher of batches, or of a gateway's bundle or status, is **a
+  gateway** (that gateway, for its bundle and status); of receipts or commands, **a cloud**.
+
+Nobody gets an all-powerful identity: what the ACL does not grant, a harness cannot do either.
+Mosquitto names a client by its certificate (``use_username_as_clientid``), so clients that are
+up at once need distinct identities: watchers and stand-ins take the next one of a small pool.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from cloud.config import DEFAULT_CLOUD_ID
+from edgetally.acl import BrokerKind
+from edgetally.wire import Wire
+from protocol import (
+    BrokerAddress,
+    Registry,
+    parse_broker_url,
+    parse_device_topic,
+    parse_gateway_topic,
+)
+from protocol.tls import ClientTls, Role, client_context, client_tls
+from protocol.topics import DeviceTopicKind
+from tests.helpers import wait_until
+
+# Gateway ids the tests run gateways as (--id, GatewayConfig.gateway_id) or publish statuses for.
+GATEWAYS = (
+    "gw1", "gw2", "gw-a", "gw-b", "gw-status", "gw-flood", "gw-ok", "gw-bad", "gw-liar",
+    "gw-test", "gw9", "bp", "qf", "stand-in-gw1", "stand-in-gw2", "stand-in-gw3",
+)  # fmt: skip
+# Cloud worker ids the tests run (--id) and the harness's cloud stand-ins.
+CLOUDS = (DEFAULT_CLOUD_ID, "cloud2", "cloud3", "w0", "w1", "w2", "w3", "stand-in-c1", "stand-in-c2", "stand-in-c3")
+MONITORS = tuple(f"watch{i}" for i in range(1, 17))
+_STAND_IN_GATEWAYS = tuple(g for g in GATEWAYS if g.startswith("stand-in-"))
+_STAND_IN_CLOUDS = tuple(c for c in CLOUDS if c.startswith("stand-in-"))
+
+
+@dataclass
+class TestWire:
+    """The session's PKI (``wire.pki``) and device certificates (``wire.keys``, a copy of
+    ``keys_dir`` with ``clients/device-*.crt`` and ``ca.crt``); the brokers' kinds by port."""
+
+    __test__ = False  # not a test class
+
+    wire: Wire
+    kinds: dict[int, BrokerKind] = field(default_factory=dict)
+    locked: set[int] = field(default_factory=set)  # ports of the brokers that run TLS
+    _monitors: itertools.cycle[str] = field(default_factory=lambda: itertools.cycle(MONITORS))
+    _gateways: itertools.cycle[str] = field(default_factory=lambda: itertools.cycle(_STAND_IN_GATEWAYS))
+    _clouds: itertools.cycle[str] = field(default_factory=lambda: itertools.cycle(_STAND_IN_CLOUDS))
+
+    @property
+    def pki(self) -> Path:
+        return self.wire.pki
+
+    @property
+    def keys(self) -> Path:
+        return self.wire.keys
+
+    def watcher(self, port: int) -> ClientTls | None:
+        """A monitor's certificate for a watcher of the broker on ``port`` (None: plain)."""
+        return self.monitor() if port in self.locked else None
+
+    def url(self, port: int) -> str:
+        """The URL of the broker on 127.0.0.1 ``port``: mqtts:// when it runs TLS."""
+        return f"{'mqtts' if port in self.locked else 'mqtt'}://127.0.0.1:{port}"
+
+    def monitor(self) -> ClientTls:
+        return client_tls(self.pki, Role.MONITOR, next(self._monitors))
+
+    def gateway(self, ident: str | None = None) -> ClientTls:
+        return client_tls(self.pki, Role.GATEWAY, ident or next(self._gateways))
+
+    def cloud(self, ident: str | None = None) -> ClientTls:
+        return client_tls(self.pki, Role.CLOUD, ident or next(self._clouds))
+
+    def device(self, device: str) -> ClientTls:
+        return client_tls(self.keys, Role.DEVICE, device)
+
+    def publisher(self, url: str, topic: str) -> ClientTls | None:
+        """The identity a harness publishing to ``topic`` on the broker at ``url`` plays (None:
+        a plain broker). A topic no role may write gets a stand-in gateway: the broker drops it."""
+        address = parse_broker_url(url)
+        if not address.tls:
+            return None
+        kind = self.kinds.get(address.port, BrokerKind.EDGE)
+        for gateway_kind in ("status", "bundle"):
+            gateway = parse_gateway_topic(topic, gateway_kind)
+            if gateway is not None:
+                return self.gateway(gateway)
+        parsed = parse_device_topic(topic)
+        receipt_or_command = parsed is not None and parsed.kind in (DeviceTopicKind.RECEIPT, DeviceTopicKind.COMMAND)
+        if kind is BrokerKind.EDGE:
+            if parsed is not None and not receipt_or_command:
+                return self.device(parsed.device)
+            return self.gateway()
+        return self.cloud() if receipt_or_command else self.gateway()
+
+
+def make_wire(root: Path, keys_dir: Path, registry: Registry) -> TestWire:
+    """A PKI in ``root/pki`` and a copy of ``keys_dir`` in ``root/keys`` with every device's
+    certificate (``keys_dir`` itself is left as provisioned: tests copy it for other PKIs)."""
+    keys = root / "keys"
+    shutil.copytree(keys_dir, keys)
+    wire = Wire(root / "pki", keys, GATEWAYS, CLOUDS, MONITORS)
+    wire.prepare(registry)
+    return TestWire(wire)
+
+
+_current: TestWire | None = None
+
+
+def current() -> TestWire:
+    """The session's wire (set by the ``test_wire`` fixture of tests/conftest.py)."""
+    assert _current is not None, "the test_wire fixture is not active"
+    return _current
+
+
+def install(wire: TestWire | None) -> None:
+    global _current
+    _current = wire
+
+
+def pki_args(*urls: str) -> list[str]:
+    """``--pki DIR`` for a gateway or cloud worker run on any mqtts:// broker, as the Stack does."""
+    return ["--pki", str(current().pki)] if any(parse_broker_url(u).tls for u in urls) else []
+
+
+def component_tls(role: Role, ident: str, *urls: str) -> ClientTls | None:
+    """An in-process gateway's (or cloud's) certificate when any of ``urls`` is mqtts://."""
+    return client_tls(current().pki, role, ident) if any(parse_broker_url(u).tls for u in urls) else None
+
+
+def current_or_none() -> TestWire | None:
+    return _current
+
+
+def _publisher(address: BrokerAddress, tls: ClientTls | None) -> mqtt.Client:
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-publisher-{uuid.uuid4().hex[:12]}", protocol=mqtt.MQTTv311
+    )
+    if tls is not None:
+        client.tls_set_context(client_context(tls))
+    client.max_inflight_messages_set(1000)
+    connected = threading.Event()
+    client.on_connect = lambda _c, _u, _f, rc, _p: connected.set() if not rc.is_failure else None
+    client.connect(address.host, address.port, keepalive=10)
+    client.loop_start()
+    wait_until(connected.is_set, 10, f"publisher {tls.name if tls else ''} connected to {address.url}")
+    return client
+
+
+class Publishers:
+    """QoS 1 publishing connections to the broker at ``url``, one per identity: on an mqtts://
+    broker each topic goes out under the identity that plays its role (tests/support/wire.py:
+    a device its own batches, a gateway stand-in receipts, ...); ``tls`` forces one for all."""
+
+    def __init__(self, url: str, tls: ClientTls | None = None) -> None:
+        self.url = url
+        self.address = parse_broker_url(url)
+        self.tls = tls
+        self.clients: dict[str, mqtt.Client] = {}
+
+    def client(self, topic: str) -> mqtt.Client:
+        files = (self.tls or current().publisher(self.url, topic)) if self.address.tls else None
+        key = files.name if files is not None else ""
+        if key not in self.clients:
+            self.clients[key] = _publisher(self.address, files)
+        return self.clients[key]
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.disconnect()
+            client.loop_stop()
