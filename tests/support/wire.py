@@ -95,9 +95,10 @@ class TestWire:
     def device(self, device: str) -> ClientTls:
         return client_tls(self.keys, Role.DEVICE, device)
 
-    def publisher(self, url: str, topic: str) -> ClientTls | None:
-        """The identity a harness publishing to ``topic`` on the broker at ``url`` plays (None:
-        a plain broker). A topic no role may write gets a stand-in gateway: the broker drops it."""
+    def publisher(self, url: str, topic: str) -> tuple[Role, str | None] | None:
+        """The role (and identity; None: any stand-in of that role) a harness publishing to
+        ``topic`` on the broker at ``url`` plays; None for a plain broker. A topic no role may
+        write gets a gateway stand-in: the broker drops it, as it would anybody's."""
         address = parse_broker_url(url)
         if not address.tls:
             return None
@@ -105,14 +106,25 @@ class TestWire:
         for gateway_kind in ("status", "bundle"):
             gateway = parse_gateway_topic(topic, gateway_kind)
             if gateway is not None:
-                return self.gateway(gateway)
+                return Role.GATEWAY, gateway
         parsed = parse_device_topic(topic)
         receipt_or_command = parsed is not None and parsed.kind in (DeviceTopicKind.RECEIPT, DeviceTopicKind.COMMAND)
         if kind is BrokerKind.EDGE:
             if parsed is not None and not receipt_or_command:
-                return self.device(parsed.device)
-            return self.gateway()
-        return self.cloud() if receipt_or_command else self.gateway()
+                return Role.DEVICE, parsed.device
+            return Role.GATEWAY, None
+        return (Role.CLOUD, None) if receipt_or_command else (Role.GATEWAY, None)
+
+    def files(self, role: Role, ident: str | None) -> ClientTls:
+        """The certificate of ``role`` ``ident`` (None: the next stand-in of that role)."""
+        if role is Role.DEVICE:
+            assert ident is not None
+            return self.device(ident)
+        if role is Role.CLOUD:
+            return self.cloud(ident)
+        if role is Role.MONITOR:
+            return self.monitor() if ident is None else client_tls(self.pki, Role.MONITOR, ident)
+        return self.gateway(ident)
 
 
 def make_wire(root: Path, keys_dir: Path, registry: Registry) -> TestWire:
@@ -178,9 +190,21 @@ class Publishers:
         self.address = parse_broker_url(url)
         self.tls = tls
         self.clients: dict[str, mqtt.Client] = {}
+        self.stand_ins: dict[Role, ClientTls] = {}  # one per role: one connection, in order
+
+    def _files(self, topic: str) -> ClientTls | None:
+        if self.tls is not None or not self.address.tls:
+            return self.tls
+        role = current().publisher(self.url, topic)
+        assert role is not None
+        if role[1] is not None:
+            return current().files(*role)
+        if role[0] not in self.stand_ins:
+            self.stand_ins[role[0]] = current().files(*role)
+        return self.stand_ins[role[0]]
 
     def client(self, topic: str) -> mqtt.Client:
-        files = (self.tls or current().publisher(self.url, topic)) if self.address.tls else None
+        files = self._files(topic)
         key = files.name if files is not None else ""
         if key not in self.clients:
             self.clients[key] = _publisher(self.address, files)
