@@ -109,8 +109,9 @@ def registry(keys_dir: Path) -> Registry:
 @pytest.fixture(scope="session")
 def test_wire(tmp_path_factory: pytest.TempPathFactory, keys_dir: Path, registry: Registry) -> Iterator[TestWire]:
     """The session's PKI and ACLs for ``keys_dir``'s registry (tests/support/wire.py): what
-    ``broker_factory``'s brokers and the harness clients use. ``test_wire.keys`` is a copy of
-    ``keys_dir`` with every device's certificate, for device processes on a locked broker."""
+    ``broker_factory``'s brokers and the harness clients use. It puts every device's
+    certificate into ``keys_dir`` (``clients/``, ``ca.crt``), for device processes on a locked
+    broker; a test with a PKI of its own copies keys_dir with tests.support.wire.copy_keys."""
     made = test_wires.make_wire(tmp_path_factory.mktemp("wire"), keys_dir, registry)
     test_wires.install(made)
     yield made

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from protocol import Registry, batch_topic
 from protocol.pki import create_authority, issue
 from protocol.tls import ClientTls, Role, client_context, client_tls
 from tests.helpers import run_cli
+from tests.support.wire import copy_keys
 
 pytestmark = pytest.mark.integration
 TIMEOUT_S = 20
@@ -28,7 +28,7 @@ TIMEOUT_S = 20
 @pytest.fixture
 def wire(tmp_path: Path, keys_dir: Path, registry: Registry) -> Wire:
     keys = tmp_path / "keys"
-    shutil.copytree(keys_dir, keys)
+    copy_keys(keys_dir, keys)  # without the session PKI's device certificates
     made = Wire(tmp_path / "pki", keys)
     made.prepare(registry)
     return made

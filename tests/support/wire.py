@@ -55,8 +55,8 @@ _STAND_IN_CLOUDS = tuple(c for c in CLOUDS if c.startswith("stand-in-"))
 
 @dataclass
 class TestWire:
-    """The session's PKI (``wire.pki``) and device certificates (``wire.keys``, a copy of
-    ``keys_dir`` with ``clients/device-*.crt`` and ``ca.crt``); the brokers' kinds by port."""
+    """The session's PKI (``wire.pki``) and device certificates (``wire.keys``: ``keys_dir``
+    with ``clients/device-*.crt`` and ``ca.crt``); the brokers' kinds by port."""
 
     __test__ = False  # not a test class
 
@@ -128,13 +128,25 @@ class TestWire:
 
 
 def make_wire(root: Path, keys_dir: Path, registry: Registry) -> TestWire:
-    """A PKI in ``root/pki`` and a copy of ``keys_dir`` in ``root/keys`` with every device's
-    certificate (``keys_dir`` itself is left as provisioned: tests copy it for other PKIs)."""
-    keys = root / "keys"
-    shutil.copytree(keys_dir, keys)
-    wire = Wire(root / "pki", keys, GATEWAYS, CLOUDS, MONITORS)
+    """A PKI in ``root/pki`` for ``registry``, and every device's certificate in ``keys_dir``
+    (beside its signing key, as ``devices provision --pki`` puts it): device processes on a
+    locked broker take their certificates from the keys directory they are given."""
+    wire = Wire(root / "pki", keys_dir, GATEWAYS, CLOUDS, MONITORS)
     wire.prepare(registry)
     return TestWire(wire)
+
+
+def copy_keys(keys_dir: Path, into: Path) -> None:
+    """``keys_dir``'s signing keys and registry without the session's TLS files (certificates
+    from another PKI would be kept by :meth:`Wire.prepare` and refused by that PKI's broker)."""
+    shutil.copytree(keys_dir, into, ignore=shutil.ignore_patterns("clients", "ca.crt"))
+
+
+def secure(client: mqtt.Client, url: str, role: Role, ident: str | None = None) -> None:
+    """On an mqtts:// broker, ``client`` connects with the certificate of ``role`` (``ident``,
+    or the next stand-in of that role); on a plain one it stays plain."""
+    if parse_broker_url(url).tls:
+        client.tls_set_context(client_context(current().files(role, ident)))
 
 
 _current: TestWire | None = None
