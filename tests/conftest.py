@@ -94,11 +94,17 @@ def sample_election() -> Election:
 
 
 @pytest.fixture(scope="session")
-def keys_dir(tmp_path_factory: pytest.TempPathFactory, sample_election: Election) -> Path:
-    """The sample election provisioned once per session (keys are slow-ish to make)."""
+def keys_dir(tmp_path_factory: pytest.TempPathFactory, sample_election: Election) -> Iterator[Path]:
+    """The sample election provisioned once per session (keys are slow-ish to make), with
+    every device's TLS certificate (``clients/``, ``ca.crt``) from the session's PKI
+    (``test_wire``): device processes on a locked broker take theirs from the keys directory.
+    A test about a keys directory without them, or with a PKI of its own, copies it with
+    tests.support.wire.copy_keys."""
     directory = tmp_path_factory.mktemp("keys")
-    provision(sample_election, directory)
-    return directory
+    registry = provision(sample_election, directory)
+    test_wires.install(test_wires.make_wire(tmp_path_factory.mktemp("wire"), directory, registry))
+    yield directory
+    test_wires.install(None)
 
 
 @pytest.fixture(scope="session")
@@ -107,15 +113,10 @@ def registry(keys_dir: Path) -> Registry:
 
 
 @pytest.fixture(scope="session")
-def test_wire(tmp_path_factory: pytest.TempPathFactory, keys_dir: Path, registry: Registry) -> Iterator[TestWire]:
+def test_wire(keys_dir: Path) -> TestWire:
     """The session's PKI and ACLs for ``keys_dir``'s registry (tests/support/wire.py): what
-    ``broker_factory``'s brokers and the harness clients use. It puts every device's
-    certificate into ``keys_dir`` (``clients/``, ``ca.crt``), for device processes on a locked
-    broker; a test with a PKI of its own copies keys_dir with tests.support.wire.copy_keys."""
-    made = test_wires.make_wire(tmp_path_factory.mktemp("wire"), keys_dir, registry)
-    test_wires.install(made)
-    yield made
-    test_wires.install(None)
+    ``broker_factory``'s brokers and the harness clients use."""
+    return test_wires.current()
 
 
 @pytest.fixture(scope="session")

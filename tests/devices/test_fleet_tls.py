@@ -100,9 +100,11 @@ def test_a_broker_whose_certificate_is_not_from_our_ca_is_refused_by_the_device(
 
 
 def test_devices_run_on_mqtts_without_device_certificates_is_refused_naming_the_file(
-    keys_dir: Path, registry: Registry
+    keys_dir: Path, registry: Registry, tmp_path: Path
 ) -> None:
-    proc = run_cli("devices", "run", "--broker", "mqtts://127.0.0.1:1", "--keys", str(keys_dir), "--devices", "1", "--seed", "1", check=False)
+    keys = tmp_path / "keys"
+    copy_keys(keys_dir, keys)  # the signing keys without the session's device certificates
+    proc = run_cli("devices", "run", "--broker", "mqtts://127.0.0.1:1", "--keys", str(keys), "--devices", "1", "--seed", "1", check=False)
     assert proc.returncode != 0
     device = registry.election.devices[0]
     assert f"device-{device}.crt" in proc.stderr and "devices provision" in proc.stderr and "--pki" in proc.stderr

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud.config import DEFAULT_CLOUD_ID
 from edgetally.acl import BrokerKind
@@ -179,7 +180,7 @@ def current_or_none() -> TestWire | None:
 
 def _publisher(address: BrokerAddress, tls: ClientTls | None) -> mqtt.Client:
     client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-publisher-{uuid.uuid4().hex[:12]}", protocol=mqtt.MQTTv311
+        CallbackAPIVersion.VERSION2, client_id=f"test-publisher-{uuid.uuid4().hex[:12]}", protocol=mqtt.MQTTv311
     )
     if tls is not None:
         client.tls_set_context(client_context(tls))
