@@ -14,10 +14,13 @@ from pathlib import Path
 import pytest
 
 from devices.election_file import load_election
+from edgetally.acl import BrokerKind
 from edgetally.brokers import BrokerProcess, mosquitto_binary
 from protocol import Election, Registry, SigningKey, provision
 from protocol.registry import load_cloud_key
 from tests.helpers import SAMPLE_ELECTION
+from tests.support import wire as test_wires
+from tests.support.wire import TestWire
 
 _counter = itertools.count()
 
@@ -53,12 +56,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
-def broker_factory(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
-    """Make started Mosquitto brokers in this test's tmp dir; all are killed afterwards."""
+def broker_factory(tmp_path: Path, test_wire: TestWire) -> Iterator[Callable[..., BrokerProcess]]:
+    """Make started Mosquitto brokers in this test's tmp dir; all are killed afterwards.
+
+    Locked down by default, as the product runs them: TLS, client certificates from the
+    session's PKI (``test_wire``) and the ACL of ``kind`` (edge: devices and gateways; cloud:
+    gateways and cloud workers). ``plain=True`` is anonymous TCP without ACLs: only for a test
+    about plain mode, or one that needs anonymous access for a reason stated where it asks."""
     made: list[BrokerProcess] = []
 
-    def make(name: str = "broker", **kwargs: object) -> BrokerProcess:
-        broker = BrokerProcess(tmp_path / f"broker-{name}", name=name, embedded=False, **kwargs)  # type: ignore[arg-type]
+    def make(
+        name: str = "broker", kind: BrokerKind | str | None = None, plain: bool = False, **kwargs: object
+    ) -> BrokerProcess:
+        broker_kind = BrokerKind(kind) if kind is not None else BrokerKind.CLOUD if "cloud" in name else BrokerKind.EDGE
+        tls = None if plain else test_wire.wire.broker(broker_kind)
+        broker = BrokerProcess(tmp_path / f"broker-{name}", name=name, embedded=False, tls=tls, **kwargs)  # type: ignore[arg-type]
+        test_wire.kinds[broker.port] = broker_kind
+        if tls is not None:
+            test_wire.locked.add(broker.port)
         broker.start()
         made.append(broker)
         return broker
@@ -79,16 +94,29 @@ def sample_election() -> Election:
 
 
 @pytest.fixture(scope="session")
-def keys_dir(tmp_path_factory: pytest.TempPathFactory, sample_election: Election) -> Path:
-    """The sample election provisioned once per session (keys are slow-ish to make)."""
+def keys_dir(tmp_path_factory: pytest.TempPathFactory, sample_election: Election) -> Iterator[Path]:
+    """The sample election provisioned once per session (keys are slow-ish to make), with
+    every device's TLS certificate (``clients/``, ``ca.crt``) from the session's PKI
+    (``test_wire``): device processes on a locked broker take theirs from the keys directory.
+    A test about a keys directory without them, or with a PKI of its own, copies it with
+    tests.support.wire.copy_keys."""
     directory = tmp_path_factory.mktemp("keys")
-    provision(sample_election, directory)
-    return directory
+    registry = provision(sample_election, directory)
+    test_wires.install(test_wires.make_wire(tmp_path_factory.mktemp("wire"), directory, registry))
+    yield directory
+    test_wires.install(None)
 
 
 @pytest.fixture(scope="session")
 def registry(keys_dir: Path) -> Registry:
     return Registry.load(keys_dir)
+
+
+@pytest.fixture(scope="session")
+def test_wire(keys_dir: Path) -> TestWire:
+    """The session's PKI and ACLs for ``keys_dir``'s registry (tests/support/wire.py): what
+    ``broker_factory``'s brokers and the harness clients use."""
+    return test_wires.current()
 
 
 @pytest.fixture(scope="session")

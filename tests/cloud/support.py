@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from cloud import models
+from cloud.config import DEFAULT_CLOUD_ID
 from cloud.ledger.ledger import Inbound
 from devices.generator import device_batches
 from protocol import (
@@ -31,7 +32,9 @@ from protocol import (
     seal,
 )
 from protocol.signed import open_receipt, open_repair
+from protocol.tls import ClientTls, client_context
 from tests.helpers import wait_until
+from tests.support import wire
 
 SEED = 7
 
@@ -106,18 +109,18 @@ def _client(client_id: str = "") -> mqtt.Client:
 
 
 class Publisher:
-    """A QoS 1 publisher that waits for the broker's PUBACK of everything it sent."""
+    """A QoS 1 publisher that waits for the broker's PUBACK of everything it sent. On a locked
+    broker each message goes out under the identity of its role (tests/support/wire.py: a
+    gateway stand-in for batches, bundles and statuses, a cloud stand-in for receipts)."""
 
     def __init__(self, port: int) -> None:
-        self._client = _client()
-        self._client.max_inflight_messages_set(500)
-        self._client.connect("127.0.0.1", port)
-        self._client.loop_start()
+        found = wire.current_or_none()
+        self._publishers = wire.Publishers(found.url(port) if found else f"mqtt://127.0.0.1:{port}")
 
     def publish_all(self, messages: Sequence[Inbound], timeout: float = 30) -> None:
         infos = []
         for message in messages:
-            info = self._client.publish(message.topic, message.payload, qos=1)
+            info = self._publishers.client(message.topic).publish(message.topic, message.payload, qos=1)
             assert info.rc == mqtt.MQTT_ERR_SUCCESS, mqtt.error_string(info.rc)
             infos.append(info)
         for info in infos:
@@ -125,8 +128,12 @@ class Publisher:
             assert info.is_published()
 
     def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._publishers.close()
+
+
+def _locked_watcher(port: int) -> ClientTls | None:
+    found = wire.current_or_none()
+    return found.watcher(port) if found is not None else None
 
 
 def retained(port: int, topic_filter: str, count: int, timeout: float = 3) -> dict[str, bytes]:
@@ -152,6 +159,9 @@ def retained(port: int, topic_filter: str, count: int, timeout: float = 3) -> di
         client.subscribe(topic_filter, qos=1)
 
     client = _client()
+    watcher = _locked_watcher(port)  # a monitor on a locked broker: reads all, writes nothing
+    if watcher is not None:
+        client.tls_set_context(client_context(watcher))
     client.on_message = on_message
     client.on_connect = on_connect
     client.connect("127.0.0.1", port)
@@ -165,14 +175,20 @@ def retained(port: int, topic_filter: str, count: int, timeout: float = 3) -> di
         return dict(got)
 
 
-def take_over_session(port: int, client_id: str) -> None:
+def take_over_session(port: int, client_id: str, cloud_id: str = DEFAULT_CLOUD_ID) -> None:
     """Connect with ``client_id`` (clean_session=False): the broker drops the client holding
-    that id, keeping its session and unacked messages; then leave without acking anything."""
+    that id, keeping its session and unacked messages; then leave without acking anything.
+
+    On a locked broker the session is named for the certificate, not ``client_id``: the one
+    who takes it over is that cloud worker's own identity (``cloud_id``) connecting again."""
     connected = threading.Event()
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
         protocol=mqtt.MQTTv311, manual_ack=True,
     )  # fmt: skip
+    found = wire.current_or_none()
+    if found is not None and port in found.locked:
+        client.tls_set_context(client_context(found.cloud(cloud_id)))
     client.on_connect = lambda *args: connected.set()
     client.connect("127.0.0.1", port)
     client.loop_start()

@@ -19,6 +19,7 @@ from cloud.results.results import load_results
 from edgetally.brokers import BrokerProcess
 from tests.cloud.support import ledger_rows
 from tests.helpers import start_cli, wait_until
+from tests.support.wire import pki_args
 
 
 class Cloud:
@@ -51,7 +52,7 @@ class Cloud:
         level = ["--log-level", "DEBUG"] if self._debug else []
         self.proc = start_cli(
             *level, "cloud", "run", "--broker", self._broker.url, "--db", self.db_url,
-            "--keys", str(self._keys), "--ready-file", str(self.ready), *self._args, log=self.log,
+            "--keys", str(self._keys), "--ready-file", str(self.ready), *pki_args(self._broker.url), *self._args, log=self.log,
         )  # fmt: skip
         self._processes.append(self.proc)
         if wait:

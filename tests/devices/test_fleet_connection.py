@@ -17,6 +17,14 @@ from edgetally.brokers import BrokerProcess
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture
+def broker(broker_factory: Callable[..., BrokerProcess]) -> BrokerProcess:
+    """Plain: these pin down the lean connection's MQTT (QoS 1, keepalive, will, retained) on
+    t/... topics that no identity of the locked edge broker's ACL may touch; its TLS layer on a
+    locked broker is tests/devices/test_fleet_tls.py's."""
+    return broker_factory("edge", plain=True)
+
+
 def run(coro: Coroutine[Any, Any, None]) -> None:
     asyncio.run(asyncio.wait_for(coro, 30))
 

@@ -24,8 +24,10 @@ from protocol import (
     verify,
 )
 from protocol.signed import sign_receipt
+from protocol.tls import Role
 from tests.devices.receipt_support import contiguous_receipt
 from tests.helpers import run_cli
+from tests.support.wire import secure
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +44,9 @@ class ForgingCloud:
         self.lock = threading.Lock()
         address = parse_broker_url(broker.url)
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-forger", protocol=mqtt.MQTTv311)
+        # On the edge broker whoever reads batches and writes receipts is a gateway (edgetally/acl.py):
+        # this stand-in for the cloud behind it connects with a gateway stand-in's certificate.
+        secure(self.client, broker.url, Role.GATEWAY)
         self.client.on_connect = lambda c, *_: c.subscribe(BATCH_FILTER, 1)
         self.client.on_message = self._on_message
         self.client.connect(address.host, address.port)

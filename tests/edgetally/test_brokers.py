@@ -11,9 +11,10 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edgetally.brokers import BrokerProcess, BrokerSettings, free_port, mosquitto_config
-from protocol import Registry
-from tests.conftest import unique_topic
+from protocol import Registry, batch_topic
+from protocol.tls import ClientTls, Role, client_context
 from tests.helpers import edgetally_cmd, run_cli, wait_until
+from tests.support import wire
 
 
 def test_config_never_drops_queued_messages(tmp_path: Path) -> None:
@@ -25,9 +26,11 @@ def test_config_never_drops_queued_messages(tmp_path: Path) -> None:
 
 def _session_client(
     port: int, client_id: str, received: list[bytes], topic: str, flags: list[bool],
-    subscribed: threading.Event | None = None,
+    subscribed: threading.Event | None = None, tls: ClientTls | None = None,
 ) -> mqtt.Client:  # fmt: skip
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False, protocol=mqtt.MQTTv311)
+    if tls is not None:  # a locked broker names the session for the certificate
+        client.tls_set_context(client_context(tls))
     if subscribed is not None:  # set before the network loop starts: a SUBACK can come at once
         client.on_subscribe = lambda *_: subscribed.set()
 
@@ -44,19 +47,24 @@ def _session_client(
 
 @pytest.mark.integration
 def test_persistent_session_and_its_queue_survive_a_clean_broker_restart(
-    broker_factory: Callable[..., BrokerProcess],
+    broker_factory: Callable[..., BrokerProcess], registry: Registry
 ) -> None:
     broker = broker_factory("edge")
-    topic = unique_topic()
+    # The gateway's queue of a device's batches: a gateway stand-in's persistent session, a
+    # device publishing (each with its own certificate on the locked broker).
+    device = registry.election.devices[0]
+    topic = batch_topic(registry.election.id, device)
+    gateway = wire.current().gateway()
     received: list[bytes] = []
     flags: list[bool] = []
     subscribed = threading.Event()
-    sub = _session_client(broker.port, "persistent-sub", received, topic, flags, subscribed)
+    sub = _session_client(broker.port, "persistent-sub", received, topic, flags, subscribed, gateway)
     assert subscribed.wait(10)
     sub.disconnect()
     sub.loop_stop()
 
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    wire.secure(pub, broker.url, Role.DEVICE, device)
     pub.connect("127.0.0.1", broker.port)
     pub.loop_start()
     infos = [pub.publish(topic, f"m{i}".encode(), qos=1) for i in range(1500)]
@@ -67,7 +75,7 @@ def test_persistent_session_and_its_queue_survive_a_clean_broker_restart(
 
     broker.stop()  # SIGTERM: Mosquitto writes its persistence file
     broker.start()
-    sub = _session_client(broker.port, "persistent-sub", received, topic, flags)
+    sub = _session_client(broker.port, "persistent-sub", received, topic, flags, tls=gateway)
     try:
         # More than Mosquitto's default max_queued_messages (1000): none may be dropped.
         wait_until(lambda: len(received) >= 1500, 20, "1500 queued messages after restart")

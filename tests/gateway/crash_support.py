@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.generator import ExpectedTotals, expected_totals
 from edgetally.brokers import BrokerProcess
 from gateway.faults import FAULT_DIR_ENV, marker_path
-from protocol import Election, parse_broker_url
-from tests.gateway.support import SEED, Sent, envelopes, publish_all
+from protocol import Election
+from tests.gateway.support import SEED, Publishers, Sent, envelopes, publish_all
 from tests.helpers import edgetally_cmd, run_cli, wait_until
+from tests.support.wire import pki_args
 
 Key = tuple[str, int]  # (device, seq)
 
@@ -117,7 +117,7 @@ class Rig:
         ready.unlink(missing_ok=True)
         proc = self._spawn(
             ["cloud", "run", "--broker", self.cloud_broker.url, "--db", f"sqlite:///{self.db}",
-             "--keys", str(self.keys), "--ready-file", str(ready)],
+             "--keys", str(self.keys), "--ready-file", str(ready), *pki_args(self.cloud_broker.url)],
             self.workdir / "cloud.log",
         )  # fmt: skip
         wait_until(lambda: ready.exists() or proc.poll() is not None, 30, "the cloud worker ready")
@@ -135,7 +135,7 @@ class Rig:
         proc = self._spawn(
             ["gateway", "run", "--edge", self.edge.url, "--cloud", self.cloud_broker.url,
              "--buffer", str(self.buffer), "--keys", str(self.keys), "--ready-file", str(ready),
-             *self.extra],
+             *pki_args(self.edge.url, self.cloud_broker.url), *self.extra],
             self.log,
             {FAULT_DIR_ENV: str(self.faults), **(env or {})},
         )  # fmt: skip
@@ -279,16 +279,7 @@ class Publisher:
             if self.rate <= 0:
                 publish_all(self.url, self.items)
                 return
-            address = parse_broker_url(self.url)
-            client = mqtt.Client(
-                CallbackAPIVersion.VERSION2,
-                client_id=f"test-paced-{os.getpid()}-{id(self)}",
-                clean_session=True,
-                protocol=mqtt.MQTTv311,
-            )
-            client.max_inflight_messages_set(1000)
-            client.connect(address.host, address.port, keepalive=10)
-            client.loop_start()
+            publishers = Publishers(self.url)
             try:
                 started = time.monotonic()
                 infos = []
@@ -297,15 +288,14 @@ class Publisher:
                     delay = due - time.monotonic()
                     if delay > 0:
                         time.sleep(delay)  # pacing the stream, not waiting for anything
-                    info = client.publish(topic, payload, qos=1)
+                    info = publishers.client(topic).publish(topic, payload, qos=1)
                     assert info.rc == mqtt.MQTT_ERR_SUCCESS, f"publish rc {info.rc}"
                     infos.append(info)
                 for info in infos:
                     info.wait_for_publish(timeout=30)
                     assert info.is_published(), "the edge broker did not acknowledge a publish"
             finally:
-                client.disconnect()
-                client.loop_stop()
+                publishers.close()
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread by join()
             self.error = exc
 

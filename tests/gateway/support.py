@@ -26,6 +26,8 @@ from protocol import (
 )
 from protocol.tls import ClientTls, client_context
 from tests.helpers import start_cli, wait_until
+from tests.support import wire
+from tests.support.wire import Publishers
 
 SEED = 7
 
@@ -92,8 +94,11 @@ class Collector:
         unwrap: bool = True,
         tls: ClientTls | None = None,
     ) -> None:
-        """``tls``: the certificate to connect to an mqtts:// broker with (a monitor's reads everything)."""
+        """``tls``: the certificate to connect to an mqtts:// broker with; by default a monitor's
+        of the session's wire (reads everything, writes nothing: a watcher)."""
         self.address = parse_broker_url(url)
+        if tls is None and self.address.tls:
+            tls = wire.current().monitor()
         self.topic_filter = topic_filter
         self.unwrap = unwrap
         self.client = _client(
@@ -144,25 +149,23 @@ class Collector:
         return {got.payload for got in self.messages()}
 
 
-def publish_all(url: str, items: Sequence[tuple[str, bytes]], *, retain: bool = False) -> None:
-    """Publish QoS 1 and return once the broker acknowledged every message (rc checked)."""
-    address = parse_broker_url(url)
-    client = _client(f"test-publisher-{uuid.uuid4().hex[:12]}", clean_session=True)
-    client.max_inflight_messages_set(1000)
-    client.connect(address.host, address.port, keepalive=10)
-    client.loop_start()
+def publish_all(
+    url: str, items: Sequence[tuple[str, bytes]], *, retain: bool = False, tls: ClientTls | None = None
+) -> None:
+    """Publish QoS 1 and return once the broker acknowledged every message (rc checked), in
+    the order given, each under the identity of its role (:class:`Publishers`)."""
+    publishers = Publishers(url, tls)
     try:
         infos = []
         for topic, payload in items:
-            info = client.publish(topic, payload, qos=1, retain=retain)
+            info = publishers.client(topic).publish(topic, payload, qos=1, retain=retain)
             assert info.rc == mqtt.MQTT_ERR_SUCCESS, f"publish rc {info.rc}"
             infos.append(info)
         for info in infos:
             info.wait_for_publish(timeout=30)
             assert info.is_published(), "the broker did not acknowledge a publish within 30 s"
     finally:
-        client.disconnect()
-        client.loop_stop()
+        publishers.close()
 
 
 @dataclass
@@ -191,10 +194,12 @@ def start_gateway(
     ready = workdir / f"{name}.ready"
     ready.unlink(missing_ok=True)  # a killed run leaves its ready file behind
     log = workdir / f"{name}.log"
+    locked = parse_broker_url(edge).tls or parse_broker_url(cloud).tls
+    pki = ["--pki", str(wire.current().pki)] if locked and "--pki" not in extra else []
     proc = start_cli(
         "gateway", "run",
         "--edge", edge, "--cloud", cloud, "--buffer", str(buffer), "--keys", str(keys),
-        "--ready-file", str(ready), *extra,
+        "--ready-file", str(ready), *pki, *extra,
         log=log,
     )  # fmt: skip
     processes.append(proc)

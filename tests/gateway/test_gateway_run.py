@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -85,12 +86,15 @@ def nothing_to_forward(buffer: Path) -> bool:
 
 def test_bad_envelopes_are_quarantined_with_their_reason_and_never_forwarded(
     tmp_path: Path,
-    edge: BrokerProcess,
-    cloud: BrokerProcess,
+    broker_factory: Callable[..., BrokerProcess],
     keys_dir: Path,
     sample_election: Election,
     processes: list[subprocess.Popen[bytes]],
 ) -> None:
+    # Plain brokers: this is the gateway's own defence behind the broker. A locked edge broker's
+    # ACL already drops a publish to a non-device topic (bad_topic) before the gateway sees it.
+    edge = broker_factory("edge", plain=True)
+    cloud = broker_factory("cloud", plain=True)
     device, other = sample_election.devices[:2]
     bodies = device_batches(sample_election, 7, device, 3)
     key = load_signing_key(keys_dir, device)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,15 +21,18 @@ from protocol import (
     Registry,
     parse_broker_url,
 )
+from protocol.tls import Role, client_context
 from tests.gateway.support import Sent, envelopes, publish_all
 from tests.helpers import wait_until
+from tests.support.wire import component_tls
 
 
 @pytest.fixture
 def config(tmp_path: Path, edge: BrokerProcess, keys_dir: Path) -> GatewayConfig:
     address = parse_broker_url(edge.url)
     return GatewayConfig(
-        gateway_id=f"t{uuid.uuid4().hex[:8]}",
+        gateway_id="gw1",
+        tls=component_tls(Role.GATEWAY, "gw1", address.url),
         edge=address,
         cloud=address,  # unused here
         buffer_path=tmp_path / "b.db",
@@ -45,7 +47,8 @@ def buffer(config: GatewayConfig) -> Iterator[Buffer]:
 
 
 def redelivered_to_session(config: GatewayConfig, sentinel: Sent) -> list[bytes]:
-    """Resume the gateway's edge session with a plain client; return what arrives before ``sentinel``.
+    """Resume the gateway's edge session with a bare client standing in for the gateway (its
+    certificate: the broker names the session for it); return what arrives before ``sentinel``.
 
     The broker resends unacknowledged messages of the session first, then new ones; so
     everything before the sentinel is what the gateway had left unacknowledged.
@@ -58,6 +61,9 @@ def redelivered_to_session(config: GatewayConfig, sentinel: Sent) -> list[bytes]
         clean_session=False,
         protocol=mqtt.MQTTv311,
     )
+    files = component_tls(Role.GATEWAY, config.gateway_id, config.edge.url)
+    if files is not None:
+        client.tls_set_context(client_context(files))
     connected = threading.Event()
     client.on_connect = lambda *_args: connected.set()
 

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,7 @@ def test_status_on_both_brokers_every_interval_stored_by_the_cloud_and_offline_w
     sample_election: Election,
     processes: list[subprocess.Popen[bytes]],
 ) -> None:
-    gateway_id = f"gw-{uuid.uuid4().hex[:6]}"
+    gateway_id = "gw2"  # one the wire has a certificate for (tests/support/wire.py)
     topic = gateway_status_topic(gateway_id)
     store = CloudProcess(tmp_path, cloud.url, keys_dir, processes).start()
     on_edge = Collector(edge.url, topic).start()

@@ -11,36 +11,40 @@ import os
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from devices.election_file import load_election
 from edgetally.brokers import BrokerProcess
 from gateway.buffer.rows import NewMessage
 from gateway.buffer.schema import State
 from gateway.buffer.store import Buffer
 from gateway.config import GatewayConfig
 from gateway.uplink import Uplink
-from protocol import BATCH_FILTER, parse_broker_url
+from protocol import BATCH_FILTER, batch_topic, parse_broker_url, receipt_topic
+from protocol.tls import Role
 from tests.gateway.support import Collector, publish_all
-from tests.helpers import wait_until
+from tests.helpers import SAMPLE_ELECTION, wait_until
+from tests.support.wire import component_tls
 
 pytestmark = pytest.mark.integration
 
+# The election of the locked brokers' ACL (the session registry's): a gateway forwards only its batches.
+ELECTION = load_election(SAMPLE_ELECTION).id
 WINDOW = 8
 
 
 def rows(start: int, count: int) -> list[NewMessage]:
     return [
         NewMessage(
-            topic=f"edgetally/v1/el/dev-{n % 3}/batch",
+            topic=batch_topic(ELECTION, f"dev-{n % 3}"),
             payload=f"envelope {n}".encode(),
             state=State.PENDING,
             received_at=time.time(),
-            election="el",
+            election=ELECTION,
             device=f"dev-{n % 3}",
             seq=n,
             body_hash=f"{n:064x}",
@@ -63,15 +67,17 @@ class Running:
         return self.buffer.counts()[state]
 
 
+
 @pytest.fixture
 def running(tmp_path: Path, cloud: BrokerProcess, keys_dir: Path) -> Iterator[Running]:
     address = parse_broker_url(cloud.url)
     config = GatewayConfig(
-        gateway_id=f"t{uuid.uuid4().hex[:8]}",
+        gateway_id="gw1",
         edge=address,  # unused here
         cloud=address,
         buffer_path=tmp_path / "b.db",
         keys_dir=keys_dir,
+        tls=component_tls(Role.GATEWAY, "gw1", address.url),
         window=WINDOW,
         bundle_max=1,  # one envelope per message: these tests count messages (bundles: test_uplink_bundle.py)
         backoff_max_s=0.5,
@@ -162,7 +168,7 @@ def test_receipts_on_the_cloud_are_handed_to_the_relay_unchanged(
 ) -> None:
     running.put(rows(0, 1))
     wait_until(lambda: running.uplink.delivered == 1, 10, "the link to be up")
-    receipt = ("edgetally/v1/el/dev-1/receipt", b'{"any":"bytes at all"}')
+    receipt = (receipt_topic(ELECTION, "dev-1"), b'{"any":"bytes at all"}')
     publish_all(cloud.url, [receipt], retain=True)
     wait_until(lambda: receipt in running.relayed, 10, "the relayed receipt")
     running.uplink.request_receipts()  # the edge came back: retained receipts are fetched again

@@ -11,26 +11,35 @@ import os
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from devices.election_file import load_election
 from edgetally.brokers import BrokerProcess
 from gateway.buffer.rows import NewMessage, OutboundMessage
 from gateway.buffer.schema import State
 from gateway.buffer.store import Buffer
 from gateway.config import GatewayConfig
 from gateway.uplink import Uplink, pack
-from protocol import BATCH_FILTER, gateway_bundle_topic, parse_broker_url
+from protocol import (
+    BATCH_FILTER,
+    batch_topic,
+    gateway_bundle_topic,
+    parse_broker_url,
+)
 from protocol import bundle as bundles
+from protocol.tls import Role
 from tests.gateway.support import Collector, Got
-from tests.helpers import wait_until
+from tests.helpers import SAMPLE_ELECTION, wait_until
+from tests.support.wire import component_tls
 
 pytestmark = pytest.mark.integration
 
+# The election of the locked brokers' ACL (the session registry's): a gateway forwards only its batches.
+ELECTION = load_election(SAMPLE_ELECTION).id
 WINDOW = 3
 BUNDLE = 4
 
@@ -38,11 +47,11 @@ BUNDLE = 4
 def rows(start: int, count: int, size: int = 0) -> list[NewMessage]:
     return [
         NewMessage(
-            topic=f"edgetally/v1/el/dev-{n % 3}/batch",
+            topic=batch_topic(ELECTION, f"dev-{n % 3}"),
             payload=f"envelope {n} ".encode() + b"x" * size,
             state=State.PENDING,
             received_at=time.time(),
-            election="el",
+            election=ELECTION,
             device=f"dev-{n % 3}",
             seq=n,
             body_hash=f"{n:064x}",
@@ -76,6 +85,7 @@ class Running:
         return self.buffer.counts()[state]
 
 
+
 @pytest.fixture
 def start_uplink(
     tmp_path: Path, cloud: BrokerProcess, keys_dir: Path
@@ -85,11 +95,12 @@ def start_uplink(
     def start(*, compress: bool = False, retention_s: float = 3600.0) -> Running:
         address = parse_broker_url(cloud.url)
         config = GatewayConfig(
-            gateway_id=f"t{uuid.uuid4().hex[:8]}",
+            gateway_id="gw1",
             edge=address,  # unused here
             cloud=address,
             buffer_path=tmp_path / "b.db",
             keys_dir=keys_dir,
+            tls=component_tls(Role.GATEWAY, "gw1", address.url),
             window=WINDOW,
             bundle_max=BUNDLE,
             compress=compress,
@@ -125,7 +136,7 @@ def test_a_backlog_leaves_in_bundles_in_order_and_the_window_counts_messages(
     running.put(rows(0, 1))
     wait_until(lambda: running.uplink.delivered == 1, 10, "the link to deliver")
     assert [g.topic for g in on_cloud.messages() if "/status" not in g.topic] == [
-        "edgetally/v1/el/dev-0/batch"
+        batch_topic(ELECTION, "dev-0")
     ]  # a lone row goes out as itself
     assert cloud.pid is not None
     os.kill(cloud.pid, signal.SIGSTOP)

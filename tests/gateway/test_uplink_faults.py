@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ NOTICE_WITHIN_S = 2 * KEEPALIVE_S + 2.5
 
 @pytest.fixture
 def proxy(cloud: BrokerProcess) -> Iterator[FaultProxy]:
-    running = FaultProxy("127.0.0.1", cloud.port).start()
+    running = FaultProxy("127.0.0.1", cloud.port, tls=cloud.tls is not None).start()
     yield running
     running.stop()
 
@@ -69,7 +68,7 @@ def test_a_dead_cloud_link_is_noticed_and_nothing_is_lost_or_counted_twice(
     sent = envelopes(sample_election, keys_dir, sample_election.devices[:4], 20)
     before, during = sent[:40], sent[40:]  # seqs 1-10 of each device, then 11-20
     ledger = CloudProcess(tmp_path, cloud.url, keys_dir, processes).start()
-    gateway_id = f"gw-{uuid.uuid4().hex[:6]}"
+    gateway_id = "gw2"  # one the wire has a certificate for (tests/support/wire.py)
     status = Collector(edge.url, gateway_status_topic(gateway_id)).start()
     run = start_gateway(
         processes, tmp_path, edge=edge.url, cloud=proxy.url, buffer=tmp_path / "b.db",

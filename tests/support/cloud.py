@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from cloud import models
 from cloud.db import make_engine
 from tests.helpers import run_cli, start_cli, wait_until
+from tests.support.wire import pki_args
 
 
 class CloudProcess:
@@ -38,7 +39,7 @@ class CloudProcess:
         level = ["--log-level", "DEBUG"] if debug else []
         self.proc = start_cli(
             *level, "cloud", "run", "--broker", self._broker_url, "--db", self.db_url,
-            "--keys", str(self._keys), "--ready-file", str(self.ready), log=self.log,
+            "--keys", str(self._keys), "--ready-file", str(self.ready), *pki_args(self._broker_url), log=self.log,
         )  # fmt: skip
         self._processes.append(self.proc)
         proc = self.proc

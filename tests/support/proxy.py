@@ -64,8 +64,10 @@ def _close(writer: asyncio.StreamWriter | None, *, reset: bool) -> None:
 class FaultProxy:
     """Listens on 127.0.0.1 (a free port) and forwards to ``target_host:target_port``."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, *, tls: bool = False) -> None:
+        """``tls``: the target speaks TLS (the bytes pass through as they are); the URL says mqtts://."""
         self.target = (target_host, target_port)
+        self.tls = tls
         self.port = 0
         self.mode = Mode.PASS
         self.accepted = 0
@@ -79,7 +81,7 @@ class FaultProxy:
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     def start(self) -> FaultProxy:
         self._thread.start()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -65,6 +65,14 @@ class Subscriber:
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
+
+
+@pytest.fixture
+def broker(broker_factory: Callable[..., BrokerProcess]) -> BrokerProcess:
+    """Plain: a republish rule writes to a topic of its own (results/...), and the locked cloud
+    broker's ACL (edgetally/acl.py) grants the cloud no topic outside EdgeTally's receipts and
+    commands; on a locked broker the action's output is dropped (an open product question)."""
+    return broker_factory("cloud", plain=True)
 
 
 @pytest.fixture

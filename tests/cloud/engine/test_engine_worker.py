@@ -92,7 +92,9 @@ actions = [
 error_action = {alert = {message = "${rule}: ${error}"}}
 """
     )
-    broker = broker_factory("cloud")
+    # Plain: the rule republishes to out/..., a topic the locked cloud broker's ACL
+    # (edgetally/acl.py) grants the cloud no write to; there the output would be dropped.
+    broker = broker_factory("cloud", plain=True)
     cloud = Cloud(tmp_path, broker, keys_dir, processes, args=["--rules", str(rules_file)])
     cloud.start()
     subscriber = Subscriber(broker.port, "out/#")
