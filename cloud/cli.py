@@ -36,6 +36,7 @@ from cloud.config import (
 from protocol import DEFAULT_MAX_BYTES, ProtocolError, parse_broker_url
 
 if TYPE_CHECKING:
+    from cloud.engine.rulefile import RulesConfig
     from protocol import Registry, SigningKey
 
 # Each command imports what it runs (SQLAlchemy, the rules engine, the MQTT worker) in its
@@ -120,6 +121,22 @@ def load_cloud_signing_key(keys: Path, registry: Registry) -> SigningKey:
     return key
 
 
+def check_republish_topics(rules: RulesConfig) -> None:
+    """On a locked-down wire a cloud worker may write only under ``edgetally-out/`` beyond its
+    receipts and commands (edgetally/acl.py): Mosquitto would refuse any other republish and
+    close the worker's connection on each, so such a rules file is refused at start."""
+    from cloud.engine.actions import RepublishAction
+    from protocol.topics import RULES_OUTPUT_ROOT
+
+    for rule in rules.enabled:
+        for action in rule.actions:
+            if isinstance(action, RepublishAction) and not action.topic.text.startswith(f"{RULES_OUTPUT_ROOT}/"):
+                raise ConfigError(
+                    f"rule {rule.name!r}: republish topic {action.topic.text!r} is outside {RULES_OUTPUT_ROOT}/,"
+                    " the only tree a locked-down cloud broker lets a cloud worker write (or run with plain mqtt://)"
+                )
+
+
 def load_registry(keys: Path) -> Registry:
     from protocol import Registry
 
@@ -199,6 +216,7 @@ def run(
             from cloud.worker.session import check_tls
 
             check_tls(config.tls)  # a missing or bad certificate stops the worker here, named
+            check_republish_topics(rules)  # the locked broker's ACL would refuse the others
         signing_key = load_cloud_signing_key(config.keys_dir, registry)
         engine = make_engine(config.db_url)
         upgrade(engine)

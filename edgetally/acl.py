@@ -8,10 +8,11 @@ broker takes them from the certificate with ``use_identity_as_username``). Per b
   statuses, writes their receipts and commands, and its own gateway status.
 - **cloud** (gateways and cloud workers): a gateway forwards batches and its bundles and status,
   and reads receipts and commands to relay them down; a cloud worker reads batches, bundles
-  and gateway statuses and writes receipts and commands.
+  and gateway statuses and writes receipts and commands, and what its rules republish (under
+  ``edgetally-out/``, protocol.topics.RULES_OUTPUT_ROOT).
 
 - **monitors** (on both, only those named): read every EdgeTally topic, write nothing: a
-  dashboard or an auditor's tap that cannot change what it watches.
+  dashboard or an auditor's tap that cannot change what it watches (and the rules' outputs).
 
 Anyone else, and anything not listed, gets nothing: Mosquitto denies what no line allows.
 """
@@ -25,6 +26,7 @@ from protocol import Registry
 from protocol.tls import Role, identity
 from protocol.topics import (
     PREFIX,
+    RULES_OUTPUT_ROOT,
     DeviceTopicKind,
     device_topic,
     gateway_bundle_topic,
@@ -54,7 +56,7 @@ def acl_text(
     every = f"{PREFIX}/{election}/+"
     lines = [f"# EdgeTally {kind.value} broker ACL for election {election}: generated, do not edit", ""]
     for monitor in sorted(monitors):
-        lines += _user(identity(Role.MONITOR, monitor), [("read", f"{PREFIX}/#")])
+        lines += _user(identity(Role.MONITOR, monitor), [("read", f"{PREFIX}/#"), ("read", f"{RULES_OUTPUT_ROOT}/#")])
     if kind is BrokerKind.EDGE:
         for device in sorted(registry.devices):
             lines += _user(identity(Role.DEVICE, device), [
@@ -87,5 +89,6 @@ def acl_text(
             ("read", gateway_status_topic("+")),
             ("write", f"{every}/{DeviceTopicKind.RECEIPT}"),
             ("write", f"{every}/{DeviceTopicKind.COMMAND}"),
+            ("write", f"{RULES_OUTPUT_ROOT}/#"),
         ])  # fmt: skip
     return "\n".join(lines)

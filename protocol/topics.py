@@ -20,6 +20,9 @@ from protocol._errors import BadTopic, InvalidValue, shown
 from protocol.election import ID_PATTERN
 
 PREFIX = "edgetally/v1"
+# Where the cloud's rules may republish (cloud/engine: ``republish``): outside EdgeTally's own
+# topics, and the one tree a locked-down cloud broker's ACL lets a cloud worker write.
+RULES_OUTPUT_ROOT = "edgetally-out"
 DEFAULT_PORT = 1883
 DEFAULT_TLS_PORT = 8883
 
