@@ -39,6 +39,7 @@ def test_the_cloud_acl_has_gateways_and_workers_and_no_device(registry: Registry
         "read edgetally/v1/_gateway/+/status",
         f"write edgetally/v1/{election}/+/receipt",
         f"write edgetally/v1/{election}/+/command",
+        "write edgetally-out/#",  # what its rules republish (docs/rules.md)
     ]
     assert "write edgetally/v1/_gateway/gw2/bundle" in users["gateway-gw2"]
     assert "write edgetally/v1/_gateway/gw1/bundle" not in users["gateway-gw2"]
