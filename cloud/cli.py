@@ -137,6 +137,20 @@ def check_republish_topics(rules: RulesConfig) -> None:
                 )
 
 
+def stop_on_signals(what: str) -> threading.Event:
+    """An event SIGTERM and SIGINT set (logging ``what`` the command does then): a long-running
+    command stops cleanly whichever a supervisor or a person sends."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("%s: %s", signal.Signals(signum).name, what)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
 def load_registry(keys: Path) -> Registry:
     from protocol import Registry
 
@@ -232,14 +246,7 @@ def run(
         rules.source,
         ", ".join(r.name if r.enabled else f"{r.name} (disabled)" for r in rules.rules),
     )
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("%s: stopping after the current commit", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals("stopping after the current commit")
     log.info(
         "cloud %s: election %s, %d devices, database %s, %s session%s",
         config.cloud_id,
@@ -566,14 +573,7 @@ def publish(
     from cloud.db import make_engine
     from cloud.serve.feed import current, publish_until
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("%s: stopping after the current version", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals("stopping after the current version")
     try:
         engine = make_engine(db, create=False, writer=False)
         written = publish_until(engine, out, election=election, every=every, keep=keep, stop=stop)
