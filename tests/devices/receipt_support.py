@@ -42,6 +42,23 @@ def signed_contiguous_receipt(election: str, device: str, held: Mapping[int, str
     return sign_receipt(contiguous_receipt(election, device, held), key)
 
 
+def stand_in_cloud_client(
+    broker: BrokerProcess, client_id: str, on_message: mqtt.CallbackOnMessage, *filters: str
+) -> mqtt.Client:
+    """A started paho client on the edge broker that subscribes to ``filters`` (QoS 1) and hands
+    what arrives to ``on_message``: a stand-in for the cloud behind a gateway. On the edge broker
+    whoever reads batches and writes receipts is a gateway (edgetally/acl.py), so it connects with
+    a gateway stand-in's certificate."""
+    address = parse_broker_url(broker.url)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+    secure(client, broker.url, Role.GATEWAY)
+    client.on_connect = lambda c, *_: [c.subscribe(f, 1) for f in filters]
+    client.on_message = on_message
+    client.connect(address.host, address.port)
+    client.loop_start()
+    return client
+
+
 class ReceiptingCloud:
     """Subscribes to batches, verifies them, and publishes receipts like the cloud does.
 
@@ -58,15 +75,7 @@ class ReceiptingCloud:
         self.copies: dict[tuple[str, int], int] = defaultdict(int)
         self.statuses: dict[str, dict[str, object]] = {}
         self.lock = threading.Lock()
-        address = parse_broker_url(broker.url)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-cloud", protocol=mqtt.MQTTv311)
-        # On the edge broker whoever reads batches and writes receipts is a gateway (edgetally/acl.py):
-        # this stand-in for the cloud behind it connects with a gateway stand-in's certificate.
-        secure(self.client, broker.url, Role.GATEWAY)
-        self.client.on_connect = lambda c, *_: (c.subscribe(BATCH_FILTER, 1), c.subscribe(STATUS_FILTER, 1))
-        self.client.on_message = self._on_message
-        self.client.connect(address.host, address.port)
-        self.client.loop_start()
+        self.client = stand_in_cloud_client(broker, "test-cloud", self._on_message, BATCH_FILTER, STATUS_FILTER)
 
     def _on_message(self, client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
         topic = parse_device_topic(message.topic)

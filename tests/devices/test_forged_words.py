@@ -18,16 +18,13 @@ from protocol import (
     BATCH_FILTER,
     Registry,
     SigningKey,
-    parse_broker_url,
     parse_device_topic,
     receipt_topic,
     verify,
 )
 from protocol.signed import sign_receipt
-from protocol.tls import Role
-from tests.devices.receipt_support import contiguous_receipt
+from tests.devices.receipt_support import contiguous_receipt, stand_in_cloud_client
 from tests.helpers import run_cli
-from tests.support.wire import secure
 
 pytestmark = pytest.mark.integration
 
@@ -42,15 +39,7 @@ class ForgingCloud:
         self.copies: dict[tuple[str, int], int] = defaultdict(int)
         self.held: dict[str, dict[int, str]] = defaultdict(dict)
         self.lock = threading.Lock()
-        address = parse_broker_url(broker.url)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-forger", protocol=mqtt.MQTTv311)
-        # On the edge broker whoever reads batches and writes receipts is a gateway (edgetally/acl.py):
-        # this stand-in for the cloud behind it connects with a gateway stand-in's certificate.
-        secure(self.client, broker.url, Role.GATEWAY)
-        self.client.on_connect = lambda c, *_: c.subscribe(BATCH_FILTER, 1)
-        self.client.on_message = self._on_message
-        self.client.connect(address.host, address.port)
-        self.client.loop_start()
+        self.client = stand_in_cloud_client(broker, "test-forger", self._on_message, BATCH_FILTER)
 
     def _on_message(self, client: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
         topic = parse_device_topic(message.topic)

@@ -22,16 +22,13 @@ from protocol import (
     BATCH_FILTER,
     Registry,
     SigningKey,
-    parse_broker_url,
     parse_device_topic,
     receipt_topic,
     verify,
 )
-from protocol.tls import Role
 from tests.devices.prometheus_text import ExpositionError, Family, parse
-from tests.devices.receipt_support import signed_contiguous_receipt
+from tests.devices.receipt_support import signed_contiguous_receipt, stand_in_cloud_client
 from tests.helpers import run_cli, start_cli, wait_until
-from tests.support.wire import secure
 
 DEVICES, BATCHES = 20, 3
 
@@ -135,15 +132,7 @@ class HeldCloud:
         self.lock = threading.Lock()
         self.held: dict[str, dict[int, str]] = {}
         self.released = False
-        address = parse_broker_url(broker.url)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-held-cloud", protocol=mqtt.MQTTv311)
-        # On the edge broker whoever reads batches and writes receipts is a gateway (edgetally/acl.py):
-        # this stand-in for the cloud behind it connects with a gateway stand-in's certificate.
-        secure(self.client, broker.url, Role.GATEWAY)
-        self.client.on_connect = lambda c, *_: c.subscribe(BATCH_FILTER, 1)
-        self.client.on_message = self._on_message
-        self.client.connect(address.host, address.port)
-        self.client.loop_start()
+        self.client = stand_in_cloud_client(broker, "test-held-cloud", self._on_message, BATCH_FILTER)
 
     @property
     def batches(self) -> int:
