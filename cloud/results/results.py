@@ -200,10 +200,9 @@ def find_unit(election: Election, unit_id: str | None) -> Unit:
     return unit
 
 
-def read_every_unit(query: Query, election_id: str | None = None) -> dict[str, Results]:
+def read_every_unit(query: Query, election: Election) -> dict[str, Results]:
     """The results of every reporting unit, from one read of the figures (a caller holding the
     read transaction sees them all at the same committed state)."""
-    election = stored_election(query, election_id)
     rollups, by_device = _figures(query, election)
     return {unit_id: _assemble(election, unit, rollups, by_device) for unit_id, unit in election.units.items()}
 

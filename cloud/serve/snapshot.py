@@ -102,16 +102,17 @@ class Poller:
         self.polls += 1
         with read_snapshot(self._engine, "reading results for the results service") as conn:
             query = sa_query(conn)
-            election = stored_election(query, self._election_id)
-            version = int(next(iter(query(_VERSION, {"eid": election.id})))[0])
             old = self.current
-            if old is not None and old.version == version and old.election == election.id:
+            # The stored election is parsed once, not at every poll: a poll is one count.
+            election = old.model if old is not None and old.model is not None else stored_election(query, self._election_id)
+            version = int(next(iter(query(_VERSION, {"eid": election.id})))[0])
+            if old is not None and old.version == version:
                 return None
             self.reads += 1
-            every = read_every_unit(query, election.id)
+            every = read_every_unit(query, election)
         units = {unit: orjson.dumps(results.to_mapping(), option=orjson.OPT_SORT_KEYS) for unit, results in every.items()}
         etags = {unit: etag_of(body) for unit, body in units.items()}
-        definition = orjson.dumps(election.to_mapping())
+        definition = old.definition if old is not None else orjson.dumps(election.to_mapping())
         rollups = {unit: results.rollup for unit, results in every.items()}
         snapshot = Snapshot(election.id, election.root, version, datetime.now(UTC), units, etags, definition, election, rollups)
         changed = tuple(u for u in units if old is None or old.units.get(u) != units[u])
