@@ -180,7 +180,11 @@ class Rogue:
         with _Connection(self.config, self.config.device) as conn:
             conn.client.publish(topic, payload, qos=1, retain=retain)
             conn.client.subscribe(receipt_topic(self.election, self.config.device), qos=1)  # the probe
-            return not conn.wait_suback()
+            if conn.wait_suback():
+                return False
+            if not conn.closed:  # neither answered nor closed: no verdict, not a refusal
+                raise RogueError(f"{self.config.broker.url} neither answered nor closed within {self.config.timeout_s:g}s")
+            return True
 
     def _envelope(self, device: str, seq: int) -> bytes:
         """A well-formed batch signed with a key that is not ``device``'s."""
