@@ -57,7 +57,8 @@ def check_contained(
         problems.append(f"the broker handed it the session of {hijack['client_id']}")
     if hijack["foreign"]:
         problems.append(f"it saw {hijack['foreign']} messages of others ({', '.join(hijack['foreign_topics'])})")
-    parts.append(f"{hijack['client_id']}'s session not handed over, 0 foreign messages" if not problems else "")
+    if not problems:
+        parts.append(f"{hijack['client_id']}'s session not handed over, 0 foreign messages")
     for kind in FORGERIES:
         attempted, refused_n = int(report[kind]["attempted"]), int(report[kind]["refused_by_broker"])
         parts.append(f"forged {kind} {refused_n}/{attempted} refused by the broker")
@@ -78,5 +79,5 @@ def check_contained(
     ignored = sum(int(n) for s in fleet_summaries for reasons_ in (s.get("ignored") or {}).values() for n in reasons_.values())
     if ignored:
         problems.append(f"devices ignored {ignored} receipts or repair requests: forged words reached them")
-    detail = "; ".join(p for p in parts if p)
+    detail = "; ".join(parts)
     return Check(CONTAINED, not problems, detail + (f"; FAILED: {'; '.join(problems)}" if problems else ""))
