@@ -68,7 +68,8 @@ def _serve(url: str, feed: Path, work: Path) -> tuple[subprocess.Popen[bytes], i
     ready = work / "serve.ready"
     cmd = [sys.executable, "-m", "edgetally", "--log-level", "WARNING", "cloud", "serve", "--db", url, "--port", "0",
            "--feed", str(feed), "--poll", "0.1", "--ready-file", str(ready)]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(work / "serve.log", "wb"))  # noqa: SIM115
+    with open(work / "serve.log", "wb") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + TIMEOUT_S
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
