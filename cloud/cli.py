@@ -1,5 +1,5 @@
 """`edgetally cloud ...` commands: run, migrate, results, export, audit, settings, gateways,
-serve, and what the rules wrote: alerts, stored, dead-letters.
+serve, publish, and what the rules wrote: alerts, stored, dead-letters.
 
 Errors in what the user gave (missing keys, bad URL, a database that is not a cloud
 database) end the command with exit code 1 and one line on stderr. An unreachable broker at
@@ -437,7 +437,7 @@ def gateways(
     db: str = DB_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
-    """The latest status each gateway reported: links, buffer depth, rates, age."""
+    """The latest status each gateway reported: links, buffer depth, dropped rejects, rates, age."""
     from cloud.db import make_engine
     from cloud.worker.status import load_gateways, render_gateways
 
@@ -548,7 +548,7 @@ def serve(
     feed: Path | None = typer.Option(None, "--feed", help="also serve this `cloud publish --out` directory under /feed/"),
     keys: Path | None = typer.Option(None, "--keys", help="the election's registry: /api/audit serves the audit's verdict"),
 ) -> None:
-    """Serve results over HTTP, read-only: JSON per unit with ETags, SSE changes, /metrics."""
+    """Serve results over HTTP, read-only: the live page, JSON per unit with ETags, SSE changes, /metrics."""
     from cloud.serve.app import ServeConfig
     from cloud.serve.server import serve as run_server
 
