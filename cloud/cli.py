@@ -16,6 +16,7 @@ import json
 import logging
 import signal
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
@@ -69,6 +70,8 @@ def build_config(
     repair_grace_s: float = 0.5,
     receipt_interval_s: float = DEFAULT_RECEIPT_INTERVAL_S,
     pki: Path | None = None,
+    jetstream: Sequence[str] = (),
+    ack_wait_s: float = 10.0,
 ) -> CloudConfig:
     from protocol.tls import Role, client_tls
 
@@ -80,7 +83,8 @@ def build_config(
         raise ConfigError(f"--session must be clean or persistent, got {session!r}")
     # With --share the default is a clean session: a worker that dies for good must not keep
     # a share of the traffic queued in its session (docs/cloud-scaleout.md).
-    clean = session == "clean" if session is not None else share is not None
+    # On JetStream too: the MQTT session then carries only gateway statuses (informational).
+    clean = session == "clean" if session is not None else share is not None or bool(jetstream)
     return CloudConfig(
         broker=address,
         db_url=db,
@@ -95,6 +99,8 @@ def build_config(
         repair_grace_s=repair_grace_s,
         receipt_interval_s=receipt_interval_s,
         tls=None if pki is None else client_tls(pki, Role.CLOUD, cloud_id),
+        jetstream=tuple(jetstream),
+        ack_wait_s=ack_wait_s,
     )
 
 
@@ -208,6 +214,15 @@ def run(
         "--rules",
         help="rules file (YAML or TOML, docs/rules.md); default: the rules shipped with EdgeTally",
     ),
+    jetstream: list[str] = typer.Option(
+        [],
+        "--jetstream",
+        help="a NATS JetStream cloud broker's nats:// (tls:// with --pki) address (repeatable):"
+        " batches come from its shared durable consumers (docs/cloud-scaleout.md)",
+    ),
+    ack_wait: float = typer.Option(
+        10.0, "--ack-wait", help="with --jetstream: seconds before an unacknowledged batch goes to another worker"
+    ),
 ) -> None:
     """Consume batches from the cloud broker, run the rules (ledger, alerts, ...); publish
     receipts."""
@@ -223,7 +238,7 @@ def run(
         armed = faults.arm_from_environment()
         config = build_config(
             broker, db, keys, cloud_id, max_payload_bytes, ready_file, share, session,
-            verify_threads, repair_interval, repair_grace, receipt_interval, pki,
+            verify_threads, repair_interval, repair_grace, receipt_interval, pki, jetstream, ack_wait,
         )  # fmt: skip
         registry = load_registry(config.keys_dir)
         if config.tls is not None:
@@ -256,6 +271,8 @@ def run(
         "clean" if config.clean_session else "persistent",
         f", shared group {config.share_group}" if config.share_group else "",
     )
+    if config.jetstream:
+        log.info("batches from JetStream at %s (ack wait %.1fs)", ", ".join(config.jetstream), config.ack_wait_s)
     try:
         CloudWorker(
             config, ledger, StatusStore(engine), rules=rules_engine, signing_key=signing_key

@@ -70,6 +70,13 @@ class CloudConfig:
     # The worker's TLS certificate (its common name cloud-{id} is its MQTT identity); required
     # for an mqtts:// broker, refused for a plain one.
     tls: ClientTls | None = None
+    # A NATS JetStream cloud broker (edgetally/nats.py): batches and bundles come from its shared
+    # durable consumers at these nats:// (or tls://) addresses instead of MQTT subscriptions;
+    # the MQTT connection keeps gateway statuses, receipts, repairs and republishes.
+    jetstream: tuple[str, ...] = ()
+    # How long a pulled message may stay unacknowledged before JetStream gives it to another
+    # worker (used when this worker creates the consumers; an existing consumer keeps its own).
+    ack_wait_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not ID_PATTERN.match(self.cloud_id):
@@ -94,6 +101,16 @@ class CloudConfig:
             raise ConfigError(
                 f"--receipt-interval must be a number of seconds >= 0, got {self.receipt_interval_s}"
             )
+        if self.jetstream and self.share_group is not None:
+            raise ConfigError("--jetstream and --share are two ways to share the load: give one")
+        for url in self.jetstream:
+            scheme = url.split("://", 1)[0]
+            if scheme not in ("nats", "tls") or "://" not in url:
+                raise ConfigError(f"--jetstream {url!r} must be a nats:// or tls:// address")
+            if (scheme == "tls") != (self.tls is not None):
+                raise ConfigError(f"--jetstream {url!r}: tls:// goes with --pki, nats:// without")
+        if self.ack_wait_s <= 0:
+            raise ConfigError(f"--ack-wait must be positive, got {self.ack_wait_s}")
         if not 0 < self.backoff_initial_s <= self.backoff_max_s:
             raise ConfigError("backoff must satisfy 0 < initial <= max")
 
@@ -104,6 +121,8 @@ class CloudConfig:
     @property
     def shared_filters(self) -> list[str]:
         """Batches and gateway bundles: shared with the group's other workers, if any."""
+        if self.jetstream:
+            return []  # from JetStream (cloud/worker/jetstream.py)
         prefix = f"$share/{self.share_group}/" if self.share_group is not None else ""
         return [prefix + BATCH_FILTER, prefix + GATEWAY_BUNDLE_FILTER]
 

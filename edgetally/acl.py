@@ -39,7 +39,10 @@ class BrokerKind(StrEnum):
     CLOUD = "cloud"
 
 
-def _user(name: str, rules: Iterable[tuple[str, str]]) -> list[str]:
+Rule = tuple[str, str]  # ("read" | "write", MQTT topic filter)
+
+
+def _user(name: str, rules: Iterable[Rule]) -> list[str]:
     return [f"user {name}", *(f"topic {access} {topic}" for access, topic in rules), ""]
 
 
@@ -51,44 +54,61 @@ def acl_text(
     clouds: Iterable[str] = (),
     monitors: Iterable[str] = (),
 ) -> str:
-    """The ACL file of a ``kind`` broker serving ``registry``'s election."""
+    """The Mosquitto ACL file of a ``kind`` broker serving ``registry``'s election."""
+    election = registry.election.id
+    lines = [f"# EdgeTally {kind.value} broker ACL for election {election}: generated, do not edit", ""]
+    for name, rules in broker_rules(registry, kind, gateways=gateways, clouds=clouds, monitors=monitors).items():
+        lines += _user(name, rules)
+    return "\n".join(lines)
+
+
+def broker_rules(
+    registry: Registry,
+    kind: BrokerKind,
+    *,
+    gateways: Iterable[str],
+    clouds: Iterable[str] = (),
+    monitors: Iterable[str] = (),
+) -> dict[str, list[Rule]]:
+    """Each identity's topics on a ``kind`` broker: the one source of the Mosquitto ACL and of
+    the NATS cluster's permissions (:mod:`edgetally.nats`)."""
     election = registry.election.id
     every = f"{PREFIX}/{election}/+"
-    lines = [f"# EdgeTally {kind.value} broker ACL for election {election}: generated, do not edit", ""]
+    users: dict[str, list[Rule]] = {}
     for monitor in sorted(monitors):
-        lines += _user(identity(Role.MONITOR, monitor), [("read", f"{PREFIX}/#"), ("read", f"{RULES_OUTPUT_ROOT}/#")])
+        users[identity(Role.MONITOR, monitor)] = [("read", f"{PREFIX}/#"), ("read", f"{RULES_OUTPUT_ROOT}/#")]
     if kind is BrokerKind.EDGE:
         for device in sorted(registry.devices):
-            lines += _user(identity(Role.DEVICE, device), [
+            users[identity(Role.DEVICE, device)] = [
                 ("write", device_topic(election, device, DeviceTopicKind.BATCH)),
                 ("write", device_topic(election, device, DeviceTopicKind.STATUS)),
                 ("read", device_topic(election, device, DeviceTopicKind.RECEIPT)),
                 ("read", device_topic(election, device, DeviceTopicKind.COMMAND)),
-            ])  # fmt: skip
+            ]  # fmt: skip
         for gateway in sorted(gateways):
-            lines += _user(identity(Role.GATEWAY, gateway), [
+            users[identity(Role.GATEWAY, gateway)] = [
                 ("read", f"{every}/{DeviceTopicKind.BATCH}"),
                 ("read", f"{every}/{DeviceTopicKind.STATUS}"),
                 ("write", f"{every}/{DeviceTopicKind.RECEIPT}"),
                 ("write", f"{every}/{DeviceTopicKind.COMMAND}"),
                 ("write", gateway_status_topic(gateway)),
-            ])  # fmt: skip
-        return "\n".join(lines)
+            ]  # fmt: skip
+        return users
     for gateway in sorted(gateways):
-        lines += _user(identity(Role.GATEWAY, gateway), [
+        users[identity(Role.GATEWAY, gateway)] = [
             ("write", f"{every}/{DeviceTopicKind.BATCH}"),
             ("write", gateway_bundle_topic(gateway)),
             ("write", gateway_status_topic(gateway)),
             ("read", f"{every}/{DeviceTopicKind.RECEIPT}"),
             ("read", f"{every}/{DeviceTopicKind.COMMAND}"),
-        ])  # fmt: skip
+        ]  # fmt: skip
     for cloud in sorted(clouds):
-        lines += _user(identity(Role.CLOUD, cloud), [
+        users[identity(Role.CLOUD, cloud)] = [
             ("read", f"{every}/{DeviceTopicKind.BATCH}"),
             ("read", gateway_bundle_topic("+")),
             ("read", gateway_status_topic("+")),
             ("write", f"{every}/{DeviceTopicKind.RECEIPT}"),
             ("write", f"{every}/{DeviceTopicKind.COMMAND}"),
             ("write", f"{RULES_OUTPUT_ROOT}/#"),
-        ])  # fmt: skip
-    return "\n".join(lines)
+        ]  # fmt: skip
+    return users

@@ -20,12 +20,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edgetally.acl import BrokerKind, acl_text
+from edgetally.acl import BrokerKind, acl_text, broker_rules
 from edgetally.brokers import BrokerTls
 from protocol import Registry
 from protocol.keys import write_secret
-from protocol.tls import ClientTls, Role, ca_cert_path, cert_paths, client_tls
+from protocol.tls import ClientTls, Role, ca_cert_path, cert_paths, client_tls, identity
+
+if TYPE_CHECKING:
+    from edgetally.nats import NatsTls
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,18 @@ class Wire:
     def broker(self, kind: BrokerKind) -> BrokerTls:
         cert, key = cert_paths(self.pki, Role.BROKER, kind.value)
         return BrokerTls(ca_cert_path(self.pki), cert, key, self.pki / "acl" / f"{kind.value}.acl")
+
+    def nats(self, registry: Registry) -> NatsTls:
+        """A NATS cloud cluster's TLS and users: the cloud broker's certificate, the cloud ACL's
+        rules as permissions (after :meth:`prepare`)."""
+        from edgetally.nats import NatsTls
+
+        cert, key = cert_paths(self.pki, Role.BROKER, BrokerKind.CLOUD.value)
+        users = broker_rules(
+            registry, BrokerKind.CLOUD, gateways=self.gateways, clouds=self.clouds, monitors=self.monitors
+        )
+        workers = frozenset(identity(Role.CLOUD, c) for c in self.clouds)
+        return NatsTls(ca_cert_path(self.pki), cert, key, users, workers)
 
     def client(self, role: Role, ident: str) -> ClientTls:
         """A gateway's or cloud worker's TLS files (after :meth:`prepare`)."""

@@ -20,6 +20,7 @@ from protocol import Election, Registry, SigningKey, provision
 from protocol.registry import load_cloud_key
 from tests.helpers import SAMPLE_ELECTION
 from tests.support import wire as test_wires
+from tests.support.nats import nats_cluster_factory  # noqa: F401 - a fixture
 from tests.support.wire import TestWire
 
 _counter = itertools.count()

@@ -69,6 +69,16 @@ class Backoff:
         self._attempt = 0
 
 
+class Source(Protocol):
+    """Where a delivery came from and is acknowledged: a :class:`Session` (an MQTT connection's
+    packet id) or :class:`cloud.worker.jetstream.JetStreamIntake` (a JetStream message)."""
+
+    generation: int
+    connected: threading.Event
+
+    def ack(self, delivery: Delivery) -> bool: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """A received message and the session (connection) whose packet id ``mid`` belongs to.
@@ -77,11 +87,12 @@ class Delivery:
     gateway status instead; neither: a message that is only acknowledged (a bad status).
     """
 
-    session: Session
+    session: Source
     mid: int
     qos: int
     messages: tuple[Inbound, ...] = ()
     status: StatusUpdate | None = None
+    handle: Any = None  # a JetStream message (nats.aio.msg.Msg), acked through it
 
     @property
     def weight(self) -> int:

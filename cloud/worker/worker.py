@@ -64,11 +64,13 @@ from cloud.engine.stats import EngineResult
 from cloud.ledger.chain import Verdict
 from cloud.ledger.ledger import Checked, GroupResult, Inbound, Ledger
 from cloud.ledger.repairs import RepairScheduler
+from cloud.worker.jetstream import JetStreamIntake
 from cloud.worker.receipts import ReceiptSender
 from cloud.worker.repairs import RepairSender
 from cloud.worker.session import Backoff, Delivery, Session, _Taken
 from cloud.worker.status import StatusStore
 from protocol import SigningKey
+from protocol.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,17 @@ class CloudWorker:
         self._closed = threading.Event()  # intake closed: the commit loop ends
         self._session_lock = threading.Lock()
         self._session: Session | None = None
+        # On a NATS JetStream broker batches come from here, not from the MQTT session.
+        self._intake = (
+            JetStreamIntake(
+                list(config.jetstream), self, None if config.tls is None else client_context(config.tls),
+                ack_wait_s=config.ack_wait_s,
+            )
+            if config.jetstream
+            else None
+        )
+        self._ready_lock = threading.Lock()
+        self._mqtt_subscribed = False
         self._ready_written = False
         self._totals = dict.fromkeys(Verdict, 0)
         self._stale_acks = 0
@@ -116,6 +129,8 @@ class CloudWorker:
         self._stop = stop
         committer = threading.Thread(target=self._supervise_commits, name="cloud-commit")
         committer.start()
+        if self._intake is not None:
+            self._intake.start(stop)
         try:
             self._connection_loop()
         finally:
@@ -125,6 +140,8 @@ class CloudWorker:
             finally:
                 self._closed.set()
                 committer.join()
+                if self._intake is not None:
+                    self._intake.join(self._config.drain_timeout_s)
                 self._shutdown_session()
             log.info(
                 "cloud worker stopped: %d accepted, %d duplicates, %d rejected, %d stale acks dropped,"
@@ -175,12 +192,15 @@ class CloudWorker:
         A persistent session needs none of it: what is not acknowledged stays in the session
         for the next run, so the commit loop only finishes the group it is committing.
         """
-        if not self._config.clean_session:
+        if self._intake is not None:
+            self._intake.stop_intake()  # JetStream redelivers the rest after the ack wait
+        elif not self._config.clean_session:
             return
-        with self._session_lock:
-            session = self._session
-        if session is None or not session.stop_intake():
-            return
+        else:
+            with self._session_lock:
+                session = self._session
+            if session is None or not session.stop_intake():
+                return
         deadline = time.monotonic() + self._config.drain_timeout_s
         quiet_since = time.monotonic()
         while time.monotonic() < deadline:
@@ -220,10 +240,15 @@ class CloudWorker:
 
     # -- called from paho's thread -----------------------------------------------------------
     def subscribed(self) -> None:
-        if self._ready_written or self._config.ready_file is None:
-            return
-        write_ready_file(self._config.ready_file, self._config)
-        self._ready_written = True
+        """The MQTT subscriptions are granted, or the JetStream consumers bound (its thread)."""
+        with self._ready_lock:
+            self._mqtt_subscribed |= self._session is not None and self._session.subscribed
+            if self._ready_written or self._config.ready_file is None or not self._mqtt_subscribed:
+                return
+            if self._intake is not None and not self._intake.bound.is_set():
+                return
+            write_ready_file(self._config.ready_file, self._config)
+            self._ready_written = True
 
     def enqueue(self, delivery: Delivery) -> None:
         """Queue a message for commit. When the queue is full, block (backpressure)."""
@@ -354,8 +379,9 @@ class CloudWorker:
                 self._receipts.flush(live.client, time.monotonic())
             self._repairs.observe(result.gaps, time.monotonic())
         for delivery in group:
-            if delivery.session is session and session.connected.is_set():
-                session.ack(delivery)
+            source = delivery.session
+            if (source is session or source is self._intake) and source.connected.is_set():
+                source.ack(delivery)
             else:
                 self._stale_acks += 1
                 log.debug(
