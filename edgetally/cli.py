@@ -115,7 +115,10 @@ def demo_cmd(
 def broker_cmd(
     port: int = typer.Option(0, "--port", min=0, help="Port on 127.0.0.1 (0 = a free one)"),
     workdir: Path = typer.Option(Path(".edgetally/broker"), "--dir", help="Config, persistence and log directory"),
-    kind: str = typer.Option("edge", "--kind", help="edge (devices and gateways) or cloud (gateways and workers): which ACL"),
+    kind: str = typer.Option("edge", "--kind", help="edge (devices and gateways) or cloud (gateways and workers): which ACL;"
+                             " nats: the cloud tier on a NATS JetStream cluster"),
+    cluster: int = typer.Option(1, "--cluster", min=1, help="with --kind nats: nodes (3 survives the loss of one)"),
+    ack_wait: float = typer.Option(10.0, "--ack-wait", help="with --kind nats: seconds a worker may hold a batch unacknowledged"),
     pki: Path | None = typer.Option(None, "--pki", help="PKI directory (`edgetally pki init`): the broker's certificate brokers/KIND.crt"),
     keys: Path | None = typer.Option(None, "--keys", help="keys directory holding registry.json: the ACL is made from it"),
     gateways: list[str] = typer.Option(["gw1"], "--gateway", help="a gateway's id the ACL admits (repeatable)"),
@@ -132,10 +135,17 @@ def broker_cmd(
     from protocol.tls import Role, ca_cert_path, cert_paths
 
     tls: BrokerTls | None = None
+    if kind == "nats":
+        from edgetally.nats_cli import run_nats
+
+        run_nats(nodes=cluster, workdir=workdir, pki=pki, keys=keys, gateways=gateways, clouds=clouds, plain=plain, ack_wait_s=ack_wait)
+        return
+    if cluster != 1:
+        raise typer.BadParameter("only --kind nats runs a cluster", param_hint="--cluster")
     try:
         broker_kind = BrokerKind(kind)
     except ValueError:
-        raise typer.BadParameter("must be edge or cloud", param_hint="--kind") from None
+        raise typer.BadParameter("must be edge, cloud or nats", param_hint="--kind") from None
     if not plain:
         if pki is None or keys is None:
             typer.echo("error: a locked-down broker needs --pki DIR and --keys DIR (or --plain for local experiments)", err=True)
