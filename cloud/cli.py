@@ -34,7 +34,7 @@ from cloud.config import (
     DEFAULT_RECEIPT_INTERVAL_S,
     CloudConfig,
 )
-from protocol import DEFAULT_MAX_BYTES, ProtocolError, parse_broker_url
+from protocol import DEFAULT_MAX_BYTES, ProtocolError, parse_broker_urls
 
 if TYPE_CHECKING:
     from cloud.engine.rulefile import RulesConfig
@@ -76,7 +76,7 @@ def build_config(
     from protocol.tls import Role, client_tls
 
     try:
-        address = parse_broker_url(broker)
+        address, *alternates = parse_broker_urls(broker)
     except ProtocolError as err:
         raise ConfigError(f"--broker: {err}") from err
     if session not in (None, "clean", "persistent"):
@@ -100,6 +100,7 @@ def build_config(
         receipt_interval_s=receipt_interval_s,
         tls=None if pki is None else client_tls(pki, Role.CLOUD, cloud_id),
         jetstream=tuple(jetstream),
+        broker_alternates=tuple(alternates),
         ack_wait_s=ack_wait_s,
     )
 
@@ -170,7 +171,7 @@ def load_registry(keys: Path) -> Registry:
 
 @app.command("run")
 def run(
-    broker: str = typer.Option(..., "--broker", help="cloud broker, mqtts://host:port (TLS) or mqtt://host:port"),
+    broker: str = typer.Option(..., "--broker", help="cloud broker, mqtts://host:port (TLS) or mqtt://host:port; a cluster's nodes comma-separated"),
     pki: Path | None = typer.Option(
         None, "--pki", help="PKI directory (`edgetally pki init`) holding ca.crt and this worker's certificate"
     ),

@@ -74,6 +74,8 @@ class CloudConfig:
     # durable consumers at these nats:// (or tls://) addresses instead of MQTT subscriptions;
     # the MQTT connection keeps gateway statuses, receipts, repairs and republishes.
     jetstream: tuple[str, ...] = ()
+    # Other MQTT nodes of the same cluster (--broker A,B,C): a failed connection tries the next.
+    broker_alternates: tuple[BrokerAddress, ...] = ()
     # How long a pulled message may stay unacknowledged before JetStream gives it to another
     # worker (used when this worker creates the consumers; an existing consumer keeps its own).
     ack_wait_s: float = 10.0

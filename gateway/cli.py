@@ -48,7 +48,7 @@ def _fail(err: Exception) -> typer.Exit:
 @app.command("run")
 def run(
     edge: str = typer.Option(..., "--edge", help="edge broker URL, mqtts://host:port (TLS) or mqtt://host:port"),
-    cloud: str = typer.Option(..., "--cloud", help="cloud broker URL, mqtts://host:port (TLS) or mqtt://host:port"),
+    cloud: str = typer.Option(..., "--cloud", help="cloud broker URL, mqtts://host:port (TLS) or mqtt://host:port; a cluster's nodes comma-separated"),
     pki: Path | None = typer.Option(None, "--pki", help="PKI directory (`edgetally pki init`): ca.crt, this gateway's certificate"),
     buffer: Path = typer.Option(..., "--buffer", help="buffer file (SQLite); created if missing"),
     keys: Path = typer.Option(..., "--keys", help="keys directory holding registry.json"),

@@ -7,7 +7,13 @@ from enum import StrEnum
 from pathlib import Path
 
 from gateway._exceptions import ConfigError
-from protocol import DEFAULT_MAX_BYTES, BrokerAddress, ProtocolError, parse_broker_url
+from protocol import (
+    DEFAULT_MAX_BYTES,
+    BrokerAddress,
+    ProtocolError,
+    parse_broker_url,
+    parse_broker_urls,
+)
 from protocol.election import ID_PATTERN
 from protocol.tls import ClientTls, Role, client_tls
 
@@ -62,6 +68,8 @@ class GatewayConfig:
     compress: bool = False  # zlib-compress uplink bundles
     status_interval_s: float = DEFAULT_STATUS_INTERVAL_S  # gateway status every this many seconds
     tls: ClientTls | None = None  # the gateway's certificate, for the links that are mqtts://
+    # Other nodes of the cloud broker's cluster (--cloud A,B,C): a failed connection tries the next.
+    cloud_alternates: tuple[BrokerAddress, ...] = ()
     # Tuning without a command-line option (tests and issue 3 may set them).
     ingress_queue_size: int = 2 * BROKER_MAX_INFLIGHT + 48
     group_max: int = 500  # messages per buffer transaction (group commit)
@@ -146,12 +154,13 @@ class GatewayConfig:
         return cls(
             gateway_id=gateway_id,
             edge=_broker(edge, "--edge"),
-            cloud=_broker(cloud, "--cloud"),
+            cloud=_brokers(cloud, "--cloud")[0],
             buffer_path=buffer,
             keys_dir=keys,
             window=window,
             max_payload_bytes=max_payload_bytes,
             sync=sync,
+            cloud_alternates=_brokers(cloud, "--cloud")[1:],
             ready_file=ready_file,
             delivered_retention_s=delivered_retention_s,
             max_buffer_batches=max_buffer_batches,
@@ -174,6 +183,13 @@ class GatewayConfig:
     @property
     def cloud_client_id(self) -> str:
         return f"edgetally-gw-{self.gateway_id}-uplink"
+
+
+def _brokers(urls: str, option: str) -> tuple[BrokerAddress, ...]:
+    try:
+        return parse_broker_urls(urls)
+    except ProtocolError as exc:
+        raise ConfigError(f"{option}: {exc}") from exc
 
 
 def _broker(url: str, option: str) -> BrokerAddress:

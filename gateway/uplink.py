@@ -272,7 +272,8 @@ class Uplink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
-        cloud = self._config.cloud
+        nodes = (config.cloud, *config.cloud_alternates)
+        cloud = nodes[(generation - 1) % len(nodes)]  # one cluster: after a failure, the next node
         try:
             client.connect(cloud.host, cloud.port, keepalive=self._config.keepalive_s)
         except OSError as exc:

@@ -127,6 +127,18 @@ class BrokerAddress:
         return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
 
 
+def parse_broker_urls(text: str) -> tuple[BrokerAddress, ...]:
+    """Comma-separated addresses of ONE broker cluster (any node serves every client; a client
+    connects to the next when one is down), e.g. ``mqtts://127.0.0.1:1,mqtts://127.0.0.1:2``.
+    All must share one scheme: a cluster is locked or plain as a whole."""
+    addresses = tuple(parse_broker_url(part.strip()) for part in text.split(",") if part.strip())
+    if not addresses:
+        raise InvalidValue(f"broker URL {text!r} names no address")
+    if len({a.tls for a in addresses}) > 1:
+        raise InvalidValue(f"broker URLs {text!r} mix mqtts:// and mqtt://: one cluster is locked or plain")
+    return addresses
+
+
 def parse_broker_url(url: str) -> BrokerAddress:
     """``mqtts://host:port`` (TLS, port defaults to 8883), ``mqtt://host:port`` or
     ``tcp://host:port`` (plain TCP, port defaults to 1883), or ``host[:port]`` (plain).

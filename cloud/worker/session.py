@@ -35,7 +35,7 @@ from cloud._exceptions import ConfigError
 from cloud.config import CloudConfig
 from cloud.ledger.ledger import Checked, Inbound, unwrap
 from cloud.worker.status import StatusUpdate
-from protocol import ProtocolError, parse_gateway_topic
+from protocol import BrokerAddress, ProtocolError, parse_gateway_topic
 from protocol.gateway_status import GatewayStatus
 from protocol.tls import ClientTls, client_context
 
@@ -123,8 +123,11 @@ def check_tls(files: ClientTls) -> None:
 class Session:
     """One connection attempt to the broker, with its own paho client. Constructing does no I/O."""
 
-    def __init__(self, generation: int, config: CloudConfig, worker: _Worker) -> None:
+    def __init__(
+        self, generation: int, config: CloudConfig, worker: _Worker, address: BrokerAddress | None = None
+    ) -> None:
         self.generation = generation
+        self.address = address or config.broker  # the node this connection goes to
         self.connected = threading.Event()
         self.ended = threading.Event()
         self.subscribed = False
@@ -153,11 +156,11 @@ class Session:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
     ) -> None:
         if reason.is_failure:
-            log.error("broker %s refused the connection: %s", self._config.broker.url, reason)
+            log.error("broker %s refused the connection: %s", self.address.url, reason)
             return
         log.info(
             "connected to %s as %s (connection %d, session present: %s)",
-            self._config.broker.url,
+            self.address.url,
             self._config.client_id,
             self.generation,
             flags.session_present,
@@ -211,7 +214,7 @@ class Session:
         log.log(
             level,
             "disconnected from %s (connection %d): %s",
-            self._config.broker.url,
+            self.address.url,
             self.generation,
             reason,
         )

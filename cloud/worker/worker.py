@@ -159,10 +159,11 @@ class CloudWorker:
     def _connection_loop(self) -> None:
         backoff = Backoff(self._config.backoff_initial_s, self._config.backoff_max_s)
         generation = 0
-        broker = self._config.broker
+        nodes = (self._config.broker, *self._config.broker_alternates)
         while not self._stop.is_set():
             generation += 1
-            session = Session(generation, self._config, self)
+            broker = nodes[(generation - 1) % len(nodes)]  # one cluster: after a failure, the next node
+            session = Session(generation, self._config, self, broker)
             with self._session_lock:
                 self._session = session
             try:
