@@ -40,6 +40,7 @@ from typing import Any
 from cloud.worker.jetstream import CONSUMERS, DEFAULT_ACK_WAIT_S, MSGS_STREAM, topic_subject
 from edgetally.brokers import BrokerError, free_port, wait_for_port
 from protocol.keys import write_secret
+from protocol.tls import ClientTls
 
 log = logging.getLogger(__name__)
 
@@ -159,21 +160,25 @@ class NatsCluster:
         *,
         nodes: int = 3,
         tls: NatsTls | None = None,
-        probe: Any = None,  # a ClientTls the readiness probe connects as (locked: a cloud worker's)
+        probe: ClientTls | None = None,  # whom the readiness probe connects as (locked: a cloud worker)
         ack_wait_s: float = DEFAULT_ACK_WAIT_S,
+        locked: bool | None = None,  # True: locked, its TLS and probe given by configure() before start
     ) -> None:
         if nodes < 1:
             raise BrokerError(f"a NATS cluster needs at least 1 node, got {nodes}")
-        if tls is not None and probe is None:
-            raise BrokerError("a locked NATS cluster needs a client identity for its readiness probe")
         self.workdir = workdir
         self.tls = tls
         self._probe = probe
+        self._locked = tls is not None if locked is None else locked
         self.ack_wait_s = ack_wait_s
         self._size = nodes
         self._nodes: list[NatsNode] = []
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._route_password = ""
+
+    def configure(self, tls: NatsTls, probe: ClientTls) -> None:
+        """The TLS files and users of a cluster made with ``locked=True`` (known only later)."""
+        self.tls, self._probe, self._locked = tls, probe, True
 
     # -- addresses --------------------------------------------------------------------------
     @property
@@ -193,7 +198,7 @@ class NatsCluster:
 
     @property
     def mqtt_urls(self) -> list[str]:
-        scheme = "mqtts" if self.tls is not None else "mqtt"
+        scheme = "mqtts" if self._locked else "mqtt"
         return [f"{scheme}://127.0.0.1:{n.mqtt_port}" for n in self.nodes]
 
     @property
@@ -203,7 +208,7 @@ class NatsCluster:
 
     @property
     def nats_urls(self) -> list[str]:
-        scheme = "tls" if self.tls is not None else "nats"
+        scheme = "tls" if self._locked else "nats"
         return [f"{scheme}://127.0.0.1:{n.client_port}" for n in self.nodes]
 
     def running(self, name: str) -> bool:
@@ -219,6 +224,8 @@ class NatsCluster:
         binary = nats_binary()
         if binary is None:
             raise BrokerError("nats-server is not installed (apt-get install nats-server)")
+        if self._locked and (self.tls is None or self._probe is None):
+            raise BrokerError("a locked NATS cluster needs its TLS files and a client identity for its readiness probe")
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not self._route_password:
             self._route_password = secrets.token_urlsafe(18)

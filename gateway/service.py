@@ -169,7 +169,7 @@ class GatewayService:
             uplink.request_receipts()
             link_changed()
 
-        uplink = Uplink(config, buffer, relay=relay, on_link_change=link_changed)
+        uplink = Uplink(config, buffer, relay=relay, on_link_change=link_changed, election=registry.election.id)
         ingress = Ingress(
             config,
             registry,

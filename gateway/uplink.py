@@ -71,6 +71,7 @@ from protocol import (
     gateway_status_topic,
 )
 from protocol import bundle as bundles
+from protocol.topics import PREFIX, DeviceTopicKind
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,16 @@ class Uplink:
         *,
         relay: Callable[[str, bytes], None],
         on_link_change: Callable[[], None] = lambda: None,
+        election: str | None = None,
     ) -> None:
+        """``election``: subscribe to that election's receipts and commands only (what the cloud
+        ACL grants; NATS refuses a wider wildcard outright). None: every election's."""
         self._config = config
+        self._filters = (
+            [(RECEIPT_FILTER, 1), (COMMAND_FILTER, 1)]
+            if election is None
+            else [(f"{PREFIX}/{election}/+/{kind}", 1) for kind in (DeviceTopicKind.RECEIPT, DeviceTopicKind.COMMAND)]
+        )
         self._buffer = buffer
         self._relay = relay
         self._on_link_change = on_link_change
@@ -325,9 +334,9 @@ class Uplink:
 
     def _subscribe_receipts(self, link: _Link) -> bool:
         """Receipts and device commands (repair requests): both are relayed down."""
-        rc, _mid = link.client.subscribe([(RECEIPT_FILTER, 1), (COMMAND_FILTER, 1)])
+        rc, _mid = link.client.subscribe(self._filters)
         if rc != mqtt.MQTT_ERR_SUCCESS:
-            log.warning("cloud subscribe to %s, %s failed (rc=%s)", RECEIPT_FILTER, COMMAND_FILTER, rc)
+            log.warning("cloud subscribe to %s failed (rc=%s)", ", ".join(f for f, _ in self._filters), rc)
             return False
         return True
 

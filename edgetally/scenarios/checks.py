@@ -40,6 +40,7 @@ The checks (names are the module constants below; each a :class:`edgetally.verdi
     PEAK        informational: the deepest the buffers got (what the runner sampled); never fails
     CONTAINED   only when the scenario ran a rogue client: edgetally/scenarios/contained.py
     SERVED      only when it ran the results service: edgetally/scenarios/served.py
+    CLUSTER     only on a NATS cloud cluster: edgetally/scenarios/cluster.py
 
 A store that cannot be read fails the checks that need it, with the error as the detail.
 
@@ -56,6 +57,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from edgetally.scenarios.cluster import CLUSTER, check_cluster
 from edgetally.scenarios.contained import CONTAINED, check_contained, dropped_rejects, flood_hashes
 from edgetally.scenarios.observe import (
     Key,
@@ -113,6 +115,9 @@ class _Judge(StoreReader):
         ]
         if self.obs.rogue is not None:
             steps.append((CONTAINED, self.check_contained))
+        if self.obs.resend_after is not None:
+            after = self.obs.resend_after
+            steps.append((CLUSTER, lambda: check_cluster(self.obs.fleet_summaries, after)))
         if self.obs.served:
             steps.append((SERVED, lambda: check_served(self.obs.served_results, self.results().to_mapping())))
         checks: list[Check] = []

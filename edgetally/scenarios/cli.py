@@ -23,6 +23,7 @@ from edgetally.scenarios.model import ScenarioError, load_scenario, shipped, shi
 if TYPE_CHECKING:
     from edgetally.brokers import BrokerProcess
     from edgetally.processes import Component
+    from edgetally.scenarios.cluster import ClusterNode
     from edgetally.scenarios.runner import Event, Report, Sample
     from edgetally.scenarios.world import World
 
@@ -106,7 +107,7 @@ class _LiveView:
         components = Table(title="components", title_justify="left", show_edge=False)
         components.add_column("name")
         components.add_column("state")
-        pieces: list[BrokerProcess | Component] = [world.cloud_broker, *world.clouds]
+        pieces: list[BrokerProcess | Component | ClusterNode] = [*world.cloud_broker_processes(), *world.clouds]
         for site in world.sites:
             pieces += [site.edge, site.gateway, site.fleet]
         for extra in (world.rogue, world.serve):

@@ -25,6 +25,8 @@ A scenario is YAML::
       gateway_max_quarantine_rows_per_device: 0  # the gateway's per-device quarantine cap (0 = its default)
       serve: false         # true: `cloud serve` over the cloud database; the verdict checks its totals
       rogue_flood: 200     # rejects the rogue (``start: rogue``) floods its stolen device's topic with
+      cloud_broker: nats   # the cloud broker: mosquitto (default) or a NATS JetStream cluster
+      nodes: 3             # with nats: its nodes (the MQTT streams replicated this many ways)
     timeline:
       - {at: 3s, cut: uplink}
       - {at: 11s, restore: uplink}
@@ -35,7 +37,10 @@ Each timeline entry names one action and its target: link actions ``cut``, ``bla
 on a link (``devices``, ``edge``, ``uplink``, ``cloud``); process actions ``kill`` (SIGKILL),
 ``stop`` (graceful), ``start``, ``restart`` (stop, start), ``crash`` (SIGKILL, start again at
 once) on ``edge-broker``, ``cloud-broker``, ``gateway``, ``cloud`` (every worker) or
-``cloudN``, ``fleet``; ``wipe`` on ``gateway`` (a disk loss: SIGKILL, its buffer file deleted,
+``cloudN``, ``fleet``, and with ``cloud_broker: nats`` one node: ``cloud-nodeN``,
+``cloud-node-leader`` (the node leading the MQTT message stream when the action runs) or
+``cloud-node-follower`` (a running node that does not lead it); ``cloud-node`` alone is every
+node (``start: cloud-node`` starts the stopped ones); ``wipe`` on ``gateway`` (a disk loss: SIGKILL, its buffer file deleted,
 started again on an empty disk); ``start`` (or ``kill``) on ``rogue``: ``edgetally rogue`` with
 the certificate of the election's last device (which must be outside the fleet) against site
 1's edge broker (edgetally/rogue.py says what it tries). A target or link without a number means every site's; ``gateway2`` or
@@ -58,7 +63,12 @@ from devices.behaviours import Behaviour
 LINKS = ("devices", "edge", "uplink", "cloud")
 LINK_ACTIONS = ("cut", "blackhole", "restore", "latency", "bandwidth", "drop")
 PROCESS_ACTIONS = ("kill", "stop", "start", "restart", "crash", "wipe")
-PROCESSES = ("edge-broker", "cloud-broker", "gateway", "cloud", "fleet", "rogue")
+PROCESSES = (
+    "edge-broker", "cloud-broker", "gateway", "cloud", "fleet", "rogue",
+    "cloud-node", "cloud-node-leader", "cloud-node-follower",
+)  # fmt: skip
+CLUSTER_TARGETS = ("cloud-node", "cloud-node-leader", "cloud-node-follower")
+CLOUD_BROKERS = ("mosquitto", "nats")
 _ONLY_ON = {"wipe": ("gateway",)}  # actions that apply to some processes only
 _ONLY_WITH = {"rogue": ("start", "kill", "stop")}  # processes that take some actions only
 _SITE_SCOPED = ("devices", "edge", "uplink", "edge-broker", "gateway", "fleet")
@@ -92,6 +102,8 @@ class Topology:
     rogue_flood: int = 200
     serve: bool = False
     election: Path | None = None
+    cloud_broker: str = "mosquitto"
+    nodes: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,13 +119,15 @@ class Action:
     jitter_ms: float = 0.0
     bps: int = 0
     duration: float = 0.0  # drop's ``for``
+    node: int | None = None  # cloud-nodeN
 
     @property
     def is_link(self) -> bool:
         return self.verb in LINK_ACTIONS
 
     def describe(self) -> str:
-        where = self.target + (str(self.site) if self.site else "") + (str(self.worker) if self.worker else "")
+        number = self.site or self.worker or self.node
+        where = self.target + (str(number) if number else "")
         extra = ""
         if self.verb == "latency":
             extra = f" {self.ms:g}±{self.jitter_ms:g} ms"
@@ -173,7 +187,7 @@ def _split_target(name: object, allowed: tuple[str, ...], what: str) -> tuple[st
         raise ScenarioError(f"{what}: unknown target {name!r} (expected one of {', '.join(allowed)})")
     if number is None:
         return base, None, None
-    if base == "cloud":
+    if base in ("cloud", "cloud-node"):
         return base, None, int(number)
     if base not in _SITE_SCOPED:
         raise ScenarioError(f"{what}: {base} has no per-site instances, use {base!r}")
@@ -206,6 +220,10 @@ def _topology(raw: object, where: str) -> Topology:
                 if name not in known_behaviours:
                     raise ScenarioError(f"{what}: unknown behaviour {name!r} (known: {', '.join(sorted(known_behaviours))})")
             values[key] = tuple((str(k), str(v)) for k, v in value.items())
+        elif key == "cloud_broker":
+            if value not in CLOUD_BROKERS:
+                raise ScenarioError(f"{what}: expected {' or '.join(CLOUD_BROKERS)}, got {value!r}")
+            values[key] = value
         elif key == "database":
             if value not in ("sqlite", "postgresql"):
                 raise ScenarioError(f"{what}: expected sqlite or postgresql, got {value!r}")
@@ -229,6 +247,14 @@ def _topology(raw: object, where: str) -> Topology:
     topology = Topology(**values)
     if topology.sites < 1 or topology.cloud_workers < 1:
         raise ScenarioError(f"{where}: topology needs at least one site and one cloud worker")
+    if topology.cloud_broker == "nats":
+        if topology.nodes < 1:
+            raise ScenarioError(f"{where}: topology.nodes must be at least 1")
+        proxied = sorted({"uplink", "cloud"} & set(topology.links))
+        if proxied:
+            raise ScenarioError(f"{where}: links {proxied} have no fault proxy in front of a NATS cluster (clients use every node)")
+    elif topology.nodes != 1:
+        raise ScenarioError(f"{where}: topology.nodes is for cloud_broker: nats (mosquitto runs one node)")
     if topology.batches < 1:
         raise ScenarioError(f"{where}: topology.batches must be at least 1")
     if topology.devices and topology.devices < topology.sites:
@@ -266,6 +292,13 @@ def _actions(entry: object, index: int, topology: Topology, where: str) -> list[
             raise ScenarioError(f"{what}: {target} takes {', '.join(_ONLY_WITH[target])} only, not {verb}")
     if site is not None and site > topology.sites:
         raise ScenarioError(f"{what}: site {site} does not exist (topology.sites is {topology.sites})")
+    node = None
+    if target in CLUSTER_TARGETS:
+        if topology.cloud_broker != "nats":
+            raise ScenarioError(f"{what}: {target} needs topology.cloud_broker: nats")
+        node, worker = worker, None
+        if node is not None and node > topology.nodes:
+            raise ScenarioError(f"{what}: cloud-node{node} does not exist (topology.nodes is {topology.nodes})")
     if worker is not None and worker > topology.cloud_workers:
         raise ScenarioError(f"{what}: cloud{worker} does not exist (topology.cloud_workers is {topology.cloud_workers})")
     ms = jitter = 0.0
@@ -294,7 +327,7 @@ def _actions(entry: object, index: int, topology: Topology, where: str) -> list[
     every = parse_seconds(entry["every"], f"{what}.every") if "every" in entry else 0.0
     if times > 1 and every <= 0:
         raise ScenarioError(f"{what}: 'times' needs 'every' (the interval between repeats)")
-    return [Action(at + n * every, verb, target, site, worker, ms, jitter, bps, duration) for n in range(times)]
+    return [Action(at + n * every, verb, target, site, worker, ms, jitter, bps, duration, node) for n in range(times)]
 
 
 def parse_scenario(data: object, *, source: str = "<scenario>", path: Path | None = None) -> Scenario:

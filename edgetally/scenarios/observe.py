@@ -131,6 +131,7 @@ class Observations:
     rogue: Mapping[str, Any] | None = None  # the rogue client's report (edgetally/rogue.py), if one ran
     served: bool = False  # the scenario ran `cloud serve` (topology.serve)
     served_results: Mapping[str, Any] | None = None  # what its /api/results showed at the end
+    resend_after: float | None = None  # the devices' resend delay on a NATS cloud cluster; None: no cluster
 
 
 class _Unreadable(Exception):

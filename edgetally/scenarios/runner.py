@@ -33,6 +33,7 @@ from edgetally.processes import Component, ComponentError
 from edgetally.proxy.control import ProxyControl
 from edgetally.proxy.proxy import ProxyError
 from edgetally.scenarios.checks import judge
+from edgetally.scenarios.cluster import ClusterNode
 from edgetally.scenarios.model import Action, Scenario
 from edgetally.scenarios.observe import (
     Observations,
@@ -188,6 +189,7 @@ class ScenarioRunner:
                     rogue=_read_json(world.rogue_report) if world.rogue.starts else None,
                     served=world.serve.starts > 0,
                     served_results=fetch_served(world.serve_port, self.sample.expected, 10.0) if world.serve.starts else None,
+                    resend_after=self.scenario.topology.resend_after if world.cluster is not None else None,
                 )
             )
         except (WorldError, ComponentError, BrokerError, ProxyError, OSError, ValueError) as exc:
@@ -222,7 +224,7 @@ class ScenarioRunner:
             return
         self._event(what)
 
-    def _process(self, verb: str, process: BrokerProcess | Component) -> None:
+    def _process(self, verb: str, process: BrokerProcess | Component | ClusterNode) -> None:
         if verb in ("kill", "crash", "wipe"):
             process.kill()
         if verb == "wipe" and isinstance(process, Component):
@@ -235,7 +237,7 @@ class ScenarioRunner:
         if verb in ("start", "restart", "crash", "wipe") and not process.running:
             self._start(process)
 
-    def _start(self, process: BrokerProcess | Component) -> None:
+    def _start(self, process: BrokerProcess | Component | ClusterNode) -> None:
         """Start it; a broker is ready when this returns, a component when it writes its ready file."""
         process.start()
         if isinstance(process, Component) and process.ready_file is not None:
@@ -253,7 +255,8 @@ class ScenarioRunner:
         for proxy in self.world.proxies():
             ProxyControl(proxy.control_port).pass_()
         world = self.world
-        processes: list[BrokerProcess | Component] = [world.cloud_broker, *(s.edge for s in world.sites), *world.clouds]
+        processes: list[BrokerProcess | Component | ClusterNode] = [*world.cloud_broker_processes(), *(s.edge for s in world.sites)]
+        processes += world.clouds
         processes += [s.gateway for s in world.sites]
         for process in processes:
             if not process.running:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,11 +25,14 @@ from cloud.config import DEFAULT_CLOUD_ID
 from devices.election_file import load_election
 from edgetally.acl import BrokerKind
 from edgetally.brokers import BrokerProcess, BrokerSettings, BrokerTls, free_port
+from edgetally.nats import NatsCluster
 from edgetally.pgdb import ThrowawayDatabase
 from edgetally.processes import Component
-from edgetally.scenarios.model import Action, Scenario
+from edgetally.scenarios.cluster import ClusterNode, cluster_nodes
+from edgetally.scenarios.model import CLUSTER_TARGETS, Action, Scenario
 from edgetally.wire import Wire
 from protocol import Registry, provision
+from protocol.tls import Role
 
 log = logging.getLogger(__name__)
 
@@ -117,20 +120,31 @@ class World:
         gateway_ids = tuple(f"gw{k}" for k in range(1, topo.sites + 1))
         self.wire = None if plain else Wire(workdir / "pki", self.keys, gateway_ids, cloud_ids)
         self._pki = [] if self.wire is None else ["--pki", str(self.wire.pki)]
-        self.cloud_broker = BrokerProcess(
-            workdir / "cloud-broker", name="cloud-broker", embedded=embedded_brokers, tls=self._tls(BrokerKind.CLOUD)
-        )
+        self.cluster: NatsCluster | None = None
+        self.cloud_broker: BrokerProcess | NatsCluster
+        cloud_url = ""
+        jetstream: list[str] = []
+        if topo.cloud_broker == "nats":
+            self.cluster = self.cloud_broker = NatsCluster(workdir / "cloud-broker", nodes=topo.nodes, locked=not plain)
+            cloud_url = ",".join(self.cluster.mqtt_urls)  # gateways and workers: any node, the next when one is down
+            jetstream = [arg for url in self.cluster.nats_urls for arg in ("--jetstream", url)]
+        else:
+            self.cloud_broker = BrokerProcess(
+                workdir / "cloud-broker", name="cloud-broker", embedded=embedded_brokers, tls=self._tls(BrokerKind.CLOUD)
+            )
+            cloud_url = self.cloud_broker.url
         self.cloud_proxy: Proxy | None = None
-        cloud_url = self.cloud_broker.url
-        if "cloud" in topo.links:
+        if "cloud" in topo.links and isinstance(self.cloud_broker, BrokerProcess):
             self.cloud_proxy = _proxy("proxy-cloud", "cloud", self.cloud_broker, workdir)
             cloud_url = self.cloud_proxy.url
-        cloud_args = ["cloud", "run", "--broker", cloud_url, "--db", self.db_url, "--keys", str(self.keys), *self._pki]
+        cloud_args = ["cloud", "run", "--broker", cloud_url, "--db", self.db_url, "--keys", str(self.keys), *self._pki, *jetstream]
+        # Several workers share the load: on Mosquitto a shared subscription, on NATS the shared consumers.
+        share = [] if jetstream else ["--share", "edgetally"]
         if topo.cloud_workers == 1:
             self.clouds = [Component("cloud", cloud_args, workdir)]
         else:
             self.clouds = [
-                Component(f"cloud{i}", [*cloud_args, "--id", f"cloud{i}", "--share", "edgetally"], workdir)
+                Component(f"cloud{i}", [*cloud_args, "--id", f"cloud{i}", *share], workdir)
                 for i in range(1, topo.cloud_workers + 1)
             ]
         self.sites = [self._site(k, embedded_brokers, gateway_env, fleet_timeout) for k in range(1, topo.sites + 1)]
@@ -154,10 +168,11 @@ class World:
         for link in ("devices", "edge", "uplink"):
             if link in topo.links:
                 target = self.cloud_broker if link == "uplink" else edge
+                assert isinstance(target, BrokerProcess)  # the model refuses an uplink proxy before a cluster
                 proxies[link] = _proxy(f"proxy-{link}{k}", link, target, work)
         edge_for_devices = proxies["devices"].url if "devices" in proxies else edge.url
         edge_for_gateway = proxies["edge"].url if "edge" in proxies else edge.url
-        cloud_for_gateway = proxies["uplink"].url if "uplink" in proxies else self.cloud_broker.url
+        cloud_for_gateway = proxies["uplink"].url if "uplink" in proxies else self._cloud_url
         buffer_path = work / "gateway-buffer.db"
         gateway_args = [
             "gateway", "run",
@@ -257,6 +272,8 @@ class World:
         if any(action.target == "rogue" for action in self.scenario.timeline):
             self.rogue.args = self._rogue_args()
         self._create_database()
+        if self.cluster is not None and self.wire is not None:
+            self.cluster.configure(self.wire.nats(self.registry), self.wire.client(Role.CLOUD, self.wire.clouds[0]))
         self.cloud_broker.start()
         for site in self.sites:
             site.edge.start()
@@ -329,10 +346,26 @@ class World:
     def _sites(self, action: Action) -> list[Site]:
         return [s for s in self.sites if action.site is None or s.index == action.site]
 
-    def processes(self, action: Action) -> list[BrokerProcess | Component]:
+    @property
+    def _cloud_url(self) -> str:
+        if self.cluster is not None:
+            return ",".join(self.cluster.mqtt_urls)
+        return self.cloud_broker.url
+
+    def cloud_broker_processes(self) -> Sequence[BrokerProcess | ClusterNode]:
+        """What ``cloud-broker`` names: the Mosquitto process, or every node of the cluster."""
+        if self.cluster is not None:
+            return list(cluster_nodes(self.cluster, "cloud-node", None))
+        assert isinstance(self.cloud_broker, BrokerProcess)
+        return [self.cloud_broker]
+
+    def processes(self, action: Action) -> list[BrokerProcess | Component | ClusterNode]:
         """The processes a process action names."""
         if action.target == "cloud-broker":
-            return [self.cloud_broker]
+            return list(self.cloud_broker_processes())
+        if action.target in CLUSTER_TARGETS:
+            assert self.cluster is not None  # the model allows these with cloud_broker: nats only
+            return list(cluster_nodes(self.cluster, action.target, action.node))
         if action.target == "cloud":
             return [self.clouds[action.worker - 1]] if action.worker else list(self.clouds)
         if action.target == "edge-broker":
