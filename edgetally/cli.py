@@ -82,6 +82,7 @@ def demo_cmd(
     as_json: bool = typer.Option(False, "--json", help="Also print the verdict as JSON"),
     serve: bool = typer.Option(False, "--serve", help="Serve the live results page while it runs, and after the verdict until Ctrl-C"),
     serve_port: int = typer.Option(8080, "--serve-port", min=0, max=65535, help="The page's port with --serve (0 = a free one)"),
+    cloud_broker: str = typer.Option("mosquitto", "--cloud-broker", help="mosquitto, or nats: a 3-node JetStream cluster (--outage then takes its stream leader)"),
 ) -> None:
     """Run brokers, cloud, gateway and a fleet; optionally cut the cloud link; compare totals."""
     from devices.election_file import sample_election_path
@@ -89,6 +90,8 @@ def demo_cmd(
 
     if outage_mode not in ("kill", "stop"):
         raise typer.BadParameter("must be kill or stop", param_hint="--outage-mode")
+    if cloud_broker not in ("mosquitto", "nats"):
+        raise typer.BadParameter("must be mosquitto or nats", param_hint="--cloud-broker")
     config = DemoConfig(
         election_file=election or sample_election_path(),
         devices=devices,
@@ -103,6 +106,7 @@ def demo_cmd(
         embedded_brokers=True if embedded_brokers else None,
         plain=plain,
         serve_port=serve_port if serve else None,
+        cloud_broker=cloud_broker,
     )
     console = Console()
     verdict = Demo(config, console).run()

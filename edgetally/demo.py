@@ -22,7 +22,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
+from edgetally.brokers import BrokerProcess
 from edgetally.processes import Component
+from edgetally.scenarios.cluster import ClusterNode, cluster_nodes
 from edgetally.stack import Stack, StackConfig
 from edgetally.verdict import Verdict, compare, render
 
@@ -45,6 +47,7 @@ class DemoConfig:
     embedded_brokers: bool | None = None
     plain: bool = False  # anonymous MQTT over TCP without ACLs; default TLS, certificates, ACLs
     serve_port: int | None = None  # serve the live results page on this port (0: a free one) until Ctrl-C
+    cloud_broker: str = "mosquitto"  # or nats: a 3-node JetStream cluster; the outage then takes one node
 
 
 class _Interrupted(Exception):
@@ -83,9 +86,11 @@ class Demo:
                 fleet_timeout=config.timeout,
                 embedded_brokers=config.embedded_brokers,
                 plain=config.plain,
+                cloud_broker=config.cloud_broker,
             )
         )
         self.seen = _Observed()
+        self._outage_name = "cloud broker"
         self.serve: Component | None = None
         if config.serve_port is not None:
             args = ["cloud", "serve", "--db", self.stack.db_url, "--port", str(config.serve_port), "--keys", str(self.stack.keys)]
@@ -97,6 +102,17 @@ class Demo:
         stamp = time.monotonic() - self._t0
         self.events.append(f"[{stamp:5.1f}s] {text}")
         log.info(text)
+
+    def _outage_target(self) -> BrokerProcess | ClusterNode:
+        """What the outage takes down: the cloud broker, or on NATS the node leading the stream."""
+        cluster = self.stack.cluster
+        if cluster is None:
+            assert isinstance(self.stack.cloud_broker, BrokerProcess)
+            self._outage_name = "cloud broker"
+            return self.stack.cloud_broker
+        node = cluster_nodes(cluster, "cloud-node-leader", None)[0]
+        self._outage_name = f"NATS node {node.node} (the MQTT stream's leader)"
+        return node
 
     def _observe(self) -> None:
         with contextlib.suppress(RuntimeError):
@@ -212,18 +228,17 @@ class Demo:
             while time.monotonic() < deadline:
                 self._observe()
                 if not outage_done and outage_started is None and self.seen.ledger >= cfg.outage_at * total:
-                    if cfg.outage_mode == "kill":
-                        self.stack.cloud_broker.kill()
-                    else:
-                        self.stack.cloud_broker.stop()
+                    down = self._outage_target()
+                    down.kill() if cfg.outage_mode == "kill" else down.stop()
                     outage_started = time.monotonic()
-                    self.seen.cloud_link = "DOWN"
-                    self._event(f"cloud broker {'SIGKILLed' if cfg.outage_mode == 'kill' else 'stopped'} for {cfg.outage:g}s")
+                    self.seen.cloud_link = "DOWN" if self.stack.cluster is None else "one node down"
+                    how = "SIGKILLed" if cfg.outage_mode == "kill" else "stopped"
+                    self._event(f"{self._outage_name} {how} for {cfg.outage:g}s")
                 if outage_started is not None and not outage_done and time.monotonic() - outage_started >= cfg.outage:
-                    self.stack.cloud_broker.start()
+                    down.start()
                     outage_done = True
                     self.seen.cloud_link = "up"
-                    self._event("cloud broker back")
+                    self._event(f"{self._outage_name} back")
                 live.update(self._view(total, progress, bars))
                 fleet_done = not self.stack.fleet.running
                 drained = self.seen.pending == 0 and self.seen.inflight == 0

@@ -24,10 +24,12 @@ from devices.election_file import load_election
 from devices.generator import ExpectedTotals, expected_totals
 from edgetally.acl import BrokerKind
 from edgetally.brokers import BrokerProcess, BrokerTls
+from edgetally.nats import NatsCluster
 from edgetally.pgdb import ThrowawayDatabase
 from edgetally.processes import Component
 from edgetally.wire import Wire
 from protocol import Registry, provision
+from protocol.tls import Role
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,10 @@ class StackConfig:
     # Read-only identities on both brokers (monitor-NAME certificates in workdir/pki): what a
     # test or a dashboard watches the wire with.
     monitors: tuple[str, ...] = ()
+    # The cloud broker: mosquitto, or nats (a NATS JetStream cluster of ``nodes``; the workers
+    # then pull batches from its shared consumers, docs/cloud-scaleout.md).
+    cloud_broker: str = "mosquitto"
+    nodes: int = 3
 
 
 class Stack:
@@ -81,16 +87,28 @@ class Stack:
         self.edge = BrokerProcess(
             work / "edge-broker", name="edge-broker", embedded=config.embedded_brokers, tls=self._tls(BrokerKind.EDGE)
         )
-        self.cloud_broker = BrokerProcess(
-            work / "cloud-broker", name="cloud-broker", embedded=config.embedded_brokers, tls=self._tls(BrokerKind.CLOUD)
-        )
+        self.cluster: NatsCluster | None = None
+        self.cloud_broker: BrokerProcess | NatsCluster
+        jetstream: list[str] = []
+        if config.cloud_broker == "nats":
+            self.cluster = self.cloud_broker = NatsCluster(work / "cloud-broker", nodes=config.nodes, locked=not config.plain)
+            self.cloud_url = ",".join(self.cluster.mqtt_urls)  # any node; the next when one is down
+            jetstream = [arg for url in self.cluster.nats_urls for arg in ("--jetstream", url)]
+        elif config.cloud_broker == "mosquitto":
+            self.cloud_broker = BrokerProcess(
+                work / "cloud-broker", name="cloud-broker", embedded=config.embedded_brokers, tls=self._tls(BrokerKind.CLOUD)
+            )
+            self.cloud_url = self.cloud_broker.url
+        else:
+            raise ValueError(f"cloud broker must be mosquitto or nats, got {config.cloud_broker!r}")
         pki = [] if self.wire is None else ["--pki", str(self.wire.pki)]
-        cloud_args = ["cloud", "run", "--broker", self.cloud_broker.url, "--db", self.db_url, "--keys", str(self.keys), *pki]
+        cloud_args = ["cloud", "run", "--broker", self.cloud_url, "--db", self.db_url, "--keys", str(self.keys), *pki, *jetstream]
+        share = [] if jetstream else ["--share", config.share_group]  # on NATS: the shared consumers
         if config.workers == 1:
             self.clouds = [Component("cloud", cloud_args, work)]
         else:
             self.clouds = [
-                Component(f"cloud{i}", [*cloud_args, "--id", f"cloud{i}", "--share", config.share_group], work)
+                Component(f"cloud{i}", [*cloud_args, "--id", f"cloud{i}", *share], work)
                 for i in range(1, config.workers + 1)
             ]
         self.cloud = self.clouds[0]
@@ -99,7 +117,7 @@ class Stack:
             [
                 "gateway", "run",
                 "--edge", self.edge.url,
-                "--cloud", self.cloud_broker.url,
+                "--cloud", self.cloud_url,
                 "--buffer", str(self.buffer_path),
                 "--keys", str(self.keys),
                 "--id", config.gateway_id,
@@ -147,6 +165,8 @@ class Stack:
         if self.wire is not None:
             self.wire.prepare(self.registry)  # certificates and ACLs, before any broker starts
         self._create_database()
+        if self.cluster is not None and self.wire is not None:
+            self.cluster.configure(self.wire.nats(self.registry), self.wire.client(Role.CLOUD, self.wire.clouds[0]))
         self.edge.start()
         self.cloud_broker.start()
         self.clouds[0].start()
