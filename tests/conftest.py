@@ -20,7 +20,13 @@ from protocol import Election, Registry, SigningKey, provision
 from protocol.registry import load_cloud_key
 from tests.helpers import SAMPLE_ELECTION
 from tests.support import wire as test_wires
-from tests.support.broker_choice import BrokerBackend, BrokerChoice, session_choice
+from tests.support.broker_choice import (
+    ENV,
+    BrokerBackend,
+    BrokerChoice,
+    choose_broker,
+    session_choice,
+)
 from tests.support.wire import TestWire
 
 _counter = itertools.count()
@@ -47,6 +53,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    try:  # a typo in EDGETALLY_TEST_BROKER stops the session before any test runs
+        choose_broker(os.environ.get(ENV), None, True)
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if mosquitto_binary() is not None:
         return
@@ -60,10 +73,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def broker_choice() -> BrokerChoice:
     """Local ``mosquitto`` or a testcontainers one (tests/support/broker_choice.py): by
     EDGETALLY_TEST_BROKER, else the container only where Docker answers and no binary is installed."""
-    try:
-        return session_choice()
-    except ValueError as error:
-        raise pytest.UsageError(str(error)) from None
+    return session_choice()
 
 
 @pytest.fixture
