@@ -68,12 +68,16 @@ class BrokerTls:
     acl: Path
 
 
-def listener_lines(port: int, tls: BrokerTls | None) -> list[str]:
-    """The listener: locked down with ``tls``; plain TCP, anonymous, every topic, without."""
+def listener_lines(port: int, tls: BrokerTls | None, *, bind: str | None = "127.0.0.1") -> list[str]:
+    """The listener: locked down with ``tls``; plain TCP, anonymous, every topic, without.
+
+    It binds ``bind`` (None: every interface, for a broker in a container, whose published
+    port the container engine binds on the host)."""
+    listener = f"listener {port}" if bind is None else f"listener {port} {bind}"
     if tls is None:
-        return [f"listener {port} 127.0.0.1", "allow_anonymous true"]
+        return [listener, "allow_anonymous true"]
     return [
-        f"listener {port} 127.0.0.1",
+        listener,
         "allow_anonymous false",
         f"cafile {tls.ca}",
         f"certfile {tls.cert}",
@@ -88,14 +92,23 @@ def listener_lines(port: int, tls: BrokerTls | None) -> list[str]:
     ]
 
 
-def mosquitto_config(port: int, workdir: Path, settings: BrokerSettings, tls: BrokerTls | None = None) -> str:
-    """The config EdgeTally runs Mosquitto with; deploy/mosquitto/mosquitto.conf is its container twin."""
+def mosquitto_config(
+    port: int,
+    workdir: Path,
+    settings: BrokerSettings,
+    tls: BrokerTls | None = None,
+    *,
+    bind: str | None = "127.0.0.1",
+) -> str:
+    """The config EdgeTally runs Mosquitto with; deploy/mosquitto/mosquitto.conf is its container
+    twin, and the tests' container brokers (tests/support/container_broker.py) run this same
+    text with ``bind`` None."""
     lines = [
         # Run as root, Mosquitto drops to the `mosquitto` user and then cannot write its log or
         # persistence file in our (root-owned) directory, nor read our 0600 keys: sessions
         # would silently not survive.
         *(["user root"] if os.geteuid() == 0 else []),
-        *listener_lines(port, tls),
+        *listener_lines(port, tls, bind=bind),
         f"persistence {'true' if settings.persistence else 'false'}",
         f"persistence_location {workdir}/",
         "persistence_file mosquitto.db",

@@ -20,6 +20,13 @@ from protocol import Election, Registry, SigningKey, provision
 from protocol.registry import load_cloud_key
 from tests.helpers import SAMPLE_ELECTION
 from tests.support import wire as test_wires
+from tests.support.broker_choice import (
+    ENV,
+    BrokerBackend,
+    BrokerChoice,
+    choose_broker,
+    session_choice,
+)
 from tests.support.nats import nats_cluster_factory  # noqa: F401 - a fixture
 from tests.support.wire import TestWire
 
@@ -47,6 +54,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    try:  # a typo in EDGETALLY_TEST_BROKER stops the session before any test runs
+        choose_broker(os.environ.get(ENV), None, True)
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if mosquitto_binary() is not None:
         return
@@ -56,14 +70,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session")
+def broker_choice() -> BrokerChoice:
+    """Local ``mosquitto`` or a testcontainers one (tests/support/broker_choice.py): by
+    EDGETALLY_TEST_BROKER, else the container only where Docker answers and no binary is installed."""
+    return session_choice()
+
+
 @pytest.fixture
-def broker_factory(tmp_path: Path, test_wire: TestWire) -> Iterator[Callable[..., BrokerProcess]]:
+def broker_factory(
+    tmp_path: Path, test_wire: TestWire, broker_choice: BrokerChoice
+) -> Iterator[Callable[..., BrokerProcess]]:
     """Make started Mosquitto brokers in this test's tmp dir; all are killed afterwards.
 
     Locked down by default, as the product runs them: TLS, client certificates from the
     session's PKI (``test_wire``) and the ACL of ``kind`` (edge: devices and gateways; cloud:
     gateways and cloud workers). ``plain=True`` is anonymous TCP without ACLs: only for a test
-    about plain mode, or one that needs anonymous access for a reason stated where it asks."""
+    about plain mode, or one that needs anonymous access for a reason stated where it asks.
+
+    The local binary, or the same config in an ``eclipse-mosquitto:2`` container
+    (tests/support/container_broker.py) when ``broker_choice`` says so; skipped with its reason
+    when EDGETALLY_TEST_BROKER=testcontainers and no Docker engine answers."""
+    if broker_choice.backend is BrokerBackend.SKIP:
+        pytest.skip(broker_choice.reason)
     made: list[BrokerProcess] = []
 
     def make(
@@ -71,7 +100,14 @@ def broker_factory(tmp_path: Path, test_wire: TestWire) -> Iterator[Callable[...
     ) -> BrokerProcess:
         broker_kind = BrokerKind(kind) if kind is not None else BrokerKind.CLOUD if "cloud" in name else BrokerKind.EDGE
         tls = None if plain else test_wire.wire.broker(broker_kind)
-        broker = BrokerProcess(tmp_path / f"broker-{name}", name=name, embedded=False, tls=tls, **kwargs)  # type: ignore[arg-type]
+        workdir = tmp_path / f"broker-{name}"
+        broker: BrokerProcess
+        if broker_choice.backend is BrokerBackend.TESTCONTAINERS:
+            from tests.support.container_broker import ContainerBroker
+
+            broker = ContainerBroker(workdir, name=name, tls=tls, **kwargs)
+        else:
+            broker = BrokerProcess(workdir, name=name, embedded=False, tls=tls, **kwargs)  # type: ignore[arg-type]
         test_wire.kinds[broker.port] = broker_kind
         if tls is not None:
             test_wire.locked.add(broker.port)
