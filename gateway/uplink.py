@@ -75,6 +75,8 @@ from protocol.topics import PREFIX, DeviceTopicKind
 
 log = logging.getLogger(__name__)
 
+RESUBSCRIBE_RETRY_S = 1.0  # after a SUBACK that refused a filter
+
 LINK = CLOUD
 IDLE_RECHECK_S = 1.0  # look at the buffer at least this often even without a wake-up
 FETCH_MAX = 4096  # rows taken from the buffer in one transaction
@@ -150,6 +152,7 @@ class Uplink:
         self._events: list[_Event] = []
         self._wake = False
         self._resubscribe = False
+        self._resubscribe_due: float | None = None  # a refused subscription is tried again then
         self._status: bytes | None = None
         self._generation = 0
         self._connected = False
@@ -236,12 +239,6 @@ class Uplink:
                     self._disk_full = True
                     log.warning("no room on the disk for the uplink's buffer updates (%s); pausing it", exc)
                 self._wait(stop, disk.next())
-
-    def _wrote(self) -> None:
-        """A buffer write that needed room succeeded: a full-disk episode, if any, is over."""
-        if self._disk_full:
-            self._disk_full = False
-            log.warning("buffer disk writable again: the uplink resumes forwarding")
         log.info(
             "uplink stopped: published=%d (in %d messages, %d bundles) delivered=%d released=%d",
             self.published,
@@ -250,6 +247,12 @@ class Uplink:
             self.delivered,
             self.released,
         )
+
+    def _wrote(self) -> None:
+        """A buffer write that needed room succeeded: a full-disk episode, if any, is over."""
+        if self._disk_full:
+            self._disk_full = False
+            log.warning("buffer disk writable again: the uplink resumes forwarding")
 
     def _wait(self, stop: threading.Event, delay: float) -> None:
         deadline = time.monotonic() + delay
@@ -281,6 +284,7 @@ class Uplink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         nodes = (config.cloud, *config.cloud_alternates)
         cloud = nodes[(generation - 1) % len(nodes)]  # one cluster: after a failure, the next node
         try:
@@ -351,6 +355,8 @@ class Uplink:
                     maybe_pending = True  # quiet for a while: look at the buffer anyway
                 events, self._events = self._events, []
                 wake, self._wake = self._wake, False
+                if self._resubscribe_due is not None and time.monotonic() >= self._resubscribe_due:
+                    self._resubscribe, self._resubscribe_due = True, None
                 resubscribe, self._resubscribe = self._resubscribe, False
                 status, self._status = self._status, None
             lost = self._apply(link, events)
@@ -494,6 +500,18 @@ class Uplink:
         self, _client: mqtt.Client, generation: int, _flags: Any, reason: Any, _props: Any
     ) -> None:
         self._record(_Event("lost", generation, reason=str(reason)))
+
+    def _on_subscribe(
+        self, _client: mqtt.Client, generation: int, _mid: int, reasons: list[Any], _props: Any
+    ) -> None:
+        """A broker may refuse a filter in its SUBACK (NATS does while its stream has no leader):
+        without the subscription no receipt would come down, so it is asked again shortly."""
+        refused = [f for (f, _q), r in zip(self._filters, reasons, strict=False) if r.is_failure]
+        if refused:
+            log.warning("cloud broker refused the subscription to %s; asking again in %.0fs", ", ".join(refused), RESUBSCRIBE_RETRY_S)
+            with self._cond:
+                self._resubscribe_due = time.monotonic() + RESUBSCRIBE_RETRY_S
+                self._cond.notify()
 
     def _on_publish(
         self, _client: mqtt.Client, generation: int, mid: int, _reason: Any, _props: Any
