@@ -111,6 +111,18 @@ def _stop_on_sigterm() -> Any:
     return signal.signal(signal.SIGTERM, _raise_stopped)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def sigterm_as_ctrl_c() -> None:
+    """From now on SIGTERM (what a supervisor, ``docker stop`` or a sharded parent sends) raises
+    ``KeyboardInterrupt("SIGTERM")`` as Ctrl-C does, so the same cleanup runs (by default it
+    ends the process at once: the state store's deferred acks and receipts are lost)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
 def run_shards(
     child_args: Callable[[int, Path], list[str]],
     processes: int,
