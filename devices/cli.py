@@ -151,11 +151,7 @@ def _summary_table(summary: FleetSummary) -> Table:
         ("elapsed", f"{summary.elapsed_s:.1f}s"),
         ("acked/s", f"{summary.acked / summary.elapsed_s:.0f}" if summary.elapsed_s else "-"),
         ("steady acked/s", f"{summary.steady_acked_per_s:.0f}" if summary.steady_acked_per_s else "-"),
-        *[
-            (f"{word}s ignored ({reason})", count)
-            for word, reasons in summary.ignored.items()
-            for reason, count in reasons.items()
-        ],
+        *[(f"{word}s ignored ({reason})", count) for word, reasons in summary.ignored.items() for reason, count in reasons.items()],
     ]
     for name, value in rows:
         table.add_row(name, str(value))
@@ -199,6 +195,9 @@ def _run_sharded(
                 write_truth(truth_file, merge_truths(parts))
         except (DeviceError, OSError, ValueError) as exc:
             raise _fail(str(exc)) from exc
+        except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: run_shards stopped every shard
+            err.print(f"interrupted ({stop or 'Ctrl-C'}): every shard was stopped too")
+            raise typer.Exit(130) from None
     if summary_file is not None:
         _write_summary(summary_file, summary, running=False)
     if as_json:
