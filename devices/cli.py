@@ -151,11 +151,7 @@ def _summary_table(summary: FleetSummary) -> Table:
         ("elapsed", f"{summary.elapsed_s:.1f}s"),
         ("acked/s", f"{summary.acked / summary.elapsed_s:.0f}" if summary.elapsed_s else "-"),
         ("steady acked/s", f"{summary.steady_acked_per_s:.0f}" if summary.steady_acked_per_s else "-"),
-        *[
-            (f"{word}s ignored ({reason})", count)
-            for word, reasons in summary.ignored.items()
-            for reason, count in reasons.items()
-        ],
+        *[(f"{word}s ignored ({reason})", count) for word, reasons in summary.ignored.items() for reason, count in reasons.items()],
     ]
     for name, value in rows:
         table.add_row(name, str(value))
@@ -199,6 +195,9 @@ def _run_sharded(
                 write_truth(truth_file, merge_truths(parts))
         except (DeviceError, OSError, ValueError) as exc:
             raise _fail(str(exc)) from exc
+        except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: run_shards stopped every shard
+            err.print(f"interrupted ({stop or 'Ctrl-C'}): every shard was stopped too")
+            raise typer.Exit(130) from None
     if summary_file is not None:
         _write_summary(summary_file, summary, running=False)
     if as_json:
@@ -261,13 +260,14 @@ def run_cmd(
     from devices.live import LiveView
     from devices.metrics import MetricsServer, linger
     from devices.preflight import check_fleet_inputs, check_tls_files
-    from devices.shards import parse_shard, pick
+    from devices.shards import parse_shard, pick, sigterm_as_ctrl_c
     from devices.snapshot import FleetMonitor
     from devices.state import StateStore
     from devices.truth import build_truth, write_truth
     from protocol import Registry, parse_broker_url
 
     store: StateStore | None = None
+    sigterm_as_ctrl_c()  # a supervisor's stop saves the state as Ctrl-C does; a shard's too
     try:
         address = parse_broker_url(broker)
         files_only = check_fleet_inputs(election_file, keys, [])  # election file and registry; no key read yet
@@ -337,14 +337,8 @@ def run_cmd(
             store.close()
         raise _fail(str(exc)) from exc
 
-    progress = Progress(
-        TextColumn("{task.description:<22}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=False,
-    )
+    columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    progress = Progress(*columns, console=err, transient=False)
     total = fleet.stats.batches
     connected_task = progress.add_task("connected", total=fleet.stats.devices)
     acked_task = progress.add_task("acked by broker", total=total)
@@ -389,6 +383,9 @@ def run_cmd(
         if metrics is not None:
             sys.stdout.flush()
             linger(metrics_linger)
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the state store is closed below
+        err.print(f"interrupted ({stop or 'Ctrl-C'}): the fleet stopped" + ("; its state is saved" if store else ""))
+        raise typer.Exit(130) from None
     finally:
         if metrics is not None:
             metrics.close()

@@ -95,20 +95,18 @@ def aggregate(parts: Sequence[dict[str, Any]], confirm: bool) -> FleetSummary:
     )
 
 
-class _Stopped(FleetError):
-    pass
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def _raise_stopped(signum: int, frame: object) -> None:
-    raise _Stopped("stopped by SIGTERM: every shard was stopped too")
-
-
-def _stop_on_sigterm() -> Any:
-    """SIGTERM becomes an exception, so that the shards are stopped with the parent (by default
-    SIGTERM ends the parent at once and leaves its children running)."""
+def sigterm_as_ctrl_c() -> Any:
+    """From now on SIGTERM (what a supervisor, ``docker stop`` or a sharded parent sends) raises
+    ``KeyboardInterrupt("SIGTERM")`` as Ctrl-C does, so the same cleanup runs: by default it
+    ends the process at once, leaving a parent's shards running and losing the state store's
+    deferred acks and receipts. Returns the handler it replaced (None off the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         return None
-    return signal.signal(signal.SIGTERM, _raise_stopped)
+    return signal.signal(signal.SIGTERM, _interrupt)
 
 
 def run_shards(
@@ -123,7 +121,7 @@ def run_shards(
     workdir.mkdir(parents=True, exist_ok=True)
     files = [workdir / f"shard-{k}.json" for k in range(processes)]
     children: list[subprocess.Popen[bytes]] = []
-    previous = _stop_on_sigterm()
+    previous = sigterm_as_ctrl_c()  # the shards are stopped with the parent (the finally below)
     try:
         for k, file in enumerate(files):
             with open(workdir / f"shard-{k}.log", "ab") as log:

@@ -6,14 +6,12 @@ import contextlib
 import json
 import logging
 import shutil
-import signal
 import tempfile
 import threading
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from rich.console import Console, Group
@@ -23,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edgetally.brokers import BrokerProcess
-from edgetally.processes import Component
+from edgetally.processes import Component, sigterm_as_ctrl_c
 from edgetally.scenarios.cluster import ClusterNode, cluster_nodes
 from edgetally.stack import Stack, StackConfig
 from edgetally.verdict import Verdict, compare, render
@@ -48,14 +46,6 @@ class DemoConfig:
     plain: bool = False  # anonymous MQTT over TCP without ACLs; default TLS, certificates, ACLs
     serve_port: int | None = None  # serve the live results page on this port (0: a free one) until Ctrl-C
     cloud_broker: str = "mosquitto"  # or nats: a 3-node JetStream cluster; the outage then takes one node
-
-
-class _Interrupted(Exception):
-    pass
-
-
-def _on_sigterm(_sig: int, _frame: FrameType | None) -> None:
-    raise _Interrupted("SIGTERM")
 
 
 @dataclass
@@ -147,23 +137,22 @@ class Demo:
         return Group(progress, table, Text("\n".join(self.events[-6:])))
 
     def run(self) -> Verdict:
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
         ok = False
-        try:
-            verdict = self._run()
-            ok = verdict.ok
-            if self.serve is not None:
-                self._serve_until_interrupted(verdict)
-            return verdict
-        finally:
-            if self.serve is not None:
-                self.serve.stop()
-            self.stack.stop()
-            signal.signal(signal.SIGTERM, previous)
-            if self.config.keep or not ok:
-                self.console.print(f"work directory (logs, databases): {self.workdir}")
-            else:
-                shutil.rmtree(self.workdir, ignore_errors=True)
+        with sigterm_as_ctrl_c():  # a supervisor's stop takes the Ctrl-C path: every child stopped
+            try:
+                verdict = self._run()
+                ok = verdict.ok
+                if self.serve is not None:
+                    self._serve_until_interrupted(verdict)
+                return verdict
+            finally:
+                if self.serve is not None:
+                    self.serve.stop()
+                self.stack.stop()
+                if self.config.keep or not ok:
+                    self.console.print(f"work directory (logs, databases): {self.workdir}")
+                else:
+                    shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _page_url(self) -> str:
         assert self.serve is not None and self.serve.ready_file is not None
@@ -179,7 +168,7 @@ class Demo:
         mark = "[green]the same totals as the verdict[/]" if same else "[bold red]totals that differ from the verdict[/]"
         self.console.print(f"live results page: {url} shows {mark} ({'MATCH' if verdict.ok else 'MISMATCH'}); serving until Ctrl-C")
         idle = threading.Event()
-        with contextlib.suppress(KeyboardInterrupt, _Interrupted):
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C or SIGTERM
             while self.serve is not None and self.serve.running:
                 idle.wait(1.0)  # the page is served by its own process; this only waits for Ctrl-C
         self.console.print("stopped serving the page")

@@ -43,6 +43,28 @@ def _signals_deferred() -> Iterator[None]:
             signal.raise_signal(signum)
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """Within the block SIGTERM raises ``KeyboardInterrupt("SIGTERM")``, as Ctrl-C raises one.
+
+    A command that starts children stops them in its Ctrl-C cleanup; by default SIGTERM (what
+    systemd, ``docker stop`` or any supervisor sends) ends the Python process at once instead
+    and leaves them running, orphaned. ``str(exc) or "Ctrl-C"`` says which one it was.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals are handled in the main thread only
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class ComponentError(Exception):
     """A component exited early or did not become ready in time."""
 

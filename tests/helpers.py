@@ -61,3 +61,39 @@ def start_cli(*args: str, log: Path) -> subprocess.Popen[bytes]:
         )
     finally:
         out.close()
+
+
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """``/proc/PID/stat`` after the command name (state, ppid, ...), or None if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (a zombie, dead but not yet reaped, is not)."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def children_of(pid: int) -> set[int]:
+    """Live child processes of ``pid``, from /proc (zombies not counted)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        fields = _stat_fields(stat.parent.name)
+        if fields is not None and int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def descendants_of(pid: int) -> set[int]:
+    """Every live process below ``pid``: its children, theirs, and so on."""
+    found: set[int] = set()
+    frontier = {pid}
+    for _depth in range(32):  # a process tree deeper than this is not ours
+        frontier = {child for parent in frontier for child in children_of(parent)} - found
+        if not frontier:
+            break
+        found |= frontier
+    return found

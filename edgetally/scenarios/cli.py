@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING
 
 import typer
@@ -18,6 +16,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from edgetally.processes import sigterm_as_ctrl_c
 from edgetally.scenarios.model import ScenarioError, load_scenario, shipped, shipped_dir
 
 if TYPE_CHECKING:
@@ -30,14 +29,6 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Scenarios: a topology and a timeline of faults, then a verdict", no_args_is_help=True)
 
 DEFAULT_PG_ADMIN = os.environ.get("EDGETALLY_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-
-
-class _Interrupted(Exception):
-    pass
-
-
-def _on_sigterm(_sig: int, _frame: FrameType | None) -> None:
-    raise _Interrupted("SIGTERM")
 
 
 @app.command("list")
@@ -181,21 +172,19 @@ def run_cmd(
     show_live = (sys.stdout.isatty() and not json_out) if live is None else live
     view = _LiveView(console, loaded.name)
     runner = ScenarioRunner(loaded, options, observer=view if show_live else None)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     result: Report | None = None
     try:
-        if show_live:
-            with Live(console=console, refresh_per_second=4, transient=True) as live_view:
-                view.live = live_view
+        with sigterm_as_ctrl_c():  # a supervisor's stop takes the Ctrl-C path: the world stopped
+            if show_live:
+                with Live(console=console, refresh_per_second=4, transient=True) as live_view:
+                    view.live = live_view
+                    result = runner.run()
+            else:
                 result = runner.run()
-        else:
-            result = runner.run()
-    except (KeyboardInterrupt, _Interrupted) as exc:
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM; the runner stopped its world on the way
         runner.world.kill_all()
         typer.echo(f"interrupted ({exc or 'Ctrl-C'}): every process stopped; {work}", err=True)
         raise typer.Exit(130) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if report is not None:
         result.write(report)
     if json_out:

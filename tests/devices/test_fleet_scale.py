@@ -15,6 +15,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+from devices.state import StateStore
 from devices.synth import synth_election, synth_mapping
 from devices.truth import load_truth
 from edgetally.acl import BrokerKind
@@ -32,7 +33,7 @@ from protocol import (
 from protocol.registry import load_cloud_key
 from protocol.tls import Role, client_context
 from tests.devices.receipt_support import signed_contiguous_receipt
-from tests.helpers import edgetally_cmd, run_cli, start_cli, wait_until
+from tests.helpers import alive, children_of, edgetally_cmd, run_cli, start_cli, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -224,44 +225,29 @@ def test_synth_command_writes_an_election_file_that_loads_back(tmp_path: Path) -
     assert load_election(out).to_mapping() == synth_election(50, 20, 4).to_mapping()
 
 
-def _children_of(pid: int) -> set[int]:
-    """Live child processes of ``pid``, from /proc (zombies not counted)."""
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.add(int(stat.parent.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def test_sigterm_to_a_sharded_fleet_stops_its_shards_too(
+def test_sigterm_to_a_sharded_fleet_stops_its_shards_too_with_their_state_saved(
     broker: BrokerProcess, synth_keys: Path, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
+    summary = tmp_path / "summary.json"
     parent = start_cli(
         "devices", "run", "--broker", broker.url, "--keys", str(synth_keys), "--seed", "3",
-        "--devices", "40", "--batches-per-device", "3", "--no-confirm", "--rate", "2",
-        "--processes", "2", log=tmp_path / "fleet.log",
+        "--devices", "40", "--batches-per-device", "3", "--no-confirm", "--rate", "4",
+        "--processes", "2", "--state-dir", str(tmp_path / "state"), "--summary", str(summary),
+        log=tmp_path / "fleet.log",
     )  # fmt: skip
     processes.append(parent)
-    shards = wait_until(lambda: len(c := _children_of(parent.pid)) == 2 and c, 30, "two shard processes")
-    wait_until(lambda: "New client connected" in broker.log_path.read_text(), 30, "a shard connected")
+    shards = wait_until(lambda: len(c := children_of(parent.pid)) == 2 and c, 30, "two shard processes")
+    wait_until(lambda: summary.exists() and json.loads(summary.read_text())["acked"] >= 2, 30, "acked batches")
 
     parent.send_signal(signal.SIGTERM)
 
-    assert parent.wait(30) != 0  # stopped, not finished
-    wait_until(lambda: not any(_alive(pid) for pid in shards), 15, "every shard stopped")
-    assert "stopped by SIGTERM" in (tmp_path / "fleet.log").read_text()
+    assert parent.wait(20) == 130  # interrupted, as by Ctrl-C
+    assert not any(alive(pid) for pid in shards)  # stopped before the parent left
+    assert "interrupted (SIGTERM): every shard was stopped too" in (tmp_path / "fleet.log").read_text()
+    # Each shard stopped as on Ctrl-C: the acks it held in memory are in the state store.
+    with StateStore(tmp_path / "state") as store:
+        saved = sum(b.acked for d in store.devices() if (s := store.load(d)) is not None for b in s.sent)
+    assert saved >= json.loads(summary.read_text())["acked"] >= 2
 
 
 def test_processes_write_one_truth_equal_to_a_single_process_run(

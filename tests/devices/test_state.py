@@ -324,3 +324,31 @@ def test_a_state_store_whose_disk_fills_mid_run_stops_the_fleet_with_one_line(
     assert proc.returncode == 2, err[-3000:]
     assert "the fleet stopped:" in err and "full" in err, err[-3000:]
     assert "Traceback" not in err
+
+
+def test_sigterm_stops_a_fleet_run_cleanly_with_its_acks_saved(
+    tmp_path: Path, broker: BrokerProcess, keys_dir: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    """SIGTERM is Ctrl-C for ``devices run``: the fleet stops, and the acks it holds in memory
+    (deferred, see devices/state.py) are written before it exits, not lost with the process."""
+    summary = tmp_path / "summary.json"
+    with open(tmp_path / "fleet.log", "wb") as log:
+        proc = subprocess.Popen(
+            edgetally_cmd(
+                "devices", "run", "--broker", broker.url, "--keys", str(keys_dir), "--seed", str(SEED),
+                "--devices", "4", "--batches-per-device", "200", "--rate", "20", "--no-confirm",
+                "--no-live", "--state-dir", str(tmp_path / "state"), "--summary", str(summary),
+            ),
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    processes.append(proc)
+    wait_until(lambda: summary.exists() and json.loads(summary.read_text())["acked"] >= 5, 30, "acked batches")
+
+    proc.send_signal(signal.SIGTERM)
+
+    assert proc.wait(20) == 130, (tmp_path / "fleet.log").read_text()[-2000:]
+    assert "interrupted (SIGTERM)" in (tmp_path / "fleet.log").read_text()
+    acked_before = json.loads(summary.read_text())["acked"]  # the last snapshot: at most 0.5 s old
+    with StateStore(tmp_path / "state") as store:
+        saved = [b for d in store.devices() if (s := store.load(d)) is not None for b in s.sent if b.acked]
+    assert len(saved) >= acked_before > 0

@@ -13,7 +13,7 @@ import pytest
 from edgetally.brokers import BrokerProcess, BrokerSettings, free_port, mosquitto_config
 from protocol import Registry, batch_topic
 from protocol.tls import ClientTls, Role, client_context
-from tests.helpers import edgetally_cmd, run_cli, wait_until
+from tests.helpers import alive, children_of, edgetally_cmd, run_cli, wait_until
 from tests.support import wire
 
 
@@ -92,7 +92,7 @@ def test_edgetally_broker_refuses_to_run_open_unless_told_plain(tmp_path: Path) 
     assert "needs --pki DIR and --keys DIR (or --plain" in proc.stderr
 
 
-def test_edgetally_broker_runs_locked_down_from_a_pki_and_registry(
+def test_edgetally_broker_runs_locked_down_and_stops_its_broker_on_sigterm(
     tmp_path: Path, keys_dir: Path, registry: Registry, processes: list[subprocess.Popen[bytes]]
 ) -> None:
     pki = tmp_path / "pki"
@@ -120,7 +120,11 @@ def test_edgetally_broker_runs_locked_down_from_a_pki_and_registry(
         except (ConnectionResetError, TimeoutError):
             answer = b""
     assert answer != b"\x20\x02\x00\x00"
-    proc.send_signal(signal.SIGTERM)  # the command stops its broker on the way out
+    mosquitto = children_of(proc.pid)
+    assert len(mosquitto) == 1
+    proc.send_signal(signal.SIGTERM)  # the command stops its broker on the way out, as on Ctrl-C
     assert proc.wait(20) == 0
+    assert not any(alive(pid) for pid in mosquitto)  # not left orphaned, holding the port
+    assert (tmp_path / "b" / "mosquitto.db").is_file()  # a clean stop: Mosquitto saved its store
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()

@@ -33,7 +33,7 @@ from protocol import (
     seal,
 )
 from tests.gateway.support import Collector, envelopes, publish_all, start_gateway
-from tests.helpers import run_cli, wait_until
+from tests.helpers import children_of, run_cli, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -167,6 +167,27 @@ def test_gateway_buffers_while_the_cloud_is_down_and_drains_when_it_returns(
     assert collector.payloads() == {s.payload for s in sent}
     wait_until(lambda: nothing_to_forward(buffer), 30, "nothing left to forward")
     collector.stop()
+
+
+def test_sigterm_stops_the_gateway_cleanly_with_its_buffered_batches_kept(
+    tmp_path: Path, edge: BrokerProcess, cloud: BrokerProcess, keys_dir: Path,
+    sample_election: Election, processes: list[subprocess.Popen[bytes]],
+) -> None:  # fmt: skip
+    sent = envelopes(sample_election, keys_dir, sample_election.devices[:4], 10)
+    buffer = tmp_path / "b.db"
+    run = start_gateway(processes, tmp_path, edge=edge.url, cloud=cloud.url, buffer=buffer, keys=keys_dir)
+    cloud.stop()  # nothing can be forwarded: every batch stays in the buffer
+    publish_all(edge.url, [(s.topic, s.payload) for s in sent])
+    wait_until(lambda: stats_json(buffer)["states"]["pending"] == len(sent), 30, "everything buffered")
+    assert children_of(run.proc.pid) == set()  # nothing of its own to leave behind
+
+    run.proc.send_signal(signal.SIGTERM)
+
+    assert run.proc.wait(20) == 0, run.log_text()
+    assert not run.ready.exists()
+    assert run_cli("gateway", "buffer", "check", "--buffer", str(buffer)).returncode == 0
+    states = stats_json(buffer)["states"]
+    assert states["pending"] == len(sent) and states["inflight"] == 0  # type: ignore[index]
 
 
 def test_sigkill_mid_stream_and_restart_on_the_same_buffer_loses_nothing(

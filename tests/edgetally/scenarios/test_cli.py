@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_cli
+from devices.state import StateStore
+from tests.helpers import alive, descendants_of, run_cli, start_cli, wait_until
 
 
 def test_list_shows_every_shipped_scenario_with_its_faults() -> None:
@@ -95,3 +99,46 @@ def test_a_wipe_deletes_a_stopped_gateways_buffer_and_refuses_a_running_one(tmp_
             world.wipe(site.gateway)
     finally:
         site.gateway.kill()
+
+
+def _listen_ports(world: Path) -> list[int]:
+    """The ports the world's Mosquitto brokers were told to listen on."""
+    return [
+        int(line.split()[1])
+        for conf in world.rglob("mosquitto.conf")
+        for line in conf.read_text().splitlines()
+        if line.startswith("listener ")
+    ]
+
+
+@pytest.mark.integration
+def test_sigterm_stops_a_scenario_run_and_every_process_it_started_with_their_state_saved(
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    world = tmp_path / "world"
+    summary = world / "site1" / "fleet-summary.json"
+    proc = start_cli(
+        "scenario", "run", "uplink-outage", "--devices", "12", "--batches", "50", "--no-live",
+        "--workdir", str(world), log=tmp_path / "scenario.log",
+    )  # fmt: skip
+    processes.append(proc)
+    wait_until(lambda: summary.exists() and json.loads(summary.read_text())["acked"] >= 3, 60, "the fleet publishing")
+    started = descendants_of(proc.pid)
+    assert len(started) >= 6  # two brokers, a proxy, a gateway, a cloud worker, a fleet (and more)
+    ports = _listen_ports(world)
+    assert len(ports) == 2
+
+    proc.send_signal(signal.SIGTERM)
+
+    assert proc.wait(30) == 130, (tmp_path / "scenario.log").read_text()[-3000:]
+    assert "interrupted (SIGTERM): every process stopped" in (tmp_path / "scenario.log").read_text()
+    assert not [pid for pid in started if alive(pid)]
+    for port in ports:  # no broker left holding its port
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    # The world was stopped, not killed: the fleet saved what the broker acknowledged, the
+    # gateway's buffer is whole.
+    with StateStore(world / "site1" / "fleet-state") as store:
+        saved = sum(b.acked for d in store.devices() if (s := store.load(d)) is not None for b in s.sent)
+    assert saved >= json.loads(summary.read_text())["acked"] >= 3
+    assert run_cli("gateway", "buffer", "check", "--buffer", str(world / "site1" / "gateway-buffer.db")).returncode == 0
