@@ -11,15 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from edgetally.nats import nats_binary
 from tests.cloud.support import Envelopes, Publisher
 from tests.helpers import run_cli, start_cli, wait_until
 from tests.support import wire
+from tests.support.nats import require_nats
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(nats_binary() is None and os.environ.get("CI") != "true", reason="nats-server is not installed"),
-]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _nats_server() -> None:
+    require_nats()
 
 
 def _alive(pid: int) -> bool:
@@ -44,6 +46,15 @@ def test_broker_kind_nats_runs_a_locked_three_node_cluster_and_sigterm_stops_eve
     wait_until(lambda: info_path.exists() or proc.poll() is not None, 60, "the cluster's addresses")
     assert proc.poll() is None, (tmp_path / "broker.log").read_text()
     info = json.loads(info_path.read_text())
+    try:
+        _check_and_stop(proc, info, workdir, tmp_path, keys_dir)
+    finally:  # the nodes run in sessions of their own: a failed test must not leave them behind
+        for pid in info["pids"]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _check_and_stop(proc: subprocess.Popen[bytes], info: dict[str, list], workdir: Path, tmp_path: Path, keys_dir: Path) -> None:
     assert len(info["pids"]) == 3 and all(_alive(p) for p in info["pids"])
     assert all(url.startswith("mqtts://127.0.0.1:") for url in info["mqtt"])
     assert all(url.startswith("tls://127.0.0.1:") for url in info["jetstream"])

@@ -14,15 +14,18 @@ from pathlib import Path
 import pytest
 
 from cloud.worker.jetstream import MSGS_STREAM
-from edgetally.nats import NatsCluster, nats_binary
+from edgetally.nats import NatsCluster
 from edgetally.stack import Stack, StackConfig
 from edgetally.verdict import compare
 from tests.helpers import SAMPLE_ELECTION, wait_until
+from tests.support.nats import require_nats
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(nats_binary() is None, reason="nats-server is not installed (scripts/test installs it)"),
-]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _nats_server() -> None:
+    require_nats()
 
 
 @pytest.fixture

@@ -17,14 +17,19 @@ from tests.support.wire import TestWire
 NatsFactory = Callable[..., NatsCluster]
 
 
-@pytest.fixture
-def nats_cluster_factory(tmp_path: Path, test_wire: TestWire, registry: Registry) -> Iterator[NatsFactory]:
-    """Make started clusters (``nodes``, default 3); every node is killed afterwards. Without
-    nats-server the test skips, and fails under CI=true (scripts/test installs it)."""
+def require_nats() -> None:
+    """Skip without nats-server; fail under CI=true, where scripts/test installs it."""
     if nats_binary() is None:
         if os.environ.get("CI") == "true":
             pytest.fail("CI=true but no nats-server: scripts/test installs it (apt-get install nats-server)")
         pytest.skip("nats-server is not installed (apt-get install nats-server)")
+
+
+@pytest.fixture
+def nats_cluster_factory(tmp_path: Path, test_wire: TestWire, registry: Registry) -> Iterator[NatsFactory]:
+    """Make started clusters (``nodes``, default 3); every node is killed afterwards. Without
+    nats-server the test skips, and fails under CI=true (scripts/test installs it)."""
+    require_nats()
     made: list[NatsCluster] = []
 
     def make(nodes: int = 3, name: str = "nats", plain: bool = False, **kwargs: object) -> NatsCluster:

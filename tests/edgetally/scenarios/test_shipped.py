@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from edgetally.scenarios.cluster import CLUSTER
 from edgetally.scenarios.model import Scenario, shipped
 from edgetally.scenarios.runner import RunOptions, ScenarioRunner
 from edgetally.scenarios.served import SERVED
@@ -45,6 +46,8 @@ def test_shipped_scenario_passes_shortened(scenario: Scenario, tmp_path: Path) -
     assert [e.what for e in report.events if e.what.split()[0] in faults], "no fault was played"
     if scenario.topology.serve:  # the results service ran, and the verdict judged what it showed
         assert SERVED in [c.name for c in report.verdict.checks]
+    if scenario.topology.cloud_broker == "nats":  # the verdict judged that no device had to resend
+        assert CLUSTER in [c.name for c in report.verdict.checks]
     if "backpressure" in scenario.tags:  # the quota was really reached, and held ingress
         assert "holding ingress" in (tmp_path / "world" / "site1" / "gateway1.log").read_text()
 
