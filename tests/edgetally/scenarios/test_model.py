@@ -65,6 +65,25 @@ def test_site_and_worker_numbers_address_one_instance() -> None:
     ]
 
 
+def test_cluster_nodes_are_targets_by_number_by_role_or_all() -> None:
+    scenario = parse_scenario(
+        {
+            "topology": {"cloud_broker": "nats", "nodes": 3},
+            "timeline": [
+                {"at": "1s", "kill": "cloud-node-leader"},
+                {"at": "2s", "kill": "cloud-node-follower"},
+                {"at": "3s", "start": "cloud-node2"},
+                {"at": "4s", "start": "cloud-node"},
+            ],
+        },
+        source="s.yaml",
+    )
+    assert [(a.target, a.node, a.worker) for a in scenario.timeline] == [
+        ("cloud-node-leader", None, None), ("cloud-node-follower", None, None), ("cloud-node", 2, None), ("cloud-node", None, None),
+    ]  # fmt: skip
+    assert scenario.timeline[2].describe() == "start cloud-node2"
+
+
 @pytest.mark.parametrize(
     ("timeline", "topology", "message"),
     [
@@ -87,6 +106,12 @@ def test_site_and_worker_numbers_address_one_instance() -> None:
         ([], {"devices": 1, "sites": 2}, r"1 devices cannot fill 2 sites"),
         ([{"at": "1s", "wipe": "edge-broker"}], {}, r"timeline\[0\]: wipe applies to gateway only, not edge-broker"),
         ([{"at": "1s", "crash": "rogue"}], {}, r"timeline\[0\]: rogue takes start, kill, stop only, not crash"),
+        ([], {"cloud_broker": "rabbitmq"}, r"topology.cloud_broker: expected mosquitto or nats"),
+        ([], {"nodes": 3}, r"topology.nodes is for cloud_broker: nats"),
+        ([], {"cloud_broker": "nats", "nodes": 0}, r"topology.nodes must be at least 1"),
+        ([], {"cloud_broker": "nats", "links": ["uplink"]}, r"no fault proxy in front of a NATS cluster"),
+        ([{"at": "1s", "kill": "cloud-node-leader"}], {}, r"cloud-node-leader needs topology.cloud_broker: nats"),
+        ([{"at": "1s", "kill": "cloud-node4"}], {"cloud_broker": "nats", "nodes": 3}, r"cloud-node4 does not exist"),
     ],
 )
 def test_bad_scenarios_are_refused_naming_the_entry_and_the_problem(
