@@ -37,14 +37,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def mosquitto_binary() -> str | None:
-    found = shutil.which("mosquitto")
+def find_binary(name: str) -> str | None:
+    """``name`` on PATH, else in the sbin directories Debian's packages use (not on every PATH)."""
+    found = shutil.which(name)
     if found:
         return found
-    for candidate in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+    for directory in ("/usr/sbin", "/usr/local/sbin", "/usr/local/bin"):
+        candidate = os.path.join(directory, name)
         if os.access(candidate, os.X_OK):
             return candidate
     return None
+
+
+def mosquitto_binary() -> str | None:
+    return find_binary("mosquitto")
 
 
 @dataclass(frozen=True)

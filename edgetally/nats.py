@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import signal
 import subprocess
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud.worker.jetstream import CONSUMERS, DEFAULT_ACK_WAIT_S, MSGS_STREAM, topic_subject
-from edgetally.brokers import BrokerError, free_port, wait_for_port
+from edgetally.brokers import BrokerError, find_binary, free_port, wait_for_port
 from protocol.keys import write_secret
 from protocol.tls import ClientTls
 
@@ -48,15 +47,7 @@ MQTT_STREAMS = ("$MQTT_msgs", "$MQTT_sess", "$MQTT_rmsgs")
 
 
 def nats_binary() -> str | None:
-    from shutil import which
-
-    found = which("nats-server")
-    if found:
-        return found
-    for candidate in ("/usr/sbin/nats-server", "/usr/local/bin/nats-server"):
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return None
+    return find_binary("nats-server")
 
 
 @dataclass(frozen=True)
