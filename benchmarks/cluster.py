@@ -295,7 +295,8 @@ def report(results: dict[str, Result], args: argparse.Namespace, workers: list[i
         " (and one disk) with the gateway, the workers and the edge broker; on three machines each node has its own"
         " cores and disk, and a store costs a network round trip to a quorum instead (one follower ack: ~0.1-1 ms"
         " in one data centre). SIGKILL here is a process loss: the R1 store is on disk, so it survives it too;"
-        " losing the machine (or its disk) is what only R3 survives."
+        " losing the machine (or its disk) is what only R3 survives. Mosquitto keeps its queues in memory and writes"
+        " them to its persistence file every 5 s (autosave_interval): what it lost depends on when the last save fell."
     )
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
