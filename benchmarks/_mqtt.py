@@ -113,11 +113,12 @@ def _client(client_id: str, *, clean_session: bool, tls: ClientTls | None = None
 BENCH_CLIENTS = ("bench-pub", "bench-sink", "bench-counter")
 
 
-def bench_wire(work: Path, keys: Path, registry: Registry) -> Wire:
-    """A locked-down wire for a benchmark: the deployment's certificates and ACLs, plus one
-    identity per benchmark client (publisher standing in for every device, sink and counter
-    standing in for the cloud), each allowed every EdgeTally topic on both brokers."""
-    wire = Wire(work / "pki", keys, monitors=BENCH_CLIENTS)
+def bench_wire(work: Path, keys: Path, registry: Registry, clouds: tuple[str, ...] = ("cloud1",)) -> Wire:
+    """A locked-down wire for a benchmark: the deployment's certificates and ACLs (cloud workers
+    ``clouds``), plus one identity per benchmark client (publisher standing in for every device,
+    sink and counter standing in for the cloud), each allowed every EdgeTally topic on both
+    Mosquitto brokers."""
+    wire = Wire(work / "pki", keys, clouds=clouds, monitors=BENCH_CLIENTS)
     wire.prepare(registry)
     for kind in BrokerKind:
         acl = wire.broker(kind).acl
