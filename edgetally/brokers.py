@@ -136,6 +136,18 @@ def mosquitto_config(
     return "\n".join(lines) + "\n" + settings.extra
 
 
+def signal_and_wait(proc: subprocess.Popen[bytes], sig: signal.Signals, timeout: float) -> None:
+    """Send ``sig`` to a running broker process and wait for it; SIGKILL it after ``timeout``."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -236,16 +248,8 @@ class BrokerProcess:
         log.info("%s broker listening on %s (pid %d)", self.name, self.url, self._proc.pid)
 
     def _signal(self, sig: signal.Signals, timeout: float) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        if self._proc is not None:
+            signal_and_wait(self._proc, sig, timeout)
         self._proc = None
 
     def stop(self, timeout: float = 10.0) -> None:

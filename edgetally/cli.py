@@ -130,8 +130,9 @@ def broker_cmd(
     plain: bool = typer.Option(False, "--plain", help="Anonymous MQTT over TCP without ACLs (local experiments only)"),
     embedded: bool = typer.Option(False, "--embedded", help="Use the embedded amqtt broker (needs --plain)"),
 ) -> None:
-    """Run one broker with EdgeTally's configuration until Ctrl-C: TLS, client certificates and
-    an ACL from the registry (or --plain)."""
+    """Run one broker with EdgeTally's configuration until Ctrl-C or SIGTERM: TLS, client
+    certificates and an ACL from the registry (or --plain); --kind nats: a NATS JetStream
+    cluster of --cluster nodes as the cloud broker."""
     from edgetally.acl import BrokerKind
     from edgetally.brokers import BrokerError, BrokerProcess, BrokerTls
     from protocol import ProtocolError, Registry

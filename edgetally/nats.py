@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud.worker.jetstream import CONSUMERS, DEFAULT_ACK_WAIT_S, MSGS_STREAM, topic_subject
-from edgetally.brokers import BrokerError, find_binary, free_port, wait_for_port
+from edgetally.brokers import BrokerError, find_binary, free_port, signal_and_wait, wait_for_port
 from protocol.keys import write_secret
 from protocol.tls import ClientTls
 
@@ -260,14 +260,8 @@ class NatsCluster:
 
     def _signal(self, name: str, sig: signal.Signals, timeout: float) -> None:
         proc = self._procs.pop(name, None)
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        if proc is not None:
+            signal_and_wait(proc, sig, timeout)
 
     def kill_node(self, name: str) -> None:
         """SIGKILL one node: what it alone held is gone; what a quorum stored is not."""

@@ -37,6 +37,7 @@ import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from cloud.ledger.ledger import unwrap
+from cloud.worker.session import Delivery
 from protocol.topics import BATCH_FILTER, GATEWAY_BUNDLE_FILTER
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.js.client import JetStreamContext
 
-    from cloud.worker.session import Delivery, _Worker
+    from cloud.worker.session import _Worker
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +236,6 @@ class JetStreamIntake:
             self._worker.enqueue(delivery)
 
     def _delivery(self, msg: Msg) -> Delivery:
-        from cloud.worker.session import Delivery
-
         topic = subject_topic(msg.subject)
         delivery = Delivery(self, 0, 1, messages=unwrap(topic, msg.data, datetime.now(UTC)), handle=msg)
         if log.isEnabledFor(logging.DEBUG):
