@@ -97,10 +97,13 @@ def test_connect_rate_is_honoured_fleet_wide(broker: BrokerProcess, synth_keys: 
     assert summary["ok"] and summary["max_connected"] == devices
     # fleet side: the token bucket allows `burst` at once, then `rate` per second
     assert summary["all_connected_s"] >= (devices - burst) / rate * 0.95
-    # broker side: no wall-clock second saw more connections than the bucket allows
+    # broker side: no wall-clock second saw a storm. The broker logs a connection when its TLS
+    # handshake is done, and on a loaded machine handshakes finish in bunches (117 in one second
+    # was seen with the suite running beside it): a margin of 30 % over the bucket, where an
+    # unpaced fleet brings all 300 within a second or two.
     per_second = connects_per_second(broker)
     assert sum(per_second.values()) == devices
-    assert max(per_second.values()) <= rate + burst + 1, per_second
+    assert max(per_second.values()) <= (rate + burst) * 1.3, per_second
 
 
 class PausableCloud:
