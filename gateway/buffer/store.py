@@ -19,10 +19,10 @@ sends those rows again (a row left in flight is pending at the next start), whic
 PUBACK does anyway and the cloud ledger de-duplicates; nothing accepted can be lost by it.
 
 Every write runs in a ``BEGIN IMMEDIATE`` transaction, so the writer thread (``put_many``)
-and the uplink thread (the rest) queue on SQLite's busy timeout instead of failing on a
-lock upgrade; reads (``usage``, ``counts``) take no write lock. ``open`` recognises the file
-first (read-only: a missing, foreign, damaged or too-new file is refused and left as it is),
-then takes an exclusive ``flock`` on ``<buffer>.lock`` so that two gateways never share one
+and the uplink thread (the rest) queue instead of failing on a lock upgrade: on a lock in
+this process (woken at once), and on SQLite's busy timeout against other processes; reads
+(``usage``, ``counts``) take no write lock. ``open`` recognises the file first (read-only:
+a missing, foreign, damaged or too-new file is refused and left as it is), then takes an exclusive ``flock`` on ``<buffer>.lock`` so that two gateways never share one
 buffer, then runs the migrations.
 
 A redelivered envelope identical to one still buffered (same election, device, seq and body
@@ -46,6 +46,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -169,6 +170,9 @@ class Buffer:
         self.quarantine_caps = QuarantineCaps() if quarantine_caps is None else quarantine_caps
         self._engine: Engine | None = None
         self._lock: IO[bytes] | None = None
+        # One write transaction at a time in this process: a thread waiting for SQLite's
+        # write lock would poll it in sleeps of up to 100 ms; this lock wakes it at once.
+        self._writing = threading.Lock()
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> Buffer:
@@ -442,7 +446,7 @@ class Buffer:
         engine = self._require_engine()
         mode = sync if sync is not None and self.sync is SyncMode.FULL else self.sync
         try:
-            with engine.connect() as conn:
+            with self._writing, engine.connect() as conn:
                 # Per connection, and pooled connections serve every thread: set it each time.
                 cursor = conn.connection.cursor()
                 cursor.execute(f"PRAGMA synchronous = {mode.value}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,28 @@ def test_marks_survive_a_reopen(tmp_path: Path) -> None:
         assert (counts[State.DELIVERED], counts[State.INFLIGHT]) == (2, 3)
         assert again.reset_inflight() == 3
         assert [row.seq for row in again.fetch_pack(10)] == [3, 4, 5]
+
+
+def test_a_writer_and_an_uplink_thread_share_the_buffer_exactly(buffer: Buffer) -> None:
+    """Both threads of a running gateway write at once (they queue on the buffer's write
+    lock): every batch stored is delivered once, and the counters agree."""
+    total, group = 2000, 100
+
+    def uplink() -> int:
+        delivered, sent = 0, []
+        for _ in range(10_000):  # bounded: far more rounds than the batches need
+            done, rows = buffer.advance(sent, 64)
+            delivered += done
+            sent = [row.id for row in rows]
+            if delivered == total:
+                break
+        return delivered
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(uplink)
+        for start in range(0, total, group):
+            assert buffer.put_many([batch(seq) for seq in range(start, start + group)]).stored == group
+        assert future.result(timeout=120) == total
+    counts = buffer.counts()
+    assert (counts[State.DELIVERED], counts[State.PENDING], counts[State.INFLIGHT]) == (total, 0, 0)
+    assert buffer.usage().live_batches == 0
