@@ -40,7 +40,7 @@ paho callbacks run on paho's network thread and only record events under a condi
 variable; the pump does all buffer work. The event list is bounded by the window: one PUBACK
 per publish of the current connection, plus one connect and one disconnect event.
 
-The module stays whole (some 490 lines): it is one thread's state machine over one link
+The module stays whole (some 550 lines): it is one thread's state machine over one link
 (connect, pump the window, apply PUBACKs, drain, close), which reads best in that order.
 """
 

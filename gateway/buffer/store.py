@@ -37,7 +37,7 @@ delivered rows early.
 
 Opening the file (engine, lock, migrations) is in gateway/buffer/file.py, the row values in
 gateway/buffer/rows.py, the quarantine caps in gateway/buffer/quarantine.py. This module stays
-whole (some 500 lines): it is the storage contract,
+whole (some 580 lines): it is the storage contract,
 one class whose every write follows the same transaction and state rules.
 """
 
