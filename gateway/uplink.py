@@ -40,7 +40,7 @@ paho callbacks run on paho's network thread and only record events under a condi
 variable; the pump does all buffer work. The event list is bounded by the window: one PUBACK
 per publish of the current connection, plus one connect and one disconnect event.
 
-The module stays whole (some 490 lines): it is one thread's state machine over one link
+The module stays whole (some 550 lines): it is one thread's state machine over one link
 (connect, pump the window, apply PUBACKs, drain, close), which reads best in that order.
 """
 
@@ -359,8 +359,9 @@ class Uplink:
                     self._resubscribe, self._resubscribe_due = True, None
                 resubscribe, self._resubscribe = self._resubscribe, False
                 status, self._status = self._status, None
-            lost = self._apply(link, events)
+            confirmed, lost = self._collect(link, events)
             if lost is not None:
+                self._confirm(confirmed)
                 log.warning(
                     "cloud link lost (%s); %d batches in flight go back to pending",
                     lost,
@@ -368,25 +369,45 @@ class Uplink:
                 )
                 return
             if stop.is_set():
+                self._confirm(confirmed)
                 return
             if resubscribe and not self._subscribe_receipts(link):
+                self._confirm(confirmed)
                 return
             if status is not None:
                 self._publish_status(link, status)
             self._housekeeping()
             maybe_pending = maybe_pending or wake
             free = window - len(link.inflight)
-            if maybe_pending and free > 0:
-                limit = min(free * self._config.bundle_max, FETCH_MAX)
-                rows = self._buffer.fetch_pack(limit)
-                if rows:
-                    self._wrote()
+            limit = min(free * self._config.bundle_max, FETCH_MAX) if maybe_pending and free > 0 else 0
+            if not (confirmed or limit):
+                continue
+            # One transaction a round: what the cloud acknowledged, and the next pack.
+            if confirmed:
+                faults.checkpoint("puback")
+            delivered, rows = self._buffer.advance(confirmed, limit)
+            self.delivered += delivered
+            if confirmed or rows:
+                self._wrote()
+            if limit:
                 maybe_pending = len(rows) == limit
                 if not self._publish(link, rows):
                     return
 
     def _apply(self, link: _Link, events: list[_Event]) -> str | None:
         """Confirm acknowledged rows; return the reason if the link was lost."""
+        confirmed, lost = self._collect(link, events)
+        self._confirm(confirmed)
+        return lost
+
+    def _confirm(self, confirmed: list[int]) -> None:
+        if confirmed:
+            faults.checkpoint("puback")
+            self.delivered += self._buffer.confirm(confirmed)
+            self._wrote()
+
+    def _collect(self, link: _Link, events: list[_Event]) -> tuple[list[int], str | None]:
+        """The rows the PUBACKs among ``events`` confirm, and the reason if the link was lost."""
         confirmed: list[int] = []
         lost: str | None = None
         for event in events:
@@ -398,11 +419,7 @@ class Uplink:
                     confirmed.extend(rows)
             elif event.kind == "lost":
                 lost = event.reason or "disconnected"
-        if confirmed:
-            faults.checkpoint("puback")
-            self.delivered += self._buffer.confirm(confirmed)
-            self._wrote()
-        return lost
+        return confirmed, lost
 
     def _publish(self, link: _Link, rows: list[OutboundMessage]) -> bool:
         groups = list(pack(rows, self._config.bundle_max))

@@ -10,11 +10,19 @@ toward the quota (:meth:`Buffer.outbound_usage`) and go early when the disk is f
 quarantined rows: they are bounded by their own caps (gateway/buffer/quarantine.py), and a
 reject past one is counted in ``quarantine_dropped`` instead of stored.
 
+Durability: what ingress stores (``put_many``) is committed with the configured ``synchronous``
+(FULL by default: fsynced before the edge broker gets its PUBACK). The uplink's own marks
+(``advance``, ``fetch_pack``, ``confirm``: pending -> in flight -> delivered) commit with
+``synchronous=NORMAL`` (:data:`MARK_SYNC`): still atomic, and made durable by the next fsynced
+commit or checkpoint, but not fsynced themselves. Losing the last of them to a power cut only
+sends those rows again (a row left in flight is pending at the next start), which a lost
+PUBACK does anyway and the cloud ledger de-duplicates; nothing accepted can be lost by it.
+
 Every write runs in a ``BEGIN IMMEDIATE`` transaction, so the writer thread (``put_many``)
-and the uplink thread (the rest) queue on SQLite's busy timeout instead of failing on a
-lock upgrade; reads (``usage``, ``counts``) take no write lock. ``open`` recognises the file
-first (read-only: a missing, foreign, damaged or too-new file is refused and left as it is),
-then takes an exclusive ``flock`` on ``<buffer>.lock`` so that two gateways never share one
+and the uplink thread (the rest) queue instead of failing on a lock upgrade: on a lock in
+this process (woken at once), and on SQLite's busy timeout against other processes; reads
+(``usage``, ``counts``) take no write lock. ``open`` recognises the file first (read-only:
+a missing, foreign, damaged or too-new file is refused and left as it is), then takes an exclusive ``flock`` on ``<buffer>.lock`` so that two gateways never share one
 buffer, then runs the migrations.
 
 A redelivered envelope identical to one still buffered (same election, device, seq and body
@@ -29,7 +37,7 @@ delivered rows early.
 
 Opening the file (engine, lock, migrations) is in gateway/buffer/file.py, the row values in
 gateway/buffer/rows.py, the quarantine caps in gateway/buffer/quarantine.py. This module stays
-whole (some 500 lines): it is the storage contract,
+whole (some 580 lines): it is the storage contract,
 one class whose every write follows the same transaction and state rules.
 """
 
@@ -38,6 +46,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -80,6 +89,8 @@ ID_CHUNK = 500  # ids per IN (...) clause, far below SQLite's bound-parameter li
 PURGE_LIMIT = 5000  # rows per purge transaction: a few ms of write lock
 DISK_FULL_PURGE = 20_000  # delivered rows dropped early when a write finds the disk full
 EVENTS_MIN_KEEP_S = 86_400.0  # events of rows that are gone are kept at least this long
+# The uplink's state marks are not what keeps a batch safe (see the module docstring).
+MARK_SYNC = SyncMode.NORMAL
 
 _INSERT = (
     "INSERT INTO messages (election, device, seq, body_hash, topic, payload, size, state,"
@@ -94,6 +105,10 @@ _MARK_SENT = (
     "UPDATE messages SET state = 'inflight', attempts = attempts + 1,"
     " first_sent_at = coalesce(first_sent_at, ?), last_sent_at = ?, updated_at = ?"
     " WHERE state = 'pending' AND id BETWEEN ? AND ?"
+)
+_DELIVER_RANGE = (
+    "UPDATE messages SET state = 'delivered', delivered_at = ?, updated_at = ?"
+    " WHERE state = 'inflight' AND id BETWEEN ? AND ?"
 )
 _COUNTS = (
     "SELECT (SELECT count(*) FROM messages WHERE state = 'pending'),"
@@ -155,6 +170,9 @@ class Buffer:
         self.quarantine_caps = QuarantineCaps() if quarantine_caps is None else quarantine_caps
         self._engine: Engine | None = None
         self._lock: IO[bytes] | None = None
+        # One write transaction at a time in this process: a thread waiting for SQLite's
+        # write lock would poll it in sleeps of up to 100 ms; this lock wakes it at once.
+        self._writing = threading.Lock()
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> Buffer:
@@ -257,34 +275,41 @@ class Buffer:
 
     def fetch_pack(self, limit: int) -> list[OutboundMessage]:
         """Move up to ``limit`` oldest pending rows to in flight and return them in id order."""
-        if limit < 1:
-            return []
-        now = time.time()
-        with self._transaction("fetch") as conn:
-            rows = conn.exec_driver_sql(_FETCH, (limit,)).all()
-            if not rows:
-                return []
-            # The selected rows are exactly the pending ones between the first and last id:
-            # BEGIN IMMEDIATE keeps any other writer out in between.
-            moved = conn.exec_driver_sql(
-                _MARK_SENT, (now, now, now, rows[0].id, rows[-1].id)
-            ).rowcount
-            if moved != len(rows):
-                raise StoreError(f"buffer {self.path}: fetched {len(rows)} rows but moved {moved}")
-        return [OutboundMessage(r.id, r.topic, bytes(r.payload), r.device, r.seq) for r in rows]
+        return self.advance((), limit)[1]
 
     def confirm(self, ids: Sequence[int]) -> int:
         """Mark in-flight rows the cloud broker acknowledged as delivered; returns how many."""
-        done = 0
+        return self.advance(ids, 0)[0]
+
+    def advance(self, delivered: Sequence[int], limit: int) -> tuple[int, list[OutboundMessage]]:
+        """One uplink round in ONE transaction: mark the in-flight rows ``delivered`` (the cloud
+        broker acknowledged them) as delivered, then move up to ``limit`` oldest pending rows
+        to in flight. Returns how many were marked delivered, and the rows now in flight in
+        id order. Committed with :data:`MARK_SYNC` (module docstring)."""
+        if not delivered and limit < 1:
+            return 0, []
         now = time.time()
-        with self._transaction("confirm") as conn:
-            for chunk in _chunks(ids):
+        done = 0
+        with self._transaction("confirm" if delivered else "fetch", sync=MARK_SYNC) as conn:
+            runs, singles = _split(delivered)
+            for first, last in runs:
+                done += conn.exec_driver_sql(_DELIVER_RANGE, (now, now, first, last)).rowcount
+            for chunk in _chunks(singles):
                 done += conn.exec_driver_sql(
                     "UPDATE messages SET state = 'delivered', delivered_at = ?, updated_at = ?"
                     f" WHERE state = 'inflight' AND id IN ({_marks(chunk)})",
                     (now, now, *chunk),
                 ).rowcount
-        return done
+            rows = conn.exec_driver_sql(_FETCH, (limit,)).all() if limit > 0 else []
+            if rows:
+                # The selected rows are exactly the pending ones between the first and last
+                # id: BEGIN IMMEDIATE keeps any other writer out in between.
+                moved = conn.exec_driver_sql(
+                    _MARK_SENT, (now, now, now, rows[0].id, rows[-1].id)
+                ).rowcount
+                if moved != len(rows):
+                    raise StoreError(f"buffer {self.path}: fetched {len(rows)} rows but moved {moved}")
+        return done, [OutboundMessage(r.id, r.topic, bytes(r.payload), r.device, r.seq) for r in rows]
 
     def release(self, ids: Sequence[int], *, why: str = "link_lost") -> int:
         """Put in-flight rows back to pending (not delivered); returns how many moved."""
@@ -416,10 +441,16 @@ class Buffer:
         return self._engine
 
     @contextmanager
-    def _transaction(self, what: str) -> Iterator[Connection]:
+    def _transaction(self, what: str, *, sync: SyncMode | None = None) -> Iterator[Connection]:
+        """A ``BEGIN IMMEDIATE`` transaction committed with ``sync`` (default: the buffer's)."""
         engine = self._require_engine()
+        mode = sync if sync is not None and self.sync is SyncMode.FULL else self.sync
         try:
-            with engine.connect() as conn:
+            with self._writing, engine.connect() as conn:
+                # Per connection, and pooled connections serve every thread: set it each time.
+                cursor = conn.connection.cursor()
+                cursor.execute(f"PRAGMA synchronous = {mode.value}")
+                cursor.close()
                 try:
                     with conn.begin():
                         yield conn
@@ -427,7 +458,7 @@ class Buffer:
                     if sqlite_code(exc) == SQLITE_IOERR:
                         conn.invalidate()  # an I/O error can leave the connection unusable
                     raise
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, sqlite3.Error) as exc:
             raise translate(exc, self.path, what, keys_dir=self.keys_dir) from exc
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -511,6 +542,26 @@ def _values(batch: Sequence[NewMessage], now: float) -> list[tuple[Any, ...]]:
 
 def _marks(chunk: Sequence[Any]) -> str:
     return ", ".join("?" * len(chunk))
+
+
+RUN_MIN = 8  # consecutive ids from this many on are updated as one id range
+
+
+def _split(ids: Sequence[int]) -> tuple[list[tuple[int, int]], list[int]]:
+    """The distinct ``ids`` as (first, last) runs of at least RUN_MIN consecutive ids, and
+    the ids left over."""
+    ordered = sorted(set(ids))
+    runs: list[tuple[int, int]] = []
+    singles: list[int] = []
+    start = 0
+    for index in range(1, len(ordered) + 1):
+        if index == len(ordered) or ordered[index] != ordered[index - 1] + 1:
+            if index - start >= RUN_MIN:
+                runs.append((ordered[start], ordered[index - 1]))
+            else:
+                singles.extend(ordered[start:index])
+            start = index
+    return runs, singles
 
 
 def _chunks(ids: Sequence[int]) -> Iterator[Sequence[int]]:
