@@ -52,13 +52,13 @@ QUICK: dict[str, list[str]] = {
     "buffer": ["--rows", "4000", "--repeat", "1"],
     "engine": ["--messages", "2000", "--repeat", "2"],
     "rules": ["--messages", "2000", "--repeat", "2"],
-    "fleet": ["--devices", "300", "--batches-per-device", "5", "--connect-rate", "2000", "--ceiling-messages", "3000"],
+    "fleet": ["--devices", "200", "--batches-per-device", "20", "--connect-rate", "2000", "--ceiling-messages", "3000"],
     "fleet_pipeline": ["--devices", "300", "--batches-per-device", "2", "--connect-rate", "1000", "--timeout", "120"],
     "proxy": ["--messages", "2000", "--rounds", "1", "--small-window-messages", "300", "--bandwidth-messages", "800",
               "--connections", "100"],
     "cli": ["--runs", "2"],
     "results": ["--seconds", "1", "--clients", "200", "--synthetic-devices", "0"],
-    "cluster": ["--forward", "1000", "--backlog", "2000", "--loss", "500", "--workers", "1", "--brokers", "mosquitto,nats-r1"],
+    "cluster": ["--forward", "600", "--backlog", "1200", "--loss", "0", "--workers", "1", "--brokers", "mosquitto,nats-r1"],
 }  # fmt: skip
 BENCHMARKS = tuple(QUICK)
 
