@@ -208,6 +208,8 @@ def main() -> None:
     table.add_row("protocol.verify (parse + checks + Ed25519)", f"{len(payloads):,}", f"{full:,.0f}", f"{full / raw:.2f} of bare")
     console.print(table)
     console.print(f"end to end: {total:,} batches in {elapsed:.1f} s; the fleet resent {resends:,} (no receipt progress for 10 s)")
+    if resends:
+        console.print(f"note: {resends:,} resends for {total:,} batches: the end-to-end figure is the resend storm's, not the pipeline's steady rate")
     if elapsed < 30:
         console.print(f"note: the end-to-end run took {elapsed:.1f} s, under 30 s: raise --batches-per-device for a sustained figure")
     if args.json is not None:
