@@ -31,6 +31,8 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+from benchmarks._json import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 GROUP = 500
 WINDOW = 256
@@ -146,6 +148,7 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)
     parser.add_argument("--impl-root", help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, help="also write the ratios (same-run baselines) to this file")
     args = parser.parse_args()
     if args.child:
         _child(args)
@@ -182,6 +185,10 @@ def main() -> None:
         print(line)
     if args.baseline and any(w.startswith("steady+") for w in workloads):
         print("* steady+usage and steady+purge are compared with the baseline's plain steady run")
+    rates = {w: _median([r for r, _ in current[w]]) for w in workloads}
+    ratios = {f"buffer.{w.replace('+', '_')}_ingest_ratio": rates[w] / rates["ingest"] for w in workloads if w != "ingest" and "ingest" in rates}
+    ratios |= {f"buffer.{w}_baseline_ratio": rates[w] / _median([r for r, _ in previous[w]]) for w in workloads if previous[w]}
+    write_json(args.json, ratios, rates)
 
 
 def _median(values: list[float]) -> float:

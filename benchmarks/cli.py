@@ -25,6 +25,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from benchmarks._json import write_json
+
 TARGET_S = 0.3
 TIMEOUT_S = 60.0
 ELECTION = Path(__file__).resolve().parents[1] / "elections" / "sample.yaml"
@@ -58,6 +60,7 @@ def _setup(tmp: Path, buffer: Path, db: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--json", type=Path, help="also write the ratios (same-run baselines) to this file")
     args = parser.parse_args()
     py = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,6 +92,12 @@ def main() -> None:
         ok = "" if name.startswith("python") else ("yes" if median <= TARGET_S else "no")
         table.add_row(name, f"{median:.3f}", f"{median / base:.1f}", ok)
     Console().print(table)
+    write_json(args.json, {f"cli.{_key(name)}_python_ratio": m / base for name, m in medians.items() if not name.startswith("python")}, medians)
+
+
+def _key(command: str) -> str:
+    """``edgetally gateway buffer stats --buffer F --json`` -> ``gateway_buffer_stats``."""
+    return "_".join(w for w in command.split()[1:] if w.isalpha() and w.islower()) or "help"
 
 
 if __name__ == "__main__":

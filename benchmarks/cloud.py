@@ -49,6 +49,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
 
+from benchmarks._json import write_json
 from benchmarks._mqtt import (
     Envelope,
     Sink,
@@ -221,6 +222,7 @@ def main() -> None:
     parser.add_argument("--shapes", default="envelopes,bundles", help="comma-separated: envelopes, bundles")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each configuration (medians shown)")
     parser.add_argument("--pg-admin-url", default=PG_ADMIN_URL, help="PostgreSQL URL to create databases with")
+    parser.add_argument("--json", type=Path, help="also write the ratios (same-run baselines) to this file")
     args = parser.parse_args()
     if mosquitto_binary() is None:
         raise SystemExit("the benchmark needs mosquitto (apt-get install mosquitto)")
@@ -294,6 +296,13 @@ def main() -> None:
     table.add_row("", "raw paho drain", "1 subscriber", f"{statistics.median(drains):,.0f}", "1.00", "", "", "")
     table.add_row("", "raw paho live", "1 pub + 1 sub", f"{statistics.median(lives):,.0f}", "", "1.00", "", "")
     console.print(table)
+    ratios: dict[str, float | None] = {}
+    for r in runs:  # one per configuration unless --repeat; the last run's ratio then
+        tag = f"{r.workers}worker" + ("" if r.shape == "envelopes" else f"_{r.shape}") + ("" if r.backend == "sqlite" else f"_{r.backend}")
+        ratios[f"cloud.ingest_ratio_{tag}"] = r.rate / r.raw_rate
+        ratios[f"cloud.ingest_live_ratio_{tag}"] = r.rate / r.live_rate
+        ratios[f"cloud.rules_ingest_ratio_{tag}"] = r.rules_rate / r.rate
+    write_json(args.json, ratios, {"raw_drain_per_s": drains, "raw_live_per_s": lives})
     console.print(
         "raw drain: one paho subscriber (QoS 1, automatic acks, counting only) draining the same"
         " pre-filled queue; raw live: one QoS 1 publisher (1000 in flight) -> Mosquitto -> that"

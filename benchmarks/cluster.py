@@ -185,7 +185,8 @@ def run_kind(kind: str, work: Path, wire: Wire, registry: Registry, keys: Path,
             for n, batch in zip(workers, slices["live"], strict=True):
                 run.live(progress, batch, n)
             run.backlog(progress, slices["backlog"][0])
-            run.node_loss(progress, slices["loss"][0])
+            if slices["loss"][0]:  # --loss 0 (scripts/bench all --quick): no node-loss phase
+                run.node_loss(progress, slices["loss"][0])
         return run.result
     finally:
         run.edge.stop()
@@ -209,7 +210,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--forward", type=int, default=5_000, help="batches per live forwarding + ingest run")
     parser.add_argument("--backlog", type=int, default=20_000, help="batches queued in the cloud broker, then drained")
-    parser.add_argument("--loss", type=int, default=5_000, help="batches queued when the node is SIGKILLed")
+    parser.add_argument("--loss", type=int, default=5_000, help="batches queued when the node is SIGKILLed (0: no node loss)")
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts of the live runs (1 or 2)")
     parser.add_argument("--brokers", default=",".join(KINDS), help="comma-separated: " + ", ".join(KINDS))
     parser.add_argument("--json", type=Path, help="also write the figures to this file")

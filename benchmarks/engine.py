@@ -26,6 +26,8 @@ from tempfile import TemporaryDirectory
 
 import yaml
 
+from benchmarks._json import ratio as _ratio
+from benchmarks._json import write_json
 from cloud.engine.dispatch import _Attempt
 from cloud.engine.engine import RulesEngine
 from cloud.engine.rulefile import RulesConfig, load_rules, parse_rules
@@ -116,6 +118,7 @@ def main() -> None:
     )
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--json", type=Path, help="also write the ratios (same-run baselines) to this file")
     args = parser.parse_args()
     with TemporaryDirectory() as work:
         keys = Path(work) / "keys"
@@ -138,6 +141,8 @@ def main() -> None:
     for name, best, median in results:
         print(f"  {name:28} {best:6.2f} us/message ({median:.2f})")
     print(f"  {'the anomaly rules add':28} {results[1][1] - results[0][1]:6.2f} us/message")
+    write_json(args.json, {"engine.default_ledger_only_ratio": _ratio(results[1][1], results[0][1])},
+               {name: best for name, best, _median in results})  # fmt: skip
 
 
 if __name__ == "__main__":

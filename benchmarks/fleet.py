@@ -41,6 +41,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from benchmarks._json import ratio as _ratio
+from benchmarks._json import write_json
 from benchmarks._mqtt import Sink, bench_tls, bench_wire, proc_status_kib, raw_ceiling
 from cloud.config import DEFAULT_RECEIPT_INTERVAL_S
 from devices.synth import synth_election
@@ -211,6 +213,7 @@ def main() -> None:
         default=DEFAULT_RECEIPT_INTERVAL_S,
         help="receipts on: at most one per device per this many seconds (cloud run's default)",
     )
+    parser.add_argument("--json", type=Path, help="also write the ratios (same-run baselines) to this file")
     args = parser.parse_args()
     console = Console()
     binary = mosquitto_binary()
@@ -288,6 +291,13 @@ def main() -> None:
     console.print(_table(args, ceiling_rate, size, provision_s, off_run, on_run, storm_run))
     if off_run is not None and tls_run is not None:
         console.print(_tls_table(args.devices, off_run, tls_run))
+    steady = {name: (run.summary.get("steady_acked_per_s") or 0.0) if run else 0.0
+              for name, run in (("off", off_run), ("on", on_run), ("tls", tls_run))}  # fmt: skip
+    write_json(args.json, {
+        "fleet.steady_ceiling_ratio": _ratio(steady["off"] or steady["on"], ceiling_rate),
+        "fleet.receipts_on_off_ratio": _ratio(steady["on"], steady["off"]),
+        "fleet.tls_plain_ratio": _ratio(steady["tls"], steady["off"]),
+    }, {"ceiling_per_s": ceiling_rate, "steady_per_s": steady})  # fmt: skip
 
 
 def _tls_table(devices: int, plain: FleetRun, tls: FleetRun) -> Table:

@@ -27,6 +27,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks._json import write_json
 from benchmarks.pipeline import baseline_paho
 from devices.synth import synth_mapping
 from edgetally.brokers import BrokerProcess, mosquitto_binary
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--connect-rate", type=float, default=500.0)
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=900.0, help="give the fleet this long to confirm all")
+    parser.add_argument("--json", type=Path, help="also write the ratios (same-run baselines) to this file")
     args = parser.parse_args()
     if mosquitto_binary() is None:
         raise SystemExit("the benchmark needs mosquitto (apt-get install mosquitto)")
@@ -109,6 +111,9 @@ def main() -> None:
                 table.add_row(key, str(summary[key]))
         console.print(table)
         sys.stdout.flush()
+        rate = expected.batches / elapsed
+        write_json(args.json, {"fleet_pipeline.e2e_raw_paho_ratio": rate / ceiling},
+                   {"e2e_per_s": rate, "batches": expected.batches, "seconds": elapsed, "raw_paho_per_s": ceiling})  # fmt: skip
         if not verdict.ok or code != 0:
             raise SystemExit(1)
     finally:

@@ -34,6 +34,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks._json import ratio as _ratio
+from benchmarks._json import write_json
 from benchmarks._mqtt import (
     Counter,
     Envelope,
@@ -291,6 +293,7 @@ def main() -> None:
         default=True,
         help="also forward over TLS with client certificates and ACLs (receipts off), against plain (default: yes)",
     )
+    parser.add_argument("--json", type=Path, help="also write the ratios (same-run baselines) to this file")
     args = parser.parse_args()
     modes: list[tuple[str, float | None]] = []
     if args.receipts in ("off", "both"):
@@ -400,6 +403,14 @@ def main() -> None:
         console.print(tls_table)
     if any(mode != OFF for mode in gw.forward):
         console.print(_receipts_table(gw.forward, top, len(forward)))
+    write_json(args.json, {
+        "gateway.bridge_ratio": _ratio(off, bridge_rate), "gateway.ceiling_ratio": _ratio(off, top),
+        "gateway.ingest_ceiling_ratio": _ratio(gw.ingest_rate, top),
+        "gateway.drain_speed_bridge_ratio": _ratio(br.drain_s, gw.drain_s),
+        "gateway.receipts_on_off_ratio": _ratio(gw.forward.get(ON, Forward()).rate, off),
+        "gateway.receipts_uncoalesced_off_ratio": _ratio(gw.forward.get(UNCOALESCED, Forward()).rate, off),
+        "gateway.tls_plain_ratio": _ratio(tls_rate, off),
+    }, {"ceiling_per_s": top, "forward_per_s": off, "peak_rss_mib": gw.peak_rss_mib})  # fmt: skip
 
 
 def _receipts_table(runs: dict[str, Forward], top: float, messages: int) -> Table:

@@ -46,6 +46,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks._json import write_json
 from benchmarks._mqtt import (
     Envelope,
     Sink,
@@ -345,6 +346,7 @@ def main() -> None:
     )
     parser.add_argument("--connections", type=int, default=2_000, help="idle MQTT clients")
     parser.add_argument("--concurrency", type=int, default=100, help="clients connecting at a time")
+    parser.add_argument("--json", type=Path, help="also write the ratios (same-run baselines) to this file")
     args = parser.parse_args()
     binary = mosquitto_binary()
     if binary is None:
@@ -538,6 +540,11 @@ def main() -> None:
         "    proxy RSS after the cut", f"{conns.after_cut_rss_kib / 1024:.1f} MiB", "", ""
     )
     console.print(table)
+    write_json(args.json, {
+        "proxy.pass_direct_ratio": p / d, "proxy.latency_direct_ratio": latency.rate / d,
+        "proxy.small_window_bound_ratio": small_latency.rate / bound, "proxy.bandwidth_limit_ratio": wire_bps / args.bandwidth,
+        "proxy.connect_time_direct_ratio": conns.proxied_s / conns.direct_s,
+    }, {"direct_per_s": d, "pass_per_s": p, "proxy_cpu_us_per_msg": per_msg_us})  # fmt: skip
     problems = []
     if conns.failures:
         problems.append(f"{len(conns.failures)} connect failures, first: {conns.failures[0]}")

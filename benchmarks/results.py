@@ -33,6 +33,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks._json import write_json
 from benchmarks.cloud import fleet_envelopes
 from cloud.db import make_engine, upgrade
 from cloud.ledger.ledger import Inbound, Ledger
@@ -169,6 +170,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="keep-alive connections of the rate runs")
     parser.add_argument("--clients", default="1000,5000", help="SSE subscriber counts")
     parser.add_argument("--synthetic-devices", type=int, default=10_000, help="0: skip the synthetic publish")
+    parser.add_argument("--json", type=Path, help="also write the ratios (same-run baselines) to this file")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the server inherits it
@@ -229,6 +231,9 @@ def main() -> None:
         synth, (seconds, files) = synthetic
         table.add_row(f"cloud publish, {len(synth.devices):,} devices ({len(synth.units):,} units)", f"{seconds * 1000:,.0f} ms/version", f"{files:,} files", "", "")
     console.print(table)
+    ratios = {"results.api_static_ratio": api / static}
+    ratios |= {f"results.sse_{n}_received_ratio": fan["received"] / n for n, fan in fans}
+    write_json(args.json, ratios, {"api_per_s": api, "static_per_s": static, "sse_last_s": {n: fan["last"] for n, fan in fans}})
 
 
 if __name__ == "__main__":
