@@ -3,8 +3,9 @@
 Every device: its own client id (``edgetally-dev-{device}``) and persistent session, a retained
 status message and a last will, QoS 1 publishes awaited until the broker's PUBACK, its ``final``
 batch last. With ``confirm`` on (the default) a device also keeps every batch until the cloud's
-receipt covers it and resends what stays unreceipted, with capped exponential backoff (and at
-once what a repair request names); it is *confirmed* when its final batch is receipted. Only
+receipt covers it and resends what stays unreceipted, oldest first and at most
+:data:`RESEND_WINDOW` at a time, with capped exponential backoff (and at once what a repair
+request names); it is *confirmed* when its final batch is receipted. Only
 receipts and repair requests the cloud signed for this device count (devices/fleet/words.py);
 any other is ignored, counted and logged. A lost
 connection is retried after the device's own :class:`~devices.fleet.pacing.Backoff`; a
@@ -40,6 +41,12 @@ from protocol import PublicKey, command_topic, receipt_topic, status_topic
 from protocol.tls import Role, ca_cert_path, client_tls
 
 log = logging.getLogger(__name__)
+
+# A resend after a timeout covers the oldest unreceipted batches, at most this many: a lost tail
+# comes back a window per timeout (the timer restarts at once when receipts move), and a device
+# whose batches are only slow to be receipted (a loaded pipeline) adds a window, not its whole
+# backlog, to the queue it waits on. Gaps the cloud sees are asked for by repair requests.
+RESEND_WINDOW = 64
 
 
 class Supervisor(Protocol):
@@ -376,7 +383,7 @@ class DeviceRunner:
                 continue
             if loop.time() < deadline:
                 continue
-            missing = [b for b in self.tab.unreceipted() if b.seq <= self.last_seq]
+            missing = [b for b in self.tab.unreceipted() if b.seq <= self.last_seq][:RESEND_WINDOW]
             log.info(
                 "device=%s no receipt progress in %.1fs: resending %d batch(es) from seq=%d",
                 self.tab.device,

@@ -113,6 +113,7 @@ class PausableCloud:
         self.registry = registry
         self.key = key  # the cloud's signing key
         self.held: dict[str, dict[int, str]] = defaultdict(dict)
+        self.arrivals: Counter[tuple[str, int]] = Counter()  # (device, seq): times it came
         self.lock = threading.Lock()
         self.connects = 0
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-cloud", protocol=mqtt.MQTTv311)
@@ -134,16 +135,22 @@ class PausableCloud:
         batch = verify(message.payload, self.registry, topic_device=topic.device)
         with self.lock:
             self.held[batch.body.device][batch.body.seq] = batch.body_hash
+            self.arrivals[batch.body.device, batch.body.seq] += 1
 
     @property
     def batches(self) -> int:
         with self.lock:
             return sum(len(seqs) for seqs in self.held.values())
 
-    def release(self) -> None:
+    def times(self, device: str, seq: int) -> int:
+        with self.lock:
+            return self.arrivals[device, seq]
+
+    def release(self, up_to: int | None = None) -> None:
+        """Receipt what is held (with ``up_to``, only seqs up to it)."""
         election = self.registry.election.id
         with self.lock:
-            held = {device: dict(seqs) for device, seqs in self.held.items()}
+            held = {d: {q: h for q, h in seqs.items() if up_to is None or q <= up_to} for d, seqs in self.held.items()}
         for device, seqs in held.items():
             payload = signed_contiguous_receipt(election, device, seqs, self.key)
             info = self.client.publish(receipt_topic(election, device), payload, qos=1, retain=True)
@@ -293,3 +300,34 @@ def test_processes_show_a_live_table_of_the_shards_added_up(broker: BrokerProces
     frames = proc.stdout.count("Fleet: 2 processes, running")
     assert frames >= 2, proc.stdout[-2000:]  # refreshed while the shards ran, not only at the end
     assert "acked by broker" in proc.stdout and "200" in proc.stdout
+
+
+def test_a_device_without_receipts_resends_its_oldest_window_not_its_whole_backlog(
+    broker: BrokerProcess, synth_keys: Path, synth_wire: Wire, tmp_path: Path, processes: list
+) -> None:
+    """A loaded pipeline is slow to receipt: the device's resends must not add its backlog again."""
+    from devices.fleet.runner import RESEND_WINDOW
+
+    batches = RESEND_WINDOW * 2 + 20
+    registry = Registry.load(synth_keys)
+    device = sorted(registry.devices)[0]
+    cloud = PausableCloud(broker, registry, load_cloud_key(synth_keys), synth_wire)
+    try:
+        fleet = start_cli(
+            "devices", "run", "--broker", broker.url, "--keys", str(synth_keys), "--seed", "3",
+            "--devices", "1", "--batches-per-device", str(batches), "--resend-after", "0.3",
+            "--resend-cap", "0.3", "--timeout", "60", "--json", log=tmp_path / "fleet.log",
+        )  # fmt: skip
+        processes.append(fleet)
+        wait_until(lambda: cloud.times(device, 1) >= 3, 30, "two resends of the oldest batch")
+        assert cloud.times(device, RESEND_WINDOW) >= 2
+        assert [q for q in range(RESEND_WINDOW + 1, batches + 1) if cloud.times(device, q) != 1] == []
+        cloud.release(up_to=RESEND_WINDOW)  # receipts move: the next window goes, the oldest no more
+        wait_until(lambda: cloud.times(device, 2 * RESEND_WINDOW) >= 2, 30, "the next window resent")
+        resent_first = cloud.times(device, 1)
+        assert [q for q in range(2 * RESEND_WINDOW + 1, batches + 1) if cloud.times(device, q) != 1] == []
+        cloud.release()
+        assert fleet.wait(60) == 0, (tmp_path / "fleet.log").read_text()[-2000:]
+    finally:
+        cloud.close()
+    assert cloud.times(device, 1) == resent_first, "a receipted batch was sent again"
