@@ -330,17 +330,19 @@ def upsert_add(
     *,
     key: Sequence[str],
     add: Sequence[str],
+    distinct: bool = False,
 ) -> None:
     """Insert ``rows``; where the key exists, add each ``add`` column's value to the stored one.
 
     Rows that share a key are merged first (the ``add`` columns summed, the rest of the first
     kept, as inserting them one after the other would): PostgreSQL refuses to update one row
-    twice in a statement.
+    twice in a statement. ``distinct=True``: the caller made the rows from a mapping keyed by
+    ``key`` (already summed per key), so that check is skipped (it cost as much as building the rows).
     """
     if not rows:
         return
-    keys_of = [tuple(row[c] for c in key) for row in rows]
-    if len(set(keys_of)) < len(rows):
+    keys_of = [] if distinct else [tuple(row[c] for c in key) for row in rows]
+    if not distinct and len(set(keys_of)) < len(rows):
         merged: dict[tuple[Any, ...], dict[str, Any]] = {}
         for k, row in zip(keys_of, rows, strict=True):
             first = merged.get(k)

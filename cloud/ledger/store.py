@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import and_, select, update
@@ -171,6 +172,7 @@ def write_group(
         ],
         key=("election", "contest", "choice", "precinct"),
         add=("votes",),
+        distinct=True,
     )
     upsert_add(
         conn,
@@ -181,6 +183,7 @@ def write_group(
         ],
         key=("election", "precinct"),
         add=("ballots", "batches"),
+        distinct=True,
     )
     write_windows(conn, accepted)  # trend windows (cloud/results/windows.py), same transaction
     _write_devices(conn, plan, now)
@@ -213,6 +216,13 @@ def _write_devices(conn: Connection, plan: GroupPlan, now: datetime) -> None:
     )
 
 
+@lru_cache(maxsize=4096)
+def _issued_at(value: str) -> datetime:
+    """A verified body's issued_at (valid: checked by protocol.verify); they repeat across a
+    fleet's batches (second precision), so each is parsed once."""
+    return parse_timestamp(value, "issued_at")
+
+
 def ledger_row(
     batch: VerifiedBatch, duplicates: int, received_at: datetime, now: datetime
 ) -> dict[str, Any]:
@@ -229,7 +239,7 @@ def ledger_row(
         "prev": body.prev,
         "ballots": body.ballots,
         "final": body.final,
-        "issued_at": parse_timestamp(body.issued_at, "issued_at"),
+        "issued_at": _issued_at(body.issued_at),
         "received_at": received_at,
         "duplicates": duplicates,
         "last_duplicate_at": now if duplicates else None,
