@@ -44,6 +44,7 @@ from cloud._exceptions import (
 )
 from cloud.config import SQLITE_BUSY_TIMEOUT_MS
 from cloud.migrations import VERSION_TABLE, one_revision, require_head
+from cloud.sqlite_begin import begin_immediate
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,6 @@ def make_engine(url: str, *, create: bool = True, writer: bool = True) -> Engine
 
 
 def _configure_sqlite(engine: Engine, *, writer: bool) -> None:
-    begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
-
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
@@ -125,7 +124,10 @@ def _configure_sqlite(engine: Engine, *, writer: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql(begin)
+        if writer:
+            begin_immediate(conn)  # polls for the write lock (cloud/sqlite_begin.py)
+        else:
+            conn.exec_driver_sql("BEGIN")
 
 
 # -- migrations ------------------------------------------------------------------------
