@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _MIGRATION_LOCK = 0x45544301  # pg_advisory_xact_lock key: "ETC\x01"
 # Bound parameters per bulk statement: under SQLite's 32,766 and PostgreSQL's 65,535.
+# Execution option: this connection only reads, so on SQLite a writer engine's transaction
+# starts with a plain BEGIN and does not wait for (or hold) the write lock.
+READ_ONLY = "edgetally_read_only"
 _MAX_PARAMS = 30_000
 _MAX_ROWS = 1_000  # rows per multi-row INSERT
 
@@ -124,7 +127,7 @@ def _configure_sqlite(engine: Engine, *, writer: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        if writer:
+        if writer and not conn.get_execution_options().get(READ_ONLY, False):
             begin_immediate(conn)  # polls for the write lock (cloud/sqlite_begin.py)
         else:
             conn.exec_driver_sql("BEGIN")

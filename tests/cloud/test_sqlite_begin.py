@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 
 from cloud import sqlite_begin
 from cloud.config import SQLITE_BUSY_TIMEOUT_MS
-from cloud.db import make_engine
+from cloud.db import READ_ONLY, make_engine
 
 
 def _engines(path: Path) -> tuple[Engine, Engine]:
@@ -70,3 +70,16 @@ def test_a_lock_held_past_the_timeout_is_database_is_locked(
     with second.begin() as conn:  # released: the same connection writes
         conn.execute(text("INSERT INTO t VALUES (2)"))
         assert conn.execute(text("PRAGMA busy_timeout")).scalar() == SQLITE_BUSY_TIMEOUT_MS
+
+
+def test_a_read_only_connection_of_a_writer_engine_reads_while_the_lock_is_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_begin, "TIMEOUT_S", 0.2)
+    first, second = _engines(tmp_path)
+    with second.begin() as conn:
+        conn.execute(text("INSERT INTO t VALUES (1)"))
+    with first.begin() as conn:
+        conn.execute(text("INSERT INTO t VALUES (2)"))  # holds the write lock, uncommitted
+        with second.connect().execution_options(**{READ_ONLY: True}) as reader:
+            assert list(reader.execute(text("SELECT n FROM t")).scalars()) == [1]  # no waiting, no lock
