@@ -44,12 +44,16 @@ from cloud._exceptions import (
 )
 from cloud.config import SQLITE_BUSY_TIMEOUT_MS
 from cloud.migrations import VERSION_TABLE, one_revision, require_head
+from cloud.sqlite_begin import begin_immediate
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _MIGRATION_LOCK = 0x45544301  # pg_advisory_xact_lock key: "ETC\x01"
 # Bound parameters per bulk statement: under SQLite's 32,766 and PostgreSQL's 65,535.
+# Execution option: this connection only reads, so on SQLite a writer engine's transaction
+# starts with a plain BEGIN and does not wait for (or hold) the write lock.
+READ_ONLY = "edgetally_read_only"
 _MAX_PARAMS = 30_000
 _MAX_ROWS = 1_000  # rows per multi-row INSERT
 
@@ -111,8 +115,6 @@ def make_engine(url: str, *, create: bool = True, writer: bool = True) -> Engine
 
 
 def _configure_sqlite(engine: Engine, *, writer: bool) -> None:
-    begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
-
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
@@ -125,7 +127,10 @@ def _configure_sqlite(engine: Engine, *, writer: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql(begin)
+        if writer and not conn.get_execution_options().get(READ_ONLY, False):
+            begin_immediate(conn)  # polls for the write lock (cloud/sqlite_begin.py)
+        else:
+            conn.exec_driver_sql("BEGIN")
 
 
 # -- migrations ------------------------------------------------------------------------
@@ -330,17 +335,19 @@ def upsert_add(
     *,
     key: Sequence[str],
     add: Sequence[str],
+    distinct: bool = False,
 ) -> None:
     """Insert ``rows``; where the key exists, add each ``add`` column's value to the stored one.
 
     Rows that share a key are merged first (the ``add`` columns summed, the rest of the first
     kept, as inserting them one after the other would): PostgreSQL refuses to update one row
-    twice in a statement.
+    twice in a statement. ``distinct=True``: the caller made the rows from a mapping keyed by
+    ``key`` (already summed per key), so that check is skipped (it cost as much as building the rows).
     """
     if not rows:
         return
-    keys_of = [tuple(row[c] for c in key) for row in rows]
-    if len(set(keys_of)) < len(rows):
+    keys_of = [] if distinct else [tuple(row[c] for c in key) for row in rows]
+    if not distinct and len(set(keys_of)) < len(rows):
         merged: dict[tuple[Any, ...], dict[str, Any]] = {}
         for k, row in zip(keys_of, rows, strict=True):
             first = merged.get(k)

@@ -17,6 +17,7 @@ voters) and no children. Every other unit aggregates its children.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -117,10 +118,16 @@ class Election:
 
     # -- lookups -------------------------------------------------------------------
     def contest(self, contest_id: str) -> Contest | None:
+        return self.contests_by_id.get(contest_id)
+
+    @functools.cached_property
+    def contests_by_id(self) -> Mapping[str, Contest]:
+        """Contests by id (the first of a repeated id, as :meth:`contest` always found);
+        computed once: every verified batch looks its contests up."""
+        found: dict[str, Contest] = {}
         for contest in self.contests:
-            if contest.id == contest_id:
-                return contest
-        return None
+            found.setdefault(contest.id, contest)
+        return found
 
     @property
     def contest_ids(self) -> tuple[str, ...]:

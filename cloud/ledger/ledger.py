@@ -38,7 +38,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from cloud import models
 from cloud._exceptions import DatabaseUnavailable, ElectionMismatch
-from cloud.db import insert_missing, translate_errors
+from cloud.db import READ_ONLY, insert_missing, translate_errors
 from cloud.ledger.chain import BatchKey, DeviceKey, GroupPlan, Verdict
 from cloud.ledger.store import load_devices, load_held, read_gaps, write_gaps, write_group
 from protocol import (
@@ -335,7 +335,7 @@ class Ledger:
     def current_gaps(self, keys: Sequence[DeviceKey]) -> dict[DeviceKey, tuple[SeqRange, ...]]:
         """The devices' missing ranges now (empty: closed, maybe by another worker).
         Raises :class:`DatabaseUnavailable` or :class:`DatabaseError`."""
-        with translate_errors("reading seq gaps"), self._engine.connect() as conn:
+        with translate_errors("reading seq gaps"), self._engine.connect().execution_options(**{READ_ONLY: True}) as conn:
             return read_gaps(conn, keys)
 
     def mark_requested(self, requests: Sequence[RepairRequest]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import and_, select, update
@@ -171,6 +172,7 @@ def write_group(
         ],
         key=("election", "contest", "choice", "precinct"),
         add=("votes",),
+        distinct=True,
     )
     upsert_add(
         conn,
@@ -181,6 +183,7 @@ def write_group(
         ],
         key=("election", "precinct"),
         add=("ballots", "batches"),
+        distinct=True,
     )
     write_windows(conn, accepted)  # trend windows (cloud/results/windows.py), same transaction
     _write_devices(conn, plan, now)
@@ -213,6 +216,13 @@ def _write_devices(conn: Connection, plan: GroupPlan, now: datetime) -> None:
     )
 
 
+@lru_cache(maxsize=4096)
+def _issued_at(value: str) -> datetime:
+    """A verified body's issued_at (valid: checked by protocol.verify); they repeat across a
+    fleet's batches (second precision), so each is parsed once."""
+    return parse_timestamp(value, "issued_at")
+
+
 def ledger_row(
     batch: VerifiedBatch, duplicates: int, received_at: datetime, now: datetime
 ) -> dict[str, Any]:
@@ -229,7 +239,7 @@ def ledger_row(
         "prev": body.prev,
         "ballots": body.ballots,
         "final": body.final,
-        "issued_at": parse_timestamp(body.issued_at, "issued_at"),
+        "issued_at": _issued_at(body.issued_at),
         "received_at": received_at,
         "duplicates": duplicates,
         "last_duplicate_at": now if duplicates else None,
@@ -246,6 +256,58 @@ def _missing(conn: Connection, key: DeviceKey, contiguous: int, highest: int) ->
         )
     ).scalars()
     return missing_ranges(contiguous, highest, held)
+
+
+def _per_device(
+    conn: Connection, select_sql: str, where: str, pg_join: str, rows: Sequence[tuple[Any, ...]]
+) -> dict[DeviceKey, list[tuple[Any, ...]]]:
+    """``select_sql`` (its first two columns election, device) for many devices in one query
+    (SQLite: per 200 devices): ``where`` is one device's condition, ``rows`` its values; on
+    PostgreSQL ``pg_join`` joins one ``unnest`` of the values' columns instead."""
+    found: dict[DeviceKey, list[tuple[Any, ...]]] = {}
+    if not rows:
+        return found
+    if conn.dialect.name == "postgresql":
+        columns = tuple(list(column) for column in zip(*rows, strict=True))
+        results: list[Any] = list(conn.exec_driver_sql(select_sql + pg_join, columns))
+    else:
+        mark = placeholder(conn.dialect)
+        condition = "(" + where.replace("?", mark) + ")"
+        results = []
+        for i in range(0, len(rows), _CONDITIONS_PER_QUERY):
+            chunk = rows[i : i + _CONDITIONS_PER_QUERY]
+            sql = f"{select_sql} WHERE " + " OR ".join([condition] * len(chunk))
+            results += conn.exec_driver_sql(sql, tuple(v for row in chunk for v in row)).all()
+    for row in results:
+        found.setdefault((row[0], row[1]), []).append(tuple(row[2:]))
+    return found
+
+
+def _held_above(conn: Connection, floors: dict[DeviceKey, int]) -> dict[DeviceKey, list[int]]:
+    """Per device, the seqs the ledger holds above its floor (its contiguous seq)."""
+    rows = [(e, d, floor) for (e, d), floor in sorted(floors.items())]
+    found = _per_device(
+        conn,
+        "SELECT l.election, l.device, l.seq FROM ledger AS l",
+        "l.election = ? AND l.device = ? AND l.seq > ?",
+        " JOIN unnest(%b::text[], %b::text[], %b::int[]) AS r(e, d, floor)"
+        " ON l.election = r.e AND l.device = r.d AND l.seq > r.floor",
+        rows,
+    )
+    return {key: [int(r[0]) for r in held] for key, held in found.items()}
+
+
+def _open_repairs(conn: Connection, keys: Sequence[DeviceKey]) -> dict[DeviceKey, list[SeqRange]]:
+    """Per device, its repairs rows not yet repaired: (first_seq, last_seq)."""
+    found = _per_device(
+        conn,
+        "SELECT p.election, p.device, p.first_seq, p.last_seq FROM repairs AS p",
+        "p.election = ? AND p.device = ? AND p.repaired_at IS NULL",
+        " JOIN unnest(%b::text[], %b::text[]) AS r(e, d)"
+        " ON p.election = r.e AND p.device = r.d AND p.repaired_at IS NULL",
+        list(keys),
+    )
+    return {key: [(int(r[0]), int(r[1])) for r in rows] for key, rows in found.items()}
 
 
 def read_gaps(conn: Connection, keys: Sequence[DeviceKey]) -> dict[DeviceKey, tuple[SeqRange, ...]]:
@@ -280,40 +342,40 @@ def write_gaps(
     now = datetime.now(UTC)
     gaps: dict[DeviceKey, tuple[SeqRange, ...]] = {}
     table = models.repairs
-    for state in sorted((s for s in plan.devices.values() if s.touched), key=lambda s: s.key):
-        gapped = state.contiguous_seq < state.max_seq
-        if not gapped and state.key not in gapped_before:
-            continue
+    states = [
+        state
+        for state in sorted((s for s in plan.devices.values() if s.touched), key=lambda s: s.key)
+        if state.contiguous_seq < state.max_seq or state.key in gapped_before
+    ]
+    if not states:
+        return gaps
+    # Two queries for all these devices (not two per device): with --share every worker sees
+    # the others' seqs as gaps until they commit, so this runs for most devices of a group.
+    held = _held_above(
+        conn, {s.key: s.contiguous_seq for s in states if s.contiguous_seq < s.max_seq}
+    )
+    open_by_device = _open_repairs(conn, [s.key for s in states])
+    new_rows: list[dict[str, Any]] = []
+    for state in states:
         ranges: tuple[SeqRange, ...] = ()
-        if gapped:
-            ranges = _missing(conn, state.key, state.contiguous_seq, state.max_seq)
+        if state.contiguous_seq < state.max_seq:
+            ranges = missing_ranges(state.contiguous_seq, state.max_seq, held.get(state.key, ()))
         gaps[state.key] = ranges
-        open_rows = conn.execute(
-            select(table.c.first_seq, table.c.last_seq).where(
-                table.c.election == state.election,
-                table.c.device == state.device,
-                table.c.repaired_at.is_(None),
-            )
-        ).all()
+        open_rows = open_by_device.get(state.key, [])
         # A range inside an open row is that gap narrowed (11-12, then 12 once 11 arrived): the
         # row stays open until all of it is repaired; only a range outside every open row is new.
-        insert_missing(
-            conn,
-            table,
-            [
-                {
-                    "election": state.election,
-                    "device": state.device,
-                    "first_seq": first,
-                    "last_seq": last,
-                    "detected_at": now,
-                    "requests": 0,
-                }
-                for first, last in ranges
-                if not any(low <= first and last <= high for low, high in open_rows)
-            ],
-            key=("election", "device", "first_seq", "last_seq"),
-        )
+        new_rows += [
+            {
+                "election": state.election,
+                "device": state.device,
+                "first_seq": first,
+                "last_seq": last,
+                "detected_at": now,
+                "requests": 0,
+            }
+            for first, last in ranges
+            if not any(low <= first and last <= high for low, high in open_rows)
+        ]
         for first, last in open_rows:
             if any(first <= high and low <= last for low, high in ranges):
                 continue  # still (partly) missing
@@ -329,4 +391,5 @@ def write_gaps(
                 )
                 .values(repaired_at=now)
             )
+    insert_missing(conn, table, new_rows, key=("election", "device", "first_seq", "last_seq"))
     return gaps

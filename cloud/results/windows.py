@@ -204,6 +204,7 @@ def write_windows(conn: Connection, batches: Sequence[VerifiedBatch]) -> None:
         ],
         key=("election", "window_start", "precinct", "contest", "choice"),
         add=("votes",),
+        distinct=True,
     )
     upsert_add(
         conn,
@@ -214,6 +215,7 @@ def write_windows(conn: Connection, batches: Sequence[VerifiedBatch]) -> None:
         ],
         key=("election", "window_start", "precinct"),
         add=("ballots", "batches"),
+        distinct=True,
     )
 
 

@@ -64,6 +64,27 @@ def test_upsert_add_adds_to_stored_rows_and_merges_rows_that_share_a_key(engine:
         }
 
 
+
+def test_upsert_add_of_distinct_rows_adds_to_stored_rows_across_several_statements(engine: Engine) -> None:
+    """``distinct=True`` (rows made from a dict, as the ledger's tallies are) adds exactly as
+    the checked path does, over more rows than one SQLite statement holds."""
+    key = ("election", "contest", "choice", "precinct")
+
+    def tallies(votes: int) -> list[dict[str, Any]]:
+        return [
+            {"election": "e", "contest": f"c{i % 9}", "choice": f"x{i}", "precinct": "p", "votes": votes + i}
+            for i in range(1_500)
+        ]
+
+    with engine.begin() as conn:
+        upsert_add(conn, models.tallies, tallies(1)[:700], key=key, add=("votes",), distinct=True)
+    with engine.begin() as conn:
+        upsert_add(conn, models.tallies, tallies(10), key=key, add=("votes",), distinct=True)
+    t = models.tallies.c
+    with engine.connect() as conn:
+        got = dict(conn.execute(select(t.choice, t.votes)).all())
+    assert got == {f"x{i}": (1 + i if i < 700 else 0) + 10 + i for i in range(1_500)}
+
 def test_update_rows_sets_and_adds_per_key_and_insert_missing_keeps_existing(
     engine: Engine,
 ) -> None:

@@ -539,3 +539,36 @@ def test_current_gaps_see_what_another_worker_committed(
     assert ledger.current_gaps([key]) == {key: ((3, 3), (5, 5))}
     second_worker.record([envelopes.inbound(bodies[2]), envelopes.inbound(bodies[4])])
     assert ledger.current_gaps([key]) == {key: ()}
+
+
+def test_gaps_of_many_devices_in_one_group_are_each_their_own(
+    ledger: Ledger, engine: Engine, envelopes: Envelopes
+) -> None:
+    """One group touching several devices with gaps (as every group of a --share worker does):
+    each device gets its own ranges and repairs rows, read in one query for all of them."""
+    election = envelopes.election.id
+    withheld = {"pine-p01-a": (2,), "pine-p01-b": (2, 3, 5), "pine-p02-a": (), "pine-p02-b": (4,)}
+    bodies = {device: envelopes.bodies(device, 6) for device in withheld}
+    result = ledger.record(
+        [
+            envelopes.inbound(bodies[device][seq - 1])
+            for device, missing in withheld.items()
+            for seq in range(1, 7)
+            if seq not in missing
+        ]
+    )
+    assert dict(result.gaps) == {
+        (election, "pine-p01-a"): ((2, 2),),
+        (election, "pine-p01-b"): ((2, 3), (5, 5)),
+        (election, "pine-p02-b"): ((4, 4),),
+    }
+    assert _repair_rows(engine, "pine-p01-b") == [(2, 3, False), (5, 5, False)]
+    assert _repair_rows(engine, "pine-p02-a") == []
+
+    result = ledger.record(
+        [envelopes.inbound(bodies["pine-p01-a"][1]), envelopes.inbound(bodies["pine-p01-b"][2])]
+    )
+    assert dict(result.gaps) == {(election, "pine-p01-a"): (), (election, "pine-p01-b"): ((2, 2), (5, 5))}
+    assert _repair_rows(engine, "pine-p01-a") == [(2, 2, True)]
+    assert _repair_rows(engine, "pine-p01-b") == [(2, 3, False), (5, 5, False)]
+    assert _repair_rows(engine, "pine-p02-b") == [(4, 4, False)]
