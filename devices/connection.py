@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import socket
 import ssl
 import struct
 import time
@@ -71,6 +72,7 @@ class ConnectOptions:
     will: Will | None = None
     timeout: float = 10.0  # TCP connect + TLS handshake + CONNACK
     tls: DeviceTls | None = None  # the device's certificate; the broker's name is ``host``
+    source: str | None = None  # the local address to connect from (devices/limits.py: ports)
 
 
 def _length(n: int) -> bytes:
@@ -381,7 +383,11 @@ async def connect(options: ConnectOptions, wheel: KeepaliveWheel, on_message: On
     conn = MqttConnection(options, wheel, on_message)
     try:
         async with asyncio.timeout(options.timeout):
-            await loop.create_connection(lambda: conn, options.host, options.port)
+            if options.source is None:
+                await loop.create_connection(lambda: conn, options.host, options.port)
+            else:
+                sock = await _bound_socket(loop, options)
+                await loop.create_connection(lambda: conn, sock=sock)
             await conn.connack
     except TimeoutError as exc:
         conn.abort()
@@ -392,3 +398,25 @@ async def connect(options: ConnectOptions, wheel: KeepaliveWheel, on_message: On
         raise ConnectionFailed(f"{options.client_id}: cannot connect to {options.host}:{options.port}: {exc.strerror or exc}") from exc
     log.debug("%s connected in %.3fs", options.client_id, time.monotonic() - started)
     return conn
+
+
+async def _bound_socket(loop: asyncio.AbstractEventLoop, options: ConnectOptions) -> socket.socket:
+    """A TCP socket connected from ``options.source`` (any free port of it) to the broker.
+
+    IP_BIND_ADDRESS_NO_PORT leaves the port to connect(), which may then reuse a port that
+    another connection from this address holds to another destination: bind() alone would take
+    a port exclusively, and from half the range first."""
+    assert options.source is not None
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((options.source, 0))
+        await loop.sock_connect(sock, (options.host, options.port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+_IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux 4.2+

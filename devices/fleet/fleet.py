@@ -191,7 +191,10 @@ class Fleet:
         self.wheel = KeepaliveWheel()
         self.all_connected = loop.create_future()
         self.all_done = loop.create_future()
-        runners = self.runners = [DeviceRunner(t, self) for t in self.tabulators]
+        sources = config.source_addresses
+        runners = self.runners = [
+            DeviceRunner(t, self, sources[i % len(sources)] if sources else None) for i, t in enumerate(self.tabulators)
+        ]
         for runner in runners:
             if runner.done():
                 self.on_done(runner)
