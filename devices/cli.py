@@ -261,12 +261,12 @@ def run_cmd(
     from devices.limits import raise_nofile, source_addresses
     from devices.live import LiveView
     from devices.metrics import MetricsServer, linger
-    from devices.preflight import check_fleet_inputs, check_tls_files
+    from devices.preflight import check_fleet_inputs, check_tls_files, load_registry
     from devices.shards import parse_shard, pick, sigterm_as_ctrl_c
     from devices.snapshot import FleetMonitor
     from devices.state import StateStore
     from devices.truth import build_truth, write_truth
-    from protocol import Registry, parse_broker_url
+    from protocol import parse_broker_url
 
     store: StateStore | None = None
     sigterm_as_ctrl_c()  # a supervisor's stop saves the state as Ctrl-C does; a shard's too
@@ -277,7 +277,7 @@ def run_cmd(
         chosen = pick(everyone, parse_shard(shard)) if shard is not None else (everyone if devices else None)
         check_fleet_inputs(election_file, keys, chosen)  # every key that will sign
         check_tls_files(keys, chosen or files_only.devices) if address.tls else None  # every device's certificate
-        registry = Registry.load(keys)
+        registry = load_registry(keys, chosen)  # only the entries of the devices this process runs
         profile = EMPTY.merged(profile_from_specs(behaviour_specs))
         if behaviours_file is not None:
             profile = profile.merged(load_profile(behaviours_file))

@@ -127,6 +127,8 @@ class Fleet:
         else:
             tab = Tabulator(election, device, key, config.seed, config.batches_per_device, adjust)
         _compact(tab)
+        if behaviour is None:
+            tab.forget_key()  # signed already; only a misbehaving device signs anything later
         return tab
 
     def reboot(self, tab: Tabulator) -> Tabulator:

@@ -348,6 +348,7 @@ class DeviceRunner:
         if self.behaviour is Behaviour.REPLAY:
             payload = tab.batches[0].payload
         else:
+            assert tab.key is not None  # a misbehaving device keeps its key (Fleet._build)
             payload = bh.after_final_payload(tab.batches[-1].payload, tab.key)
         await conn.publish(tab.topic, payload, qos=1)
         self._inject()
