@@ -55,7 +55,7 @@ from benchmarks._mqtt import Sink, bench_tls, bench_wire, proc_status_kib, raw_c
 from cloud.config import DEFAULT_RECEIPT_INTERVAL_S
 from devices.keygen import provision_many
 from devices.limits import raise_nofile, sources_for
-from devices.shards import aggregate
+from devices.shards import aggregate, sigterm_as_ctrl_c
 from devices.synth import synth_election
 from devices.tabulator import Tabulator
 from edgetally.acl import BrokerKind
@@ -299,6 +299,7 @@ def main() -> None:
         help="receipts on: at most one per device per this many seconds (cloud run's default)",
     )
     args = parser.parse_args()
+    sigterm_as_ctrl_c()  # SIGTERM (a timeout, a supervisor) stops the brokers and fleets it started, as Ctrl-C
     if args.source_addresses is None and (sources := sources_for(args.devices)):
         args.source_addresses = str(len(sources))
     console = Console()

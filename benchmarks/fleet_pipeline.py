@@ -40,7 +40,7 @@ from rich.table import Table
 from benchmarks.pipeline import baseline_paho
 from devices.keygen import provision_many
 from devices.limits import raise_nofile, sources_for
-from devices.shards import aggregate, read_summary
+from devices.shards import aggregate, read_summary, sigterm_as_ctrl_c
 from devices.synth import synth_mapping
 from edgetally.brokers import BrokerProcess, mosquitto_binary
 from edgetally.processes import Component
@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--sites", type=int, default=0, help="K sites (default: as the open-files limit needs)")
     parser.add_argument("--plain", action="store_true", help="plain MQTT (implied by more than one site)")
     args = parser.parse_args()
+    sigterm_as_ctrl_c()  # SIGTERM (a timeout, a supervisor) stops the brokers and fleets it started, as Ctrl-C
     if mosquitto_binary() is None:
         raise SystemExit("the benchmark needs mosquitto (apt-get install mosquitto)")
     nofile = raise_nofile(2 * args.devices + 4096)  # the brokers and fleets started below inherit it
