@@ -205,6 +205,13 @@ def run_fleet(
                     killed = True
                 time.sleep(0.25)  # a progress display's refresh, not synchronisation
     finally:
+        for p in procs:  # stopped early (an error, Ctrl-C): no fleet left behind
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
         for f in logs:
             f.close()
     summary = _merged(files)
