@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import socket
 import ssl
 import struct
 import time
@@ -34,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from devices._exceptions import ConnectionFailed, ConnectRefused
+from devices.limits import bound_socket
 from devices.tls import DeviceTls, TlsLayer
 
 log = logging.getLogger(__name__)
@@ -386,7 +386,7 @@ async def connect(options: ConnectOptions, wheel: KeepaliveWheel, on_message: On
             if options.source is None:
                 await loop.create_connection(lambda: conn, options.host, options.port)
             else:
-                sock = await _bound_socket(loop, options)
+                sock = await bound_socket(loop, options.source, options.host, options.port)
                 await loop.create_connection(lambda: conn, sock=sock)
             await conn.connack
     except TimeoutError as exc:
@@ -398,25 +398,3 @@ async def connect(options: ConnectOptions, wheel: KeepaliveWheel, on_message: On
         raise ConnectionFailed(f"{options.client_id}: cannot connect to {options.host}:{options.port}: {exc.strerror or exc}") from exc
     log.debug("%s connected in %.3fs", options.client_id, time.monotonic() - started)
     return conn
-
-
-async def _bound_socket(loop: asyncio.AbstractEventLoop, options: ConnectOptions) -> socket.socket:
-    """A TCP socket connected from ``options.source`` (any free port of it) to the broker.
-
-    IP_BIND_ADDRESS_NO_PORT leaves the port to connect(), which may then reuse a port that
-    another connection from this address holds to another destination: bind() alone would take
-    a port exclusively, and from half the range first."""
-    assert options.source is not None
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
-        sock.bind((options.source, 0))
-        await loop.sock_connect(sock, (options.host, options.port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-_IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux 4.2+

@@ -12,10 +12,12 @@ host's loopback): :func:`source_addresses` parses them, :func:`sources_for` pick
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import math
 import resource
+import socket
 from pathlib import Path
 
 from devices._exceptions import FleetError
@@ -87,3 +89,24 @@ def sources_for(devices: int, per_source: int = PER_SOURCE) -> tuple[str, ...]:
     if devices <= per_source:
         return ()
     return source_addresses(str(math.ceil(devices / per_source)))
+
+
+async def bound_socket(loop: asyncio.AbstractEventLoop, source: str, host: str, port: int) -> socket.socket:
+    """A TCP socket connected from ``source`` (any free port of it) to ``host:port``.
+
+    IP_BIND_ADDRESS_NO_PORT leaves the port to connect(), which may then reuse a port that
+    another connection from this address holds to another destination: bind() alone would take
+    a port exclusively, and from half the range first."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((source, 0))
+        await loop.sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+_IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux 4.2+
