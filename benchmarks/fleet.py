@@ -1,6 +1,15 @@
 """Fleet at scale: connections, memory per device and signed-batch rate, against raw paho, in one run.
 
     scripts/bench fleet [--devices 10000] [--batches-per-device 10] [--connect-rate 500] [--storm]
+                        [--processes N] [--source-addresses N] [--receipts off] [--no-tls]
+
+Scale (issue 17): the benchmark raises its open-files limit (RLIMIT_NOFILE, soft and hard as
+root) to what the fleet and the broker need before it starts either (the broker and the fleet
+inherit it); past 20,000 devices they connect from several source addresses of 127.0.0.0/8
+(one address has only the ephemeral port range, ~28k ports, towards the broker's one port:
+devices/limits.py), ``--source-addresses`` to choose. The fleet's memory is the RSS of every
+process of it (the shards and their parent, with --processes); the broker's RSS is sampled
+before the fleet connects and once every device is connected, per connection.
 
   (a) ceiling: one raw paho QoS 1 publisher (1000 in flight) -> Mosquitto -> counting subscriber
       (its own process), envelope-sized signed payloads.
@@ -27,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -45,14 +55,18 @@ from benchmarks._json import ratio as _ratio
 from benchmarks._json import write_json
 from benchmarks._mqtt import Sink, bench_tls, bench_wire, proc_status_kib, raw_ceiling
 from cloud.config import DEFAULT_RECEIPT_INTERVAL_S
+from devices.keygen import provision_many
+from devices.limits import raise_nofile, sources_for
+from devices.shards import aggregate, sigterm_as_ctrl_c
 from devices.synth import synth_election
 from devices.tabulator import Tabulator
 from edgetally.acl import BrokerKind
-from edgetally.brokers import BrokerProcess, mosquitto_binary
+from edgetally.brokers import BrokerProcess, BrokerTls, mosquitto_binary
 from protocol import Registry, provision
 from protocol.tls import ClientTls
 
 ROOT = Path(__file__).resolve().parents[1]
+CELL_SPARE_FDS = 2048  # open files a broker or fleet process needs besides its device sockets
 
 
 def ceiling(work: Path, keys: Path, messages: int) -> tuple[float, int]:
@@ -75,15 +89,35 @@ def ceiling(work: Path, keys: Path, messages: int) -> tuple[float, int]:
 @dataclass
 class FleetRun:
     summary: dict[str, Any]
-    peak_rss_kib: int
+    peak_rss_kib: int  # every process of the fleet, summed
     sink_rate: float | None
     receipts: int = 0  # receipts published to the devices (receipts on)
     superseded: int = 0  # receipts coalesced away
+    connected_rss_kib: int = 0  # every process of the fleet, first sample with all connected
+    broker_before_kib: int = 0  # the broker's RSS before the fleet started
+    broker_connected_kib: int = 0  # ... and with every device connected
+
+
+def tree_rss_kib(pid: int) -> int:
+    """VmRSS of ``pid`` and all its descendants, KiB (0 for those gone)."""
+    total, todo, seen = 0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        total += proc_status_kib(p, "VmRSS")
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return total
 
 
 def run_fleet(
     console: Console,
-    broker: BrokerProcess,
+    brokers: list[BrokerProcess],
     keys: Path,
     work: Path,
     args: argparse.Namespace,
@@ -96,28 +130,46 @@ def run_fleet(
     tls: ClientTls | None = None,
 ) -> FleetRun:
     """One fleet run; with ``receipts`` (an interval, seconds) the subscriber answers with
-    coalesced receipts and the devices wait to be confirmed."""
-    summary_file = work / f"{label}.json"
-    total = args.devices * batches
-    sink = (
-        Sink(broker.port, total, client_id=f"{label}-sink", receipt_interval=receipts, keys=keys, tls=tls)
+    coalesced receipts and the devices wait to be confirmed.
+
+    With several ``brokers`` (cells), cell k is broker k, fleet shard k of K (``devices run
+    --shard k/K``, its own process) and a counting subscriber on broker k; the summaries are
+    added up as ``devices run --processes`` adds its shards' up."""
+    cells = len(brokers)
+    shares = [len(range(k, args.devices, cells)) for k in range(cells)]
+    files = [work / (f"{label}.json" if cells == 1 else f"{label}-{k}.json") for k in range(cells)]
+    sinks = (
+        [
+            Sink(b.port, n * batches, client_id=f"{label}-sink", receipt_interval=receipts, keys=keys, tls=tls)
+            for b, n in zip(brokers, shares, strict=True)
+        ]
         if not storm
-        else None
+        else []
     )
-    if sink is not None:
+    for sink in sinks:
         sink.start()
     confirm = ["--no-confirm"] if receipts is None else ["--confirm", "--resend-after", "120"]
-    command = [
-        sys.executable, "-m", "edgetally", "--log-level", "WARNING", "devices", "run",
-        "--broker", broker.url, "--keys", str(keys), "--seed", "1", "--batches-per-device", str(batches),
-        *confirm, "--connect-rate", str(args.connect_rate), "--timeout", str(args.timeout),
-        "--summary", str(summary_file), "--json", *extra,
-    ]  # fmt: skip
-    log = open(work / f"{label}.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"}
-    )
-    peak = 0
+
+    def command(k: int) -> list[str]:
+        return [
+            sys.executable, "-m", "edgetally", "--log-level", "WARNING", "devices", "run",
+            "--broker", brokers[k].url, "--keys", str(keys), "--seed", "1", "--batches-per-device", str(batches),
+            *confirm, "--connect-rate", str(args.connect_rate / cells), "--timeout", str(args.timeout),
+            "--summary", str(files[k]), "--json", *extra,
+            *(["--rate", str(float(extra[extra.index("--rate") + 1]) / cells)] if "--rate" in extra and cells > 1 else []),
+            *(["--shard", f"{k}/{cells}"] if cells > 1 else []),
+            *(["--processes", str(args.processes)] if args.processes > 1 else []),
+            *(["--source-addresses", args.source_addresses] if args.source_addresses else []),
+        ]  # fmt: skip
+
+    logs = [open(work / f"{label}-{k}.log", "wb") for k in range(cells)]  # noqa: SIM115 - closed below
+    procs = [
+        subprocess.Popen(command(k), stdout=logs[k], stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"})
+        for k in range(cells)
+    ]
+    total = args.devices * batches
+    peak = connected_rss = broker_connected = 0
+    broker_before = sum(proc_status_kib(b.pid, "VmRSS") for b in brokers if b.pid)
     killed = False
     deadline = time.monotonic() + args.timeout + 120
     progress = Progress(
@@ -131,41 +183,70 @@ def run_fleet(
         with progress:
             connected = progress.add_task(f"{label}: connected", total=args.devices)
             acked = progress.add_task(f"{label}: acked by broker", total=total)
-            while proc.poll() is None:
+            while any(p.poll() is None for p in procs):
                 if time.monotonic() > deadline:
-                    proc.kill()
+                    for p in procs:
+                        p.kill()
                     raise RuntimeError(f"{label}: the fleet did not finish in time")
-                peak = max(peak, proc_status_kib(proc.pid, "VmRSS"))
-                snap = _read(summary_file)
+                rss = sum(tree_rss_kib(p.pid) for p in procs)
+                peak = max(peak, rss)
+                snap = _merged(files)
+                if not connected_rss and snap.get("max_connected", 0) >= args.devices:
+                    connected_rss = rss
+                    broker_connected = sum(proc_status_kib(b.pid, "VmRSS") for b in brokers if b.pid)
                 progress.update(connected, completed=snap.get("connected", 0))
                 progress.update(acked, completed=snap.get("acked", 0))
                 if storm and not killed and snap.get("acked", 0) >= total * 0.3:
                     console.print(
-                        f"[yellow]{label}: SIGKILL the broker at {snap.get('acked')} acked, restart it[/]"
+                        f"[yellow]{label}: SIGKILL the broker(s) at {snap.get('acked')} acked, restart them[/]"
                     )
-                    broker.kill()
-                    broker.start()
+                    for b in brokers:
+                        b.kill()
+                    for b in brokers:
+                        b.start()
                     killed = True
                 time.sleep(0.25)  # a progress display's refresh, not synchronisation
     finally:
-        log.close()
-    summary = _read(summary_file)
-    if proc.returncode not in (0, 1) or not summary:
+        for p in procs:  # stopped early (an error, Ctrl-C): no fleet left behind
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        for f in logs:
+            f.close()
+    summary = _merged(files)
+    bad = [k for k, p in enumerate(procs) if p.returncode not in (0, 1) or not _read(files[k])]
+    if bad:
         raise RuntimeError(
-            f"{label}: fleet exited {proc.returncode}: {(work / f'{label}.log').read_text()[-2000:]}"
+            f"{label}: fleet {bad[0]} exited {procs[bad[0]].returncode}: {(work / f'{label}-{bad[0]}.log').read_text()[-2000:]}"
         )
     sink_rate = None
-    if sink is not None:
-        received, first, last = sink.result(timeout=60)
+    if sinks:
+        results = [sink.result(timeout=60) for sink in sinks]
+        received = sum(r[0] for r in results)
+        first, last = min(r[1] for r in results), max(r[2] for r in results)
         sink_rate = received / (last - first) if last > first else None
         if receipts is not None:
+            sink = sinks[0]
             console.print(
                 f"{label}: {sink.receipts:,} receipts published, {sink.superseded:,} coalesced"
                 f" away, {sink.unconfirmed:,} unconfirmed; all acknowledged"
                 f" {sink.drain_s:.1f}s after the last batch arrived"
             )
-        return FleetRun(summary, peak, sink_rate, sink.receipts, sink.superseded)
-    return FleetRun(summary, peak, sink_rate)
+    return FleetRun(
+        summary, peak, sink_rate, sum(x.receipts for x in sinks), sum(x.superseded for x in sinks),
+        connected_rss, broker_before, broker_connected,
+    )  # fmt: skip
+
+
+def _merged(files: list[Path]) -> dict[str, Any]:
+    """The fleet's summary: one file, or the cells' added up (devices/shards.py aggregate)."""
+    if len(files) == 1:
+        return _read(files[0])
+    parts = [_read(f) for f in files]
+    return aggregate(parts, confirm=False).to_mapping() if all(parts) else {}
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -183,6 +264,19 @@ def main() -> None:
     parser.add_argument("--batches-per-device", type=int, default=10)
     parser.add_argument("--connect-rate", type=float, default=500.0)
     parser.add_argument("--ceiling-messages", type=int, default=30_000)
+    parser.add_argument("--processes", type=int, default=1, help="each cell's fleet as N processes (devices run --processes)")
+    parser.add_argument(
+        "--cells",
+        type=int,
+        default=0,
+        help="K brokers, each with its share of the fleet in its own process (default: 1, or as many as the"
+        " open-files limit makes necessary: a broker holds one socket per device)",
+    )
+    parser.add_argument(
+        "--source-addresses",
+        default=None,
+        help="devices run --source-addresses (default: one per 20,000 devices past 20,000, 127.0.0.2 on)",
+    )
     parser.add_argument(
         "--storm", action="store_true", help="also kill and restart the broker under a paced fleet"
     )
@@ -215,13 +309,24 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, help="also write the ratios (same-run baselines) to this file")
     args = parser.parse_args()
+    sigterm_as_ctrl_c()  # SIGTERM (a timeout, a supervisor) stops the brokers and fleets it started, as Ctrl-C
+    if args.source_addresses is None and (sources := sources_for(args.devices)):
+        args.source_addresses = str(len(sources))
     console = Console()
+    # A socket per device in the fleet and in the broker (which inherits the limit), and spare.
+    nofile = raise_nofile(2 * args.devices + 4096)
+    if not args.cells:  # a broker (and a fleet process) holds a socket per device, and needs spare
+        args.cells = max(1, math.ceil(args.devices / max(1, nofile - CELL_SPARE_FDS)))
     binary = mosquitto_binary()
     if binary is None:
         raise SystemExit("the benchmark needs mosquitto (apt-get install mosquitto)")
     version = subprocess.run([binary, "-h"], capture_output=True, text=True).stdout.splitlines()[0]
     console.print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {version}"
+    )
+    console.print(
+        f"open files limit {nofile:,}; source addresses: {args.source_addresses or '127.0.0.1 (the kernel picks)'};"
+        f" cells (a broker and its fleet process each): {args.cells}; fleet processes per cell: {args.processes}"
     )
     with tempfile.TemporaryDirectory(prefix="edgetally-bench-fleet-") as tmp:
         work = Path(tmp)
@@ -230,11 +335,20 @@ def main() -> None:
         console.print(f"ceiling: {ceiling_rate:,.0f} msg/s (payloads ~{size} B)")
         with console.status(f"provisioning {args.devices:,} device keys"):
             started = time.monotonic()
-            provision(synth_election(args.devices, max(1, args.devices // 3), 1), work / "keys")
+            provision_many(synth_election(args.devices, max(1, args.devices // 3), 1), work / "keys")
             provision_s = time.monotonic() - started
         console.print(f"provisioned {args.devices:,} keys in {provision_s:.1f}s")
-        broker = BrokerProcess(work / "fleet-broker", name="fleet")
-        broker.start()
+        def cell_brokers(name: str, tls: BrokerTls | None = None) -> list[BrokerProcess]:
+            made = [BrokerProcess(work / f"{name}-{k}", name=name, tls=tls) for k in range(args.cells)]
+            for b in made:
+                b.start()
+            return made
+
+        def kill(brokers: list[BrokerProcess]) -> None:
+            for b in brokers:
+                b.kill()
+
+        broker = cell_brokers("fleet")
         off_run = on_run = storm_run = tls_run = None
         try:
             if args.receipts in ("off", "both"):
@@ -250,8 +364,7 @@ def main() -> None:
                 )
             if args.receipts in ("on", "both"):
                 # A fresh broker: the receipts stay retained, and would receipt a later run.
-                receipts_broker = BrokerProcess(work / "receipts-broker", name="fleet-receipts")
-                receipts_broker.start()
+                receipts_broker = cell_brokers("fleet-receipts")
                 try:
                     on_run = run_fleet(
                         console,
@@ -265,21 +378,20 @@ def main() -> None:
                         receipts=args.receipt_interval,
                     )
                 finally:
-                    receipts_broker.kill()
+                    kill(receipts_broker)
             if args.tls:
                 with console.status(f"issuing {args.devices:,} device certificates and the ACLs"):
                     started = time.monotonic()
                     wire = bench_wire(work, work / "keys", Registry.load(work / "keys"))
                 console.print(f"issued {args.devices:,} device certificates in {time.monotonic() - started:.1f}s")
-                tls_broker = BrokerProcess(work / "tls-broker", name="fleet-tls", tls=wire.broker(BrokerKind.EDGE))
-                tls_broker.start()
+                tls_broker = cell_brokers("fleet-tls", wire.broker(BrokerKind.EDGE))
                 try:
                     tls_run = run_fleet(
                         console, tls_broker, work / "keys", work, args, label="tls", extra=["--hold"],
                         batches=args.batches_per_device, tls=bench_tls(wire, "bench-sink"),
                     )  # fmt: skip
                 finally:
-                    tls_broker.kill()
+                    kill(tls_broker)
             if args.storm:
                 storm_run = run_fleet(
                     console, broker, work / "keys", work, args, label="storm",
@@ -287,7 +399,7 @@ def main() -> None:
                     batches=args.batches_per_device, storm=True,
                 )  # fmt: skip
         finally:
-            broker.kill()
+            kill(broker)
     console.print(_table(args, ceiling_rate, size, provision_s, off_run, on_run, storm_run))
     if off_run is not None and tls_run is not None:
         console.print(_tls_table(args.devices, off_run, tls_run))
@@ -315,6 +427,10 @@ def _tls_table(devices: int, plain: FleetRun, tls: FleetRun) -> Table:
     row("RSS per device once connected (whole process / devices)", "rss_connected_kib", "KiB", 1 / devices)
     row("connection state per device", "connection_kib_per_device", "KiB")
     row("steady batches acked per second", "steady_acked_per_s", "/s")
+    a, b = plain.connected_rss_kib / devices, tls.connected_rss_kib / devices
+    table.add_row("every fleet process's RSS / devices", f"{a:,.1f} KiB", f"{b:,.1f} KiB", f"{b / a:.2f}" if a else "-", f"{b - a:+,.1f} KiB")
+    a, b = ((r.broker_connected_kib - r.broker_before_kib) / devices for r in (plain, tls))
+    table.add_row("broker RSS per connection", f"{a:,.1f} KiB", f"{b:,.1f} KiB", f"{b / a:.2f}" if a else "-", f"{b - a:+,.1f} KiB")
     return table
 
 
@@ -367,9 +483,24 @@ def _table(
         (
             "RSS per device, whole process / devices",
             f"{s.get('rss_connected_kib', 0) / devices:.1f} KiB",
-            "<= 50 KiB",
+            "<= 20 KiB (plain)",
         ),
-        ("fleet peak RSS (sampled) / devices", f"{run.peak_rss_kib / devices:.1f} KiB", ""),
+        (
+            "every fleet process's RSS, all connected (sampled) / devices",
+            f"{run.connected_rss_kib / devices:.1f} KiB" if run.connected_rss_kib else "-",
+            "<= 20 KiB (plain)",
+        ),
+        ("fleet peak RSS, every process (sampled) / devices", f"{run.peak_rss_kib / devices:.1f} KiB", ""),
+        (
+            "broker RSS before / with every device connected",
+            f"{run.broker_before_kib / 1024:,.1f} / {run.broker_connected_kib / 1024:,.1f} MiB",
+            "",
+        ),
+        (
+            "broker RSS per connection",
+            f"{(run.broker_connected_kib - run.broker_before_kib) / devices:.1f} KiB" if run.broker_connected_kib else "-",
+            "",
+        ),
         ("batches acked by broker", f"{s.get('acked', 0):,} / {s.get('batches', 0):,}", ""),
         (
             "fleet steady signed-batch rate (10%..90%)",

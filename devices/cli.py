@@ -236,6 +236,7 @@ def run_cmd(
     keepalive: int = typer.Option(30, "--keepalive", min=1, max=65535, help="MQTT keepalive of every device, seconds"),
     reconnect_min: float = typer.Option(0.5, "--reconnect-min", min=0.01, help="First reconnect backoff ceiling, seconds (full jitter)"),
     reconnect_max: float = typer.Option(30.0, "--reconnect-max", min=0.01, help="Reconnect backoff cap, seconds"),
+    sources: str | None = typer.Option(None, "--source-addresses", help="Connect from these local addresses, spread over the devices: a count N (127.0.0.2 on) or A,B,... in 127.0.0.0/8 (one address has ~28k ports)"),
     hold: bool = typer.Option(False, "--hold", help="Publish only once every device is connected; stay connected until all are done"),
     processes: int = typer.Option(1, "--processes", min=1, help="Shard the devices across N child processes"),
     shard: str | None = typer.Option(None, "--shard", hidden=True, help="K/N: run only shard K of N (set by --processes)"),
@@ -257,14 +258,15 @@ def run_cmd(
     from devices.behaviours import EMPTY, assign, load_profile, profile_from_specs
     from devices.fleet.config import FleetConfig
     from devices.fleet.fleet import Fleet
+    from devices.limits import raise_nofile, source_addresses
     from devices.live import LiveView
     from devices.metrics import MetricsServer, linger
-    from devices.preflight import check_fleet_inputs, check_tls_files
+    from devices.preflight import check_fleet_inputs, check_tls_files, load_registry
     from devices.shards import parse_shard, pick, sigterm_as_ctrl_c
     from devices.snapshot import FleetMonitor
     from devices.state import StateStore
     from devices.truth import build_truth, write_truth
-    from protocol import Registry, parse_broker_url
+    from protocol import parse_broker_url
 
     store: StateStore | None = None
     sigterm_as_ctrl_c()  # a supervisor's stop saves the state as Ctrl-C does; a shard's too
@@ -275,7 +277,7 @@ def run_cmd(
         chosen = pick(everyone, parse_shard(shard)) if shard is not None else (everyone if devices else None)
         check_fleet_inputs(election_file, keys, chosen)  # every key that will sign
         check_tls_files(keys, chosen or files_only.devices) if address.tls else None  # every device's certificate
-        registry = Registry.load(keys)
+        registry = load_registry(keys, chosen)  # only the entries of the devices this process runs
         profile = EMPTY.merged(profile_from_specs(behaviour_specs))
         if behaviours_file is not None:
             profile = profile.merged(load_profile(behaviours_file))
@@ -297,6 +299,7 @@ def run_cmd(
                     "--resend-after", str(resend_after), "--resend-cap", str(resend_cap), "--timeout", str(timeout),
                     "--connect-rate", str(connect_rate / processes), "--keepalive", str(keepalive),
                     "--reconnect-min", str(reconnect_min), "--reconnect-max", str(reconnect_max),
+                    *(["--source-addresses", sources] if sources else []),
                     *(["--hold"] if hold else []), "--shard", f"{k}/{processes}", "--summary", str(file), "--json",
                     *(["--state-dir", str(state_dir)] if state_dir is not None else []),
                     *[a for spec in behaviour_specs for a in ("--behaviour", spec)],
@@ -315,17 +318,16 @@ def run_cmd(
             batches_per_device=batches,
             rate=rate,
             confirm=confirm,
-            resend_after=resend_after,
-            resend_cap=max(resend_cap, resend_after),
+            resend_after=resend_after, resend_cap=max(resend_cap, resend_after),
             timeout=timeout,
             devices=chosen,
-            connect_rate=connect_rate,
-            keepalive=keepalive,
-            reconnect_min=reconnect_min,
-            reconnect_max=max(reconnect_max, reconnect_min),
+            connect_rate=connect_rate, keepalive=keepalive,
+            reconnect_min=reconnect_min, reconnect_max=max(reconnect_max, reconnect_min),
             hold=hold,
             behaviours=assigned,
+            source_addresses=source_addresses(sources) if sources else (),
         )
+        raise_nofile(len(chosen or files_only.devices) + 1024)  # a socket per device
         if state_dir is not None:
             store = StateStore(state_dir).open()
         fleet = Fleet(config, registry, store)

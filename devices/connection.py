@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from devices._exceptions import ConnectionFailed, ConnectRefused
+from devices.limits import bound_socket
 from devices.tls import DeviceTls, TlsLayer
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class ConnectOptions:
     will: Will | None = None
     timeout: float = 10.0  # TCP connect + TLS handshake + CONNACK
     tls: DeviceTls | None = None  # the device's certificate; the broker's name is ``host``
+    source: str | None = None  # the local address to connect from (devices/limits.py: ports)
 
 
 def _length(n: int) -> bytes:
@@ -381,7 +383,11 @@ async def connect(options: ConnectOptions, wheel: KeepaliveWheel, on_message: On
     conn = MqttConnection(options, wheel, on_message)
     try:
         async with asyncio.timeout(options.timeout):
-            await loop.create_connection(lambda: conn, options.host, options.port)
+            if options.source is None:
+                await loop.create_connection(lambda: conn, options.host, options.port)
+            else:
+                sock = await bound_socket(loop, options.source, options.host, options.port)
+                await loop.create_connection(lambda: conn, sock=sock)
             await conn.connack
     except TimeoutError as exc:
         conn.abort()

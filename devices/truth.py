@@ -107,6 +107,7 @@ def device_truth(
         batch = tab.batches[bh.mid_seq(tab.final_seq) - 1]
         refuse(batch.seq, bh.tampered(batch.payload), RejectReason.BAD_SIGNATURE)
     elif behaviour is Behaviour.AFTER_FINAL:
+        assert tab.key is not None  # an after_final device keeps its key (Fleet._build)
         refuse(tab.final_seq + 1, bh.after_final_payload(tab.batches[-1].payload, tab.key), RejectReason.AFTER_FINAL)
     elif behaviour is Behaviour.DUPLICATE:
         duplicates = [{"seq": b.seq, "body_hash": b.body_hash, "copies": 1} for b in own]

@@ -37,6 +37,9 @@ class FleetConfig:
     reconnect_min: float = 0.5  # first reconnect backoff ceiling (full jitter below it)
     reconnect_max: float = 30.0  # backoff cap
     connect_timeout: float = 10.0
+    # Local addresses the devices connect from, device i from the (i mod n)th; empty: the
+    # kernel's choice. One address has only the ephemeral port range (devices/limits.py).
+    source_addresses: tuple[str, ...] = ()
     hold: bool = False  # publish only once every device is connected; stay connected until all are done
     behaviours: Mapping[str, Behaviour] = field(default_factory=dict)  # device -> misbehaviour (devices/behaviours.py)
     # Tests only (no CLI flag): seqs every device skips on their first publish, as if lost on the
@@ -60,5 +63,10 @@ def withheld_seqs(
     lost = set(config.withhold_first)
     if behaviour is Behaviour.LOSSY:
         lost |= bh.lost_seqs(config.seed, tab.device, tab.final_seq)
+    if not lost:
+        return _NO_SEQS
     last = last_seq(tab, behaviour)
     return frozenset(s for s in lost if 1 <= s <= last)
+
+
+_NO_SEQS: frozenset[int] = frozenset()  # one for every device that withholds nothing

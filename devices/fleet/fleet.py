@@ -127,6 +127,8 @@ class Fleet:
         else:
             tab = Tabulator(election, device, key, config.seed, config.batches_per_device, adjust)
         _compact(tab)
+        if behaviour is None:
+            tab.forget_key()  # signed already; only a misbehaving device signs anything later
         return tab
 
     def reboot(self, tab: Tabulator) -> Tabulator:
@@ -191,7 +193,10 @@ class Fleet:
         self.wheel = KeepaliveWheel()
         self.all_connected = loop.create_future()
         self.all_done = loop.create_future()
-        runners = self.runners = [DeviceRunner(t, self) for t in self.tabulators]
+        sources = config.source_addresses
+        runners = self.runners = [
+            DeviceRunner(t, self, sources[i % len(sources)] if sources else None) for i, t in enumerate(self.tabulators)
+        ]
         for runner in runners:
             if runner.done():
                 self.on_done(runner)

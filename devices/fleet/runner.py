@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -32,7 +31,7 @@ from devices._exceptions import ConnectionFailed
 from devices.behaviours import Behaviour
 from devices.connection import ConnectOptions, KeepaliveWheel, MqttConnection, Will, connect
 from devices.fleet.config import FleetConfig, last_seq, withheld_seqs
-from devices.fleet.pacing import Backoff, TokenBucket
+from devices.fleet.pacing import Backoff, Jitter, TokenBucket
 from devices.fleet.stats import FleetStats
 from devices.fleet.words import verified_receipt, verified_repair
 from devices.tabulator import SignedBatch, Tabulator
@@ -77,9 +76,10 @@ class Supervisor(Protocol):
 
 
 def _status(device: str, state: str, seq: int) -> bytes:
-    return orjson.dumps(
-        {"device": device, "state": state, "seq": seq, "at": datetime.now(UTC).isoformat(timespec="seconds")}
-    )
+    """The status message; an exact-size copy, as the will is kept for the connection's life (a
+    ``bytes`` from ``orjson.dumps`` keeps its ~4 KiB buffer: devices/fleet/fleet.py _compact)."""
+    body = {"device": device, "state": state, "seq": seq, "at": datetime.now(UTC).isoformat(timespec="seconds")}
+    return memoryview(orjson.dumps(body)).tobytes()
 
 
 class DeviceRunner:
@@ -87,18 +87,20 @@ class DeviceRunner:
 
     __slots__ = (
         "_command_topic", "_down", "_epilogue_done", "_lose_first", "_progressed", "_receipt_topic",
-        "_repair", "_status_topic", "_tripped", "_wake", "_withheld", "behaviour", "config", "fleet", "stats",
-        "tab",
+        "_repair", "_status_topic", "_tripped", "_wake", "_withheld", "behaviour", "config", "fleet", "source",
+        "stats", "tab",
     )  # fmt: skip
 
-    def __init__(self, tab: Tabulator, fleet: Supervisor) -> None:
+    def __init__(self, tab: Tabulator, fleet: Supervisor, source: str | None = None) -> None:
+        """``source``: the local address this device connects from (None: the kernel's choice)."""
         self.tab = tab
         self.fleet = fleet
+        self.source = source
         self.config = fleet.config
         self.stats = fleet.stats
         self._wake: asyncio.Future[None] | None = None  # the sender waits on it (receipt progress, repair)
         self._progressed = False  # a receipt covered something new since the sender last looked
-        self._repair: set[int] = set()  # seqs the cloud asked for, not yet resent
+        self._repair: frozenset[int] = _NONE  # seqs the cloud asked for, not yet resent
         election = tab.election.id
         self._receipt_topic = receipt_topic(election, tab.device)
         self._command_topic = command_topic(election, tab.device)
@@ -108,7 +110,7 @@ class DeviceRunner:
         self._tripped = False  # the once-only mid-run behaviour (flap, reboot, power loss, tampered) happened
         self._epilogue_done = False  # replay / after_final sent
         self._lose_first = withheld_seqs(self.config, tab, self.behaviour)  # lossy, withhold_first
-        self._withheld: set[int] = set()  # those of them already skipped (once each)
+        self._withheld: frozenset[int] = _NONE  # those of them already skipped (once each)
 
     @property
     def last_seq(self) -> int:
@@ -157,10 +159,11 @@ class DeviceRunner:
             tls=DeviceTls(fleet_tls(ca_cert_path(self.config.keys)), client_tls(self.config.keys, Role.DEVICE, self.tab.device))
             if self.config.broker.tls
             else None,
+            source=self.source,
         )
 
     async def run(self) -> None:
-        backoff = Backoff(self.config.reconnect_min, self.config.reconnect_max, random.Random(self.tab.device))
+        backoff = Backoff(self.config.reconnect_min, self.config.reconnect_max, Jitter(self.tab.device))
         connected_once = False
         try:
             while not self.done():
@@ -272,7 +275,7 @@ class DeviceRunner:
             if batch.seq <= self.tab.receipted or batch.seq > last:
                 continue
             if not resend and batch.seq in self._lose_first and batch.seq not in self._withheld:
-                self._withheld.add(batch.seq)  # lost on the way: never reaches the broker
+                self._withheld |= {batch.seq}  # lost on the way: never reaches the broker
                 log.info("device=%s seq=%d withheld on its first publish", self.tab.device, batch.seq)
                 if behaviour is Behaviour.LOSSY:
                     self._inject()
@@ -352,6 +355,7 @@ class DeviceRunner:
         if self.behaviour is Behaviour.REPLAY:
             payload = tab.batches[0].payload
         else:
+            assert tab.key is not None  # a misbehaving device keeps its key (Fleet._build)
             payload = bh.after_final_payload(tab.batches[-1].payload, tab.key)
         await conn.publish(tab.topic, payload, qos=1)
         self._inject()
@@ -397,11 +401,14 @@ class DeviceRunner:
 
     async def _resend_requested(self, conn: MqttConnection) -> None:
         """Resend the seqs repair requests named, still unreceipted (taken from ``_repair``)."""
-        seqs, self._repair = self._repair, set()
+        seqs, self._repair = self._repair, _NONE
         batches = [self.tab.batches[seq - 1] for seq in sorted(seqs) if seq > self.tab.receipted]
         if batches:
             log.info("device=%s resending %d requested batch(es) from seq=%d", self.tab.device, len(batches), batches[0].seq)
             await self._publish(conn, batches, resend=True)
+
+
+_NONE: frozenset[int] = frozenset()  # shared: an empty set() is 216 B, per device
 
 
 class _Reboot(Exception):
