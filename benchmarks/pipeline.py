@@ -1,6 +1,6 @@
 """Throughput of the EdgeTally pipeline against a raw paho-mqtt baseline, measured in one run.
 
-    .venv/bin/python -m benchmarks.pipeline [--batches-per-device 400] [--baseline-messages 20000]
+    .venv/bin/python -m benchmarks.pipeline [--batches-per-device 1000] [--baseline-messages 20000]
                                             [--ceiling BATCHES_PER_S] [--json FILE]
 
 Prints, as a table, with the machine noted:
@@ -10,8 +10,8 @@ Prints, as a table, with the machine noted:
   * EdgeTally end to end: fleet -> edge broker -> gateway (verify, SQLite commit, manual ack) ->
     cloud broker -> cloud (verify, ledger + tallies in one transaction) -> receipts back to the
     devices, from fleet start until every device is confirmed (receipts on: a device is
-    confirmed by its receipt), 400 batches per device by default (36,400: about 30 s here;
-    at 600 a device with no receipt progress for 10 s resends, and the resends swamp the run);
+    confirmed by its receipt), 1000 batches per device by default (91,000: about 40 s on a
+    quiet 2-core machine; a device with no receipt progress for 10 s resends its oldest 64);
   * that end-to-end rate as a ratio of the CPU budget's ceiling (benchmarks/budget.py: 2 cores /
     CPU per batch of every stage), measured in the same run (one process run of 6,000 batches),
     or given with --ceiling by a caller that measured it in the same session (scripts/bench all).
@@ -153,7 +153,7 @@ def pipeline(workdir: Path, batches_per_device: int, seed: int) -> tuple[int, fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batches-per-device", type=int, default=400, help="91 devices x this: ~30 s here (600: the fleet resends)")
+    parser.add_argument("--batches-per-device", type=int, default=1000, help="91 devices x this: ~40 s on a quiet 2-core machine")
     parser.add_argument("--baseline-messages", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--ceiling", type=float, default=0.0, help="the CPU budget's ceiling, batches/s (0: measure it now)")
