@@ -52,7 +52,7 @@ QUICK: dict[str, list[str]] = {
     "buffer": ["--rows", "4000", "--repeat", "1"],
     "engine": ["--messages", "2000", "--repeat", "2"],
     "rules": ["--messages", "2000", "--repeat", "2"],
-    "fleet": ["--devices", "200", "--batches-per-device", "20", "--connect-rate", "2000", "--ceiling-messages", "3000"],
+    "fleet": ["--devices", "200", "--batches-per-device", "100", "--connect-rate", "2000", "--ceiling-messages", "3000"],
     "fleet_pipeline": ["--devices", "300", "--batches-per-device", "2", "--connect-rate", "1000", "--timeout", "120"],
     "proxy": ["--messages", "2000", "--rounds", "1", "--small-window-messages", "300", "--bandwidth-messages", "800",
               "--connections", "100"],
