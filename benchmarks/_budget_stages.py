@@ -36,7 +36,6 @@ from protocol import (
     Election,
     Receipt,
     Registry,
-    batch_topic,
     body_hash,
     gateway_bundle_topic,
     load_signing_key,
@@ -145,18 +144,6 @@ def time_receipts(election: Election, keys: Path, registry: Registry, count: int
         return len(signed)
 
     return cpu_us_per_call(run, rounds)
-
-
-def fleet_envelopes(election: Election, keys: Path, total: int, seed: int) -> list[Envelope]:
-    """``total`` signed envelopes as a fleet sends them: each device's batches in seq order,
-    the devices interleaved one batch each in turn."""
-    per_device = -(-total // len(election.devices))
-    streams = []
-    for device in election.devices:
-        key = load_signing_key(keys, device)
-        topic = batch_topic(election.id, device)
-        streams.append([(topic, seal(b, key).to_bytes()) for b in iter_batches(election, seed, device, per_device)])
-    return [stream[i] for i in range(per_device) for stream in streams][:total]
 
 
 def measure_in_process(

@@ -42,7 +42,8 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks._budget_run import ProcessRun, run_processes
-from benchmarks._budget_stages import InProcess, fleet_envelopes, measure_in_process
+from benchmarks._budget_stages import InProcess, measure_in_process
+from benchmarks.cloud import fleet_envelopes
 from devices.election_file import load_election, sample_election_path
 from edgetally.brokers import mosquitto_binary
 from protocol import provision

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks._budget_run import PROCESS_STAGES, ProcessRun, proc_cpu_s
-from benchmarks._budget_stages import InProcess, fleet_envelopes, measure_in_process
+from benchmarks._budget_stages import InProcess, measure_in_process
 from benchmarks.budget import assemble, ceiling
+from benchmarks.cloud import fleet_envelopes
 from protocol import Election, Registry
 
 
