@@ -35,11 +35,12 @@ from cloud.config import (
     DEFAULT_RECEIPT_INTERVAL_S,
     CloudConfig,
 )
+from cloud.elections_cli import app as elections_app
 from protocol import DEFAULT_MAX_BYTES, ProtocolError, parse_broker_urls
 
 if TYPE_CHECKING:
     from cloud.engine.rulefile import RulesConfig
-    from protocol import Registry, SigningKey
+    from protocol import Registry
 
 # Each command imports what it runs (SQLAlchemy, the rules engine, the MQTT worker) in its
 # own body: `edgetally cloud results` on a SQLite file imports neither SQLAlchemy nor
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 app = typer.Typer(help="Run the cloud worker; migrate, read results and audit the cloud database.", no_args_is_help=True)
+app.add_typer(elections_app, name="elections")  # add an election to a running cloud, list them
 
 DB_OPTION = typer.Option(DEFAULT_DB_URL, "--db", help="sqlite:///FILE or postgresql+psycopg://...")
 
@@ -60,7 +62,7 @@ def _fail(command: str, err: Exception) -> NoReturn:
 def build_config(
     broker: str,
     db: str,
-    keys: Path,
+    keys: Sequence[Path],
     cloud_id: str,
     max_payload_bytes: int,
     ready_file: Path | None,
@@ -89,7 +91,7 @@ def build_config(
     return CloudConfig(
         broker=address,
         db_url=db,
-        keys_dir=keys,
+        keys_dirs=tuple(keys),
         cloud_id=cloud_id,
         max_payload_bytes=max_payload_bytes,
         ready_file=ready_file,
@@ -104,29 +106,6 @@ def build_config(
         broker_alternates=tuple(alternates),
         ack_wait_s=ack_wait_s,
     )
-
-
-def load_cloud_signing_key(keys: Path, registry: Registry) -> SigningKey:
-    """The cloud's signing key (``cloud-signing.key`` in ``--keys``), checked against the
-    registry's cloud entry (the key devices verify receipts and repair requests with)."""
-    from protocol.registry import load_cloud_key
-
-    try:
-        key = load_cloud_key(keys)
-    except ProtocolError as err:
-        raise ConfigError(f"--keys {keys}: {err}") from err
-    if registry.cloud_key is None:
-        raise ConfigError(
-            f"--keys {keys}: registry.json holds no cloud key, so devices could not verify"
-            " receipts (run `edgetally devices provision` again: it keeps the device keys)"
-        )
-    if registry.cloud_key.kid != key.public.kid:
-        raise ConfigError(
-            f"--keys {keys}: cloud-signing.key (kid {key.public.kid}) is not the cloud key in"
-            f" registry.json (kid {registry.cloud_key.kid}); devices would ignore every receipt"
-            " (run `edgetally devices provision` again)"
-        )
-    return key
 
 
 def check_republish_topics(rules: RulesConfig) -> None:
@@ -177,7 +156,12 @@ def run(
         None, "--pki", help="PKI directory (`edgetally pki init`) holding ca.crt and this worker's certificate"
     ),
     db: str = DB_OPTION,
-    keys: Path = typer.Option(..., "--keys", help="keys directory holding registry.json"),
+    keys: list[Path] = typer.Option(
+        [],
+        "--keys",
+        help="keys directory of an election (registry.json, cloud-signing.key); repeatable."
+        " Stored in the database, with any added later by `cloud elections add`: all are served",
+    ),
     cloud_id: str = typer.Option(
         DEFAULT_CLOUD_ID, "--id", help="worker name (MQTT client edgetally-cloud-NAME)"
     ),
@@ -229,6 +213,7 @@ def run(
     """Consume batches from the cloud broker, run the rules (ledger, alerts, ...); publish
     receipts."""
     from cloud.db import make_engine, upgrade
+    from cloud.elections import Elections, load_served, served_from
     from cloud.engine.engine import RulesEngine
     from cloud.engine.rulefile import load_rules
     from cloud.ledger.ledger import Ledger
@@ -242,18 +227,24 @@ def run(
             broker, db, keys, cloud_id, max_payload_bytes, ready_file, share, session,
             verify_threads, repair_interval, repair_grace, receipt_interval, pki, jetstream, ack_wait,
         )  # fmt: skip
-        registry = load_registry(config.keys_dir)
+        served = [served_from(k) for k in config.keys_dirs]  # each checked before anything starts
+        if len({s.id for s in served}) < len(served):
+            twice = sorted({s.id for s in served if [t.id for t in served].count(s.id) > 1})
+            raise ConfigError(f"--keys: election {', '.join(twice)} is given twice; give each election once")
         if config.tls is not None:
             from cloud.worker.session import check_tls
 
             check_tls(config.tls)  # a missing or bad certificate stops the worker here, named
             check_republish_topics(rules)  # the locked broker's ACL would refuse the others
-        signing_key = load_cloud_signing_key(config.keys_dir, registry)
         engine = make_engine(config.db_url)
         upgrade(engine)
-        ledger = Ledger(engine, registry, max_payload_bytes=config.max_payload_bytes)
-        ledger.prepare()
-        rules_engine = RulesEngine(ledger, registry, rules, engine)
+        elections = Elections(served, loader=load_served(engine))
+        ledger = Ledger(engine, elections, max_payload_bytes=config.max_payload_bytes)
+        ledger.prepare()  # stores what --keys gave; then what the database holds besides
+        elections.refresh(force=True)
+        if not len(elections):
+            raise ConfigError("no election to serve: give --keys DIR, or add one with `edgetally cloud elections add`")
+        rules_engine = RulesEngine(ledger, elections, rules, engine)
     except CloudError as err:
         _fail("run", err)
     if armed:
@@ -265,10 +256,10 @@ def run(
     )
     stop = stop_on_signals("stopping after the current commit")
     log.info(
-        "cloud %s: election %s, %d devices, database %s, %s session%s",
+        "cloud %s: %s, %d devices, database %s, %s session%s",
         config.cloud_id,
-        registry.election.id,
-        len(registry.devices),
+        f"election {elections.ids[0]}" if len(elections) == 1 else f"{len(elections)} elections ({elections.describe()})",
+        sum(len(s.registry.devices) for s in elections.served()),
         engine.url.render_as_string(hide_password=True),
         "clean" if config.clean_session else "persistent",
         f", shared group {config.share_group}" if config.share_group else "",
@@ -280,7 +271,7 @@ def run(
     gc.freeze()
     try:
         CloudWorker(
-            config, ledger, StatusStore(engine), rules=rules_engine, signing_key=signing_key
+            config, ledger, StatusStore(engine), rules=rules_engine, signing_key=elections
         ).run(stop)
     finally:
         engine.dispose()
@@ -602,3 +593,4 @@ def publish(
     except CloudError as err:
         _fail("publish", err)
     typer.echo(f"published {written} new version(s); current: {current(out)}")
+

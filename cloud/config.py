@@ -30,7 +30,9 @@ class CloudConfig:
 
     broker: BrokerAddress
     db_url: str
-    keys_dir: Path
+    # Keys directories of the elections served from the start (more may be stored in the
+    # database, cloud/elections.py); empty: only what the database holds.
+    keys_dirs: tuple[Path, ...]
     cloud_id: str = DEFAULT_CLOUD_ID
     max_payload_bytes: int = DEFAULT_MAX_BYTES
     ready_file: Path | None = None

@@ -88,6 +88,8 @@ elections = Table(
     Column("name", Text, nullable=False),
     Column("definition", Text, nullable=False),  # canonical JSON of Election.to_mapping()
     Column("stored_at", UTCDateTime, nullable=False),
+    Column("registry", Text, nullable=True),  # canonical JSON of the registry (cloud/elections.py)
+    Column("keys_dir", Text, nullable=True),  # where the workers find its cloud-signing.key
 )
 
 ledger = Table(

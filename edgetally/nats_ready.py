@@ -62,22 +62,30 @@ def _answers(cluster: NatsCluster) -> bool:
 
 
 def _mqtt_probe(cluster: NatsCluster, probe: ClientTls | None, left: Callable[[], float]) -> None:
-    """One MQTT connection and disconnection: nats-server then makes the MQTT streams."""
-    node = cluster.nodes[0]
+    """One MQTT connection and disconnection: nats-server then makes the MQTT streams.
+
+    To whichever node's MQTT listener answers first: the streams belong to the account, not to
+    a node, and a node just restarted may open its MQTT listener only once it has caught up
+    with the cluster's JetStream state (seen: long after the others)."""
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2, client_id=f"edgetally-probe-{os.getpid()}", clean_session=True,
         protocol=mqtt.MQTTv311,
     )
     if probe is not None:
         client.tls_set_context(client_context(probe))
+    attempt = 0
     while True:
+        node = cluster.nodes[attempt % len(cluster.nodes)]
+        attempt += 1
         try:
             client.connect("127.0.0.1", node.mqtt_port, keepalive=10)
             break
         except OSError as err:
             if left() < 0.2:
-                raise BrokerError(f"NATS MQTT listener on {node.mqtt_port} refused the probe: {err}") from err
-            time.sleep(_POLL_S)
+                ports = ", ".join(str(n.mqtt_port) for n in cluster.nodes)
+                raise BrokerError(f"no NATS MQTT listener ({ports}) accepted the probe: {err}") from err
+            if attempt % len(cluster.nodes) == 0:
+                time.sleep(_POLL_S)
     client.loop_start()
     try:
         while not client.is_connected():

@@ -66,6 +66,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from cloud._exceptions import CloudError
 from cloud.db import translate_errors
+from cloud.elections import Elections
 from cloud.engine.actions import (
     AlertAction,
     DeadLetter,
@@ -112,17 +113,14 @@ class RulesEngine:
     """Runs a :class:`RulesConfig` around the ledger. Constructing it does no I/O."""
 
     def __init__(
-        self, ledger: Ledger, registry: Registry, rules: RulesConfig, engine: Engine
+        self, ledger: Ledger, registry: Registry | Elections, rules: RulesConfig, engine: Engine
     ) -> None:
         self._ledger = ledger
         self._db = engine
         self._rules = rules.enabled
         self._specs = {spec.name: spec for spec in rules.rules}
-        self._registered = {
-            unit.id: unit.registered
-            for unit in registry.election.units.values()
-            if unit.is_precinct
-        }
+        self._elections = Elections.of(registry)
+        self._registered: dict[str, dict[str, int | None]] = {}  # election -> precinct -> voters
         self._topics: dict[str, tuple[RuleSpec, ...]] = {}
         self._rates = RateWindows(rules.rate_window_s) if rules.rate_window_s else None
         self._group_seconds: dict[str, list[int]] = {}
@@ -448,7 +446,19 @@ class RulesEngine:
         return message.outcome.reason.value
 
     def _registered_voters(self, precinct: Any) -> int | None:
-        return self._registered.get(precinct) if isinstance(precinct, str) else None
+        """Registered voters of ``precinct`` in the current message's election."""
+        message = self._current
+        if not isinstance(precinct, str) or message is None or not isinstance(message.checked, VerifiedBatch):
+            return None
+        election = message.checked.body.election
+        voters = self._registered.get(election)
+        if voters is None:
+            registry = self._elections.get(election)
+            if registry is None:
+                return None
+            voters = {u.id: u.registered for u in registry.election.units.values() if u.is_precinct}
+            self._registered[election] = voters
+        return voters.get(precinct)
 
     def _device_ballots(self) -> int | None:
         message = self._current

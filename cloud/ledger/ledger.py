@@ -33,16 +33,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import exc, func, select, update
+from sqlalchemy import exc, func, update
 from sqlalchemy.engine import Connection, Engine
 
 from cloud import models
-from cloud._exceptions import DatabaseUnavailable, ElectionMismatch
-from cloud.db import READ_ONLY, insert_missing, translate_errors
+from cloud._exceptions import DatabaseUnavailable
+from cloud.db import READ_ONLY, translate_errors
+from cloud.elections import Elections, device_rows, store
 from cloud.ledger.chain import BatchKey, DeviceKey, GroupPlan, Verdict
 from cloud.ledger.store import load_devices, load_held, read_gaps, write_gaps, write_group
 from protocol import (
-    GENESIS_HASH,
     BadBundle,
     BadTopic,
     ProtocolError,
@@ -51,7 +51,6 @@ from protocol import (
     RejectReason,
     VerifiedBatch,
     bundle,
-    canonical,
     parse_batch_topic,
     parse_body,
     parse_envelope,
@@ -141,65 +140,33 @@ Checked = VerifiedBatch | Rejection  # what verification made of one inbound mes
 class Ledger:
     """Records groups of inbound messages. Constructing it does no I/O."""
 
-    def __init__(self, engine: Engine, registry: Registry, *, max_payload_bytes: int) -> None:
+    def __init__(self, engine: Engine, registry: Registry | Elections, *, max_payload_bytes: int) -> None:
         self._engine = engine
-        self._registry = registry
+        self._elections = Elections.of(registry)
         self._max_bytes = max_payload_bytes
+
+    @property
+    def elections(self) -> Elections:
+        return self._elections
 
     # -- start -------------------------------------------------------------------------
     def prepare(self) -> None:
-        """Store the election definition and a row per registered device.
+        """Store each served election's definition, registry and a row per device.
 
-        Raises :class:`ElectionMismatch` if the database holds another definition of the
-        same election: tallies must never mix two definitions.
+        Raises :class:`ElectionMismatch` if the database holds another definition of one of
+        them: tallies must never mix two definitions.
         """
-        election = self._registry.election
-        definition = canonical.dumps(election.to_mapping()).decode("utf-8")
-        now = datetime.now(UTC)
-        with translate_errors("storing the election"), self._engine.begin() as conn:
-            # Several workers may start together on an empty database: whoever inserts first
-            # wins, the others find its row (ON CONFLICT waits for it to commit), then compare.
-            row = {
-                "election": election.id,
-                "name": election.name,
-                "definition": definition,
-                "stored_at": now,
-            }
-            insert_missing(conn, models.elections, [row], key=("election",))
-            stored = conn.execute(
-                select(models.elections.c.definition).where(
-                    models.elections.c.election == election.id
-                )
-            ).scalar_one()
-            if stored != definition:
-                raise ElectionMismatch(
-                    f"the database holds another definition of election {election.id!r};"
-                    " use a fresh database for a changed election"
-                )
-            insert_missing(
-                conn,
-                models.devices,
-                self._device_rows(self._registry.devices),
-                key=("election", "device"),
-            )
+        with translate_errors("storing the elections"), self._engine.begin() as conn:
+            for served in self._elections.served():
+                store(conn, served)
 
-    def _device_rows(self, names: Iterable[str]) -> list[dict[str, Any]]:
-        election = self._registry.election.id
-        return [
-            {
-                "election": election,
-                "device": name,
-                "precinct": self._registry.devices[name].precinct,
-                "contiguous_seq": 0,
-                "contiguous_hash": GENESIS_HASH,
-                "final_seq": None,
-                "max_seq": 0,
-                "batches": 0,
-                "duplicates": 0,
-                "updated_at": None,
-            }
-            for name in sorted(names)
-        ]
+    def _device_rows(self, keys: Iterable[DeviceKey]) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for election, device in sorted(keys):
+            registry = self._elections.get(election)
+            if registry is not None:  # verified against it, so it is held
+                rows += device_rows(registry, [device])
+        return rows
 
     # -- recording ---------------------------------------------------------------------
     def check(self, messages: Sequence[Inbound]) -> list[Checked]:
@@ -256,9 +223,24 @@ class Ledger:
             return Rejection(message.refused.reason, str(message.refused))
         try:
             topic = parse_batch_topic(message.topic)
+            registry = self._elections.get(topic.election)
+            if registry is None:
+                election, device, seq = self._identify(message.payload)
+                if election is not None and self._elections.get(election) is not None:
+                    return Rejection(
+                        RejectReason.TOPIC_MISMATCH,
+                        f"batch of election {election!r} arrived on a topic of election {topic.election!r}",
+                        election, device, seq,
+                    )  # fmt: skip
+                return Rejection(
+                    RejectReason.UNKNOWN_ELECTION,
+                    f"election {topic.election!r} is not served by this cloud (it serves"
+                    f" {self._elections.describe()}; add it with `edgetally cloud elections add`)",
+                    *self._identify(message.payload),
+                )
             batch = verify(
                 message.payload,
-                self._registry,
+                registry,
                 max_bytes=self._max_bytes,
                 topic_device=topic.device,
                 topic_election=topic.election,
@@ -266,7 +248,16 @@ class Ledger:
         except BadTopic as err:
             return Rejection(err.reason, str(err))
         except ProtocolError as err:
-            return Rejection(err.reason, str(err), *self._identify(message.payload))
+            election, device, seq = self._identify(message.payload)
+            if election is not None and election != topic.election:
+                # Another election's batch: checked against this topic's registry it fails on
+                # the key or the device, but what is wrong is where it was published.
+                return Rejection(
+                    RejectReason.TOPIC_MISMATCH,
+                    f"batch of election {election!r} arrived on a topic of election {topic.election!r} ({err})",
+                    election, device, seq,
+                )  # fmt: skip
+            return Rejection(err.reason, str(err), election, device, seq)
         return batch
 
     def _identify(self, payload: bytes) -> tuple[str | None, str | None, int | None]:

@@ -34,7 +34,7 @@ _DEVICE_COLUMNS = (
 def load_devices(
     conn: Connection,
     batches: Sequence[VerifiedBatch],
-    seed: Callable[[list[str]], list[dict[str, Any]]],
+    seed: Callable[[list[DeviceKey]], list[dict[str, Any]]],
 ) -> dict[DeviceKey, DeviceState]:
     """The device rows of the group's devices, locked (FOR UPDATE on PostgreSQL) in key order.
 
@@ -46,7 +46,7 @@ def load_devices(
     rows = _device_rows(conn, keys)
     if len(rows) < len(keys):  # prepare() seeds every registered device; be safe anyway
         known = {(r[0], r[1]) for r in rows}
-        missing = [device for election, device in keys if (election, device) not in known]
+        missing = [key for key in keys if key not in known]
         insert_missing(conn, models.devices, seed(missing), key=("election", "device"))
         rows = _device_rows(conn, keys)
     return {(r[0], r[1]): DeviceState(*r) for r in rows}

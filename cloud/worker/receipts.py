@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 
 from cloud.config import DEFAULT_RECEIPT_INTERVAL_S
+from cloud.elections import Elections, key_for
 from protocol import Receipt, SigningKey, receipt_topic
 from protocol.signed import sign_receipt
 
@@ -170,14 +171,14 @@ class ReceiptSender:
 
     def __init__(
         self,
-        key: SigningKey,
+        key: SigningKey | Elections,
         interval_s: float = DEFAULT_RECEIPT_INTERVAL_S,
         *,
         max_in_flight: int = 1_000,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be positive, got {max_in_flight}")
-        self._key = key
+        self._key_for = key_for(key)
         self._coalescer = ReceiptCoalescer(interval_s)
         self._client: mqtt.Client | None = None
         self._max_in_flight = max_in_flight
@@ -221,9 +222,13 @@ class ReceiptSender:
         due = self._coalescer.due(now, everything=everything, limit=room)
         sent = 0
         for index, receipt in enumerate(due):
+            key = self._key_for(receipt.election)
+            if key is None:  # cannot happen for a batch the ledger accepted; never unsigned
+                log.error("receipt device=%s seq=%d dropped: no signing key for election %s", receipt.device, receipt.seq, receipt.election)
+                continue
             info = client.publish(
                 receipt_topic(receipt.election, receipt.device),
-                sign_receipt(receipt, self._key),
+                sign_receipt(receipt, key),
                 qos=1,
                 retain=True,
             )

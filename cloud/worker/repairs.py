@@ -16,6 +16,7 @@ import time
 import paho.mqtt.client as mqtt
 
 from cloud._exceptions import DatabaseUnavailable
+from cloud.elections import Elections, key_for
 from cloud.ledger.ledger import Ledger
 from cloud.ledger.repairs import RepairScheduler
 from protocol import RepairRequest, SigningKey, command_topic
@@ -27,10 +28,10 @@ log = logging.getLogger(__name__)
 class RepairSender:
     """Publishes the due repair requests of ``scheduler`` on a client; ``sent`` counts them."""
 
-    def __init__(self, scheduler: RepairScheduler, ledger: Ledger, key: SigningKey) -> None:
+    def __init__(self, scheduler: RepairScheduler, ledger: Ledger, key: SigningKey | Elections) -> None:
         self._scheduler = scheduler
         self._ledger = ledger
-        self._key = key
+        self._key_for = key_for(key)
         self.sent = 0
 
     def send(self, client: mqtt.Client) -> None:
@@ -54,9 +55,13 @@ class RepairSender:
         ]
         sent: list[RepairRequest] = []
         for request in requests:
+            key = self._key_for(request.election)
+            if key is None:
+                log.error("repair request device=%s not sent: no signing key for election %s", request.device, request.election)
+                continue
             rc = client.publish(
                 command_topic(request.election, request.device),
-                sign_repair(request, self._key),
+                sign_repair(request, key),
                 qos=1,
                 retain=False,
             ).rc

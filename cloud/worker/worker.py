@@ -59,6 +59,7 @@ from typing import TypeVar
 from cloud import faults
 from cloud._exceptions import DatabaseUnavailable
 from cloud.config import CloudConfig
+from cloud.elections import Elections
 from cloud.engine.engine import RulesEngine
 from cloud.engine.stats import EngineResult
 from cloud.ledger.chain import Verdict
@@ -89,7 +90,7 @@ class CloudWorker:
         statuses: StatusStore | None = None,
         rules: RulesEngine | None = None,
         *,
-        signing_key: SigningKey,  # signs receipts and repair requests (protocol/signed.py)
+        signing_key: SigningKey | Elections,  # signs receipts and repair requests (protocol/signed.py)
     ) -> None:
         self._config = config
         self._ledger = ledger
