@@ -19,7 +19,7 @@ Anyone else, and anything not listed, gets nothing: Mosquitto denies what no lin
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from enum import StrEnum
 
 from protocol import Registry
@@ -47,23 +47,29 @@ def _user(name: str, rules: Iterable[Rule]) -> list[str]:
 
 
 def acl_text(
-    registry: Registry,
+    registry: Registry | Sequence[Registry],
     kind: BrokerKind,
     *,
     gateways: Iterable[str],
     clouds: Iterable[str] = (),
     monitors: Iterable[str] = (),
 ) -> str:
-    """The Mosquitto ACL file of a ``kind`` broker serving ``registry``'s election."""
-    election = registry.election.id
-    lines = [f"# EdgeTally {kind.value} broker ACL for election {election}: generated, do not edit", ""]
-    for name, rules in broker_rules(registry, kind, gateways=gateways, clouds=clouds, monitors=monitors).items():
+    """The Mosquitto ACL file of a ``kind`` broker serving ``registry``'s election (or each of
+    several elections': a gateway then carries all of them)."""
+    registries = _registries(registry)
+    ids = ", ".join(r.election.id for r in registries)
+    lines = [f"# EdgeTally {kind.value} broker ACL for election {ids}: generated, do not edit", ""]
+    for name, rules in broker_rules(registries, kind, gateways=gateways, clouds=clouds, monitors=monitors).items():
         lines += _user(name, rules)
     return "\n".join(lines)
 
 
+def _registries(registry: Registry | Sequence[Registry]) -> list[Registry]:
+    return [registry] if isinstance(registry, Registry) else list(registry)
+
+
 def broker_rules(
-    registry: Registry,
+    registry: Registry | Sequence[Registry],
     kind: BrokerKind,
     *,
     gateways: Iterable[str],
@@ -71,38 +77,52 @@ def broker_rules(
     monitors: Iterable[str] = (),
 ) -> dict[str, list[Rule]]:
     """Each identity's topics on a ``kind`` broker: the one source of the Mosquitto ACL and of
-    the NATS cluster's permissions (:mod:`edgetally.nats`)."""
-    election = registry.election.id
-    every = f"{PREFIX}/{election}/+"
+    the NATS cluster's permissions (:mod:`edgetally.nats`).
+
+    Several elections: each device keeps to its own election's topics, each gateway gets every
+    election's. A cloud worker reads and answers every election's batches (``+`` for the
+    election), so that an election added to a running cloud (``cloud elections add``) needs no
+    new ACL on the cloud broker; its gateways do need one naming it."""
+    registries = _registries(registry)
+    gateways, clouds = sorted(gateways), sorted(clouds)
     users: dict[str, list[Rule]] = {}
     for monitor in sorted(monitors):
         users[identity(Role.MONITOR, monitor)] = [("read", f"{PREFIX}/#"), ("read", f"{RULES_OUTPUT_ROOT}/#")]
     if kind is BrokerKind.EDGE:
-        for device in sorted(registry.devices):
-            users[identity(Role.DEVICE, device)] = [
-                ("write", device_topic(election, device, DeviceTopicKind.BATCH)),
-                ("write", device_topic(election, device, DeviceTopicKind.STATUS)),
-                ("read", device_topic(election, device, DeviceTopicKind.RECEIPT)),
-                ("read", device_topic(election, device, DeviceTopicKind.COMMAND)),
-            ]  # fmt: skip
-        for gateway in sorted(gateways):
-            users[identity(Role.GATEWAY, gateway)] = [
-                ("read", f"{every}/{DeviceTopicKind.BATCH}"),
-                ("read", f"{every}/{DeviceTopicKind.STATUS}"),
-                ("write", f"{every}/{DeviceTopicKind.RECEIPT}"),
-                ("write", f"{every}/{DeviceTopicKind.COMMAND}"),
-                ("write", gateway_status_topic(gateway)),
-            ]  # fmt: skip
+        for reg in registries:
+            election = reg.election.id
+            for device in sorted(reg.devices):
+                users.setdefault(identity(Role.DEVICE, device), []).extend([
+                    ("write", device_topic(election, device, DeviceTopicKind.BATCH)),
+                    ("write", device_topic(election, device, DeviceTopicKind.STATUS)),
+                    ("read", device_topic(election, device, DeviceTopicKind.RECEIPT)),
+                    ("read", device_topic(election, device, DeviceTopicKind.COMMAND)),
+                ])  # fmt: skip
+        for gateway in gateways:
+            for reg in registries:
+                every = f"{PREFIX}/{reg.election.id}/+"
+                users.setdefault(identity(Role.GATEWAY, gateway), []).extend([
+                    ("read", f"{every}/{DeviceTopicKind.BATCH}"),
+                    ("read", f"{every}/{DeviceTopicKind.STATUS}"),
+                    ("write", f"{every}/{DeviceTopicKind.RECEIPT}"),
+                    ("write", f"{every}/{DeviceTopicKind.COMMAND}"),
+                ])  # fmt: skip
+            users[identity(Role.GATEWAY, gateway)].append(("write", gateway_status_topic(gateway)))
         return users
-    for gateway in sorted(gateways):
-        users[identity(Role.GATEWAY, gateway)] = [
-            ("write", f"{every}/{DeviceTopicKind.BATCH}"),
+    for gateway in gateways:
+        for reg in registries:
+            every = f"{PREFIX}/{reg.election.id}/+"
+            users.setdefault(identity(Role.GATEWAY, gateway), []).extend([
+                ("write", f"{every}/{DeviceTopicKind.BATCH}"),
+                ("read", f"{every}/{DeviceTopicKind.RECEIPT}"),
+                ("read", f"{every}/{DeviceTopicKind.COMMAND}"),
+            ])  # fmt: skip
+        users[identity(Role.GATEWAY, gateway)] += [
             ("write", gateway_bundle_topic(gateway)),
             ("write", gateway_status_topic(gateway)),
-            ("read", f"{every}/{DeviceTopicKind.RECEIPT}"),
-            ("read", f"{every}/{DeviceTopicKind.COMMAND}"),
-        ]  # fmt: skip
-    for cloud in sorted(clouds):
+        ]
+    every = f"{PREFIX}/+/+"
+    for cloud in clouds:
         users[identity(Role.CLOUD, cloud)] = [
             ("read", f"{every}/{DeviceTopicKind.BATCH}"),
             ("read", gateway_bundle_topic("+")),

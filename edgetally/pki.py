@@ -84,7 +84,7 @@ def issue_cmd(
 
 @app.command("acl")
 def acl_cmd(
-    keys: Path = typer.Option(..., "--keys", help="keys directory holding registry.json"),
+    keys: list[Path] = typer.Option(..., "--keys", help="keys directory holding registry.json; repeatable: the gateways carry every election given"),
     broker: BrokerKind = typer.Option(..., "--broker", help="edge (devices, gateways) or cloud (gateways, workers)"),
     gateways: list[str] = typer.Option(["gw1"], "--gateway", help="a gateway's id (repeatable)"),
     clouds: list[str] = typer.Option(["cloud1"], "--cloud", help="a cloud worker's id (repeatable)"),
@@ -95,7 +95,7 @@ def acl_cmd(
     from protocol import ProtocolError, Registry
 
     try:
-        text = acl_text(Registry.load(keys), broker, gateways=gateways, clouds=clouds, monitors=monitors)
+        text = acl_text([Registry.load(k) for k in keys], broker, gateways=gateways, clouds=clouds, monitors=monitors)
         write_secret(out, text.encode(), "ACL file", mode=0o644)
     except (KeyFileError, ProtocolError) as err:
         raise _fail(err) from err

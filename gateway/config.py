@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -51,11 +52,13 @@ class GatewayConfig:
     edge: BrokerAddress
     cloud: BrokerAddress
     buffer_path: Path
-    keys_dir: Path
+    keys_dir: Path  # the first election's; recorded in the buffer for the inspection commands
     window: int = 256
     max_payload_bytes: int = DEFAULT_MAX_BYTES
     sync: SyncMode = SyncMode.FULL
     ready_file: Path | None = None
+    # Keys directories of the other elections whose devices this gateway carries (--keys again).
+    more_keys_dirs: tuple[Path, ...] = ()
     delivered_retention_s: float = 3600.0  # delivered rows kept this long, then purged
     max_buffer_batches: int = 0  # outbound rows (pending+inflight) quota; 0 = none
     max_buffer_bytes: int = 0  # outbound payload bytes quota; 0 = none
@@ -131,7 +134,7 @@ class GatewayConfig:
         edge: str,
         cloud: str,
         buffer: Path,
-        keys: Path,
+        keys: Path | Sequence[Path],
         gateway_id: str = "gw1",
         window: int = 256,
         max_payload_bytes: int = DEFAULT_MAX_BYTES,
@@ -156,7 +159,8 @@ class GatewayConfig:
             edge=_broker(edge, "--edge"),
             cloud=_brokers(cloud, "--cloud")[0],
             buffer_path=buffer,
-            keys_dir=keys,
+            keys_dir=keys if isinstance(keys, Path) else _first(keys),
+            more_keys_dirs=() if isinstance(keys, Path) else tuple(keys[1:]),
             window=window,
             max_payload_bytes=max_payload_bytes,
             sync=sync,
@@ -175,6 +179,11 @@ class GatewayConfig:
             status_interval_s=status_interval_s,
             tls=None if pki is None else client_tls(pki, Role.GATEWAY, gateway_id),
         )
+
+    @property
+    def keys_dirs(self) -> tuple[Path, ...]:
+        """Every election's keys directory, the recorded one first."""
+        return (self.keys_dir, *self.more_keys_dirs)
 
     @property
     def edge_client_id(self) -> str:
@@ -197,3 +206,9 @@ def _broker(url: str, option: str) -> BrokerAddress:
         return parse_broker_url(url)
     except ProtocolError as exc:
         raise ConfigError(f"{option}: {exc}") from exc
+
+
+def _first(keys: Sequence[Path]) -> Path:
+    if not keys:
+        raise ConfigError("--keys: give the keys directory of at least one election")
+    return keys[0]

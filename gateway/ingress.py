@@ -41,7 +41,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -99,7 +99,7 @@ class Ingress:
     def __init__(
         self,
         config: GatewayConfig,
-        registry: Registry,
+        registry: Registry | Mapping[str, Registry],  # one election, or each carried by id
         buffer: Buffer,
         *,
         on_stored: Callable[[], None] = lambda: None,
@@ -107,7 +107,7 @@ class Ingress:
         on_ready: Callable[[], None] = lambda: None,
     ) -> None:
         self._config = config
-        self._registry = registry
+        self._registries = {registry.election.id: registry} if isinstance(registry, Registry) else dict(registry)
         self._buffer = buffer
         self._on_stored = on_stored
         self._on_connected = on_connected
@@ -385,7 +385,7 @@ class Ingress:
                 item.topic,
                 item.payload,
                 item.received_at,
-                self._registry,
+                self._registries,
                 self._config.max_payload_bytes,
             )
             for item in items

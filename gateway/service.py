@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import orjson
@@ -117,7 +117,7 @@ class GatewayService:
 
     def run(self) -> None:
         config = self.config
-        registry = load_registry(config.keys_dir)
+        registries = load_registries(config.keys_dirs)
         if config.tls is not None:
             check_tls(config.tls)  # a missing or bad certificate stops the gateway here, named
         armed = faults.arm_from_environment()
@@ -143,7 +143,7 @@ class GatewayService:
                     config.max_buffer_bytes,
                     round(RESUME_RATIO * 100),
                 )
-            self._serve(registry, buffer)
+            self._serve(registries, buffer)
         finally:
             buffer.close()
             _remove(config.ready_file)
@@ -151,7 +151,7 @@ class GatewayService:
             raise ServiceFailed(f"gateway {config.gateway_id} stopped: {self._failure}")
         log.info("gateway %s stopped", config.gateway_id)
 
-    def _serve(self, registry: Registry, buffer: Buffer) -> None:
+    def _serve(self, registries: Mapping[str, Registry], buffer: Buffer) -> None:
         config = self.config
         ingress: Ingress | None = None
 
@@ -169,10 +169,10 @@ class GatewayService:
             uplink.request_receipts()
             link_changed()
 
-        uplink = Uplink(config, buffer, relay=relay, on_link_change=link_changed, election=registry.election.id)
+        uplink = Uplink(config, buffer, relay=relay, on_link_change=link_changed, elections=tuple(registries))
         ingress = Ingress(
             config,
-            registry,
+            registries,
             buffer,
             on_stored=uplink.notify,
             on_connected=edge_connected,
@@ -242,6 +242,17 @@ class GatewayService:
             self._give_up(f"cannot write the ready file {path}: {exc.strerror}")
             return
         log.info("ready: subscribed on the edge broker (ready file %s)", path)
+
+
+def load_registries(keys_dirs: Sequence[Path]) -> dict[str, Registry]:
+    """Each election's registry by id; an election given twice is refused."""
+    registries: dict[str, Registry] = {}
+    for keys_dir in keys_dirs:
+        registry = load_registry(keys_dir)
+        if registry.election.id in registries:
+            raise ConfigError(f"--keys: election {registry.election.id} is given twice ({keys_dir})")
+        registries[registry.election.id] = registry
+    return registries
 
 
 def load_registry(keys_dir: Path) -> Registry:

@@ -133,15 +133,19 @@ class Uplink:
         *,
         relay: Callable[[str, bytes], None],
         on_link_change: Callable[[], None] = lambda: None,
-        election: str | None = None,
+        elections: Sequence[str] | None = None,
     ) -> None:
-        """``election``: subscribe to that election's receipts and commands only (what the cloud
+        """``elections``: subscribe to these elections' receipts and commands only (what the cloud
         ACL grants; NATS refuses a wider wildcard outright). None: every election's."""
         self._config = config
         self._filters = (
             [(RECEIPT_FILTER, 1), (COMMAND_FILTER, 1)]
-            if election is None
-            else [(f"{PREFIX}/{election}/+/{kind}", 1) for kind in (DeviceTopicKind.RECEIPT, DeviceTopicKind.COMMAND)]
+            if elections is None
+            else [
+                (f"{PREFIX}/{election}/+/{kind}", 1)
+                for election in elections
+                for kind in (DeviceTopicKind.RECEIPT, DeviceTopicKind.COMMAND)
+            ]
         )
         self._buffer = buffer
         self._relay = relay

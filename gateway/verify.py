@@ -12,12 +12,15 @@ re-verify stored rows with it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from gateway.buffer.rows import NewMessage
 from gateway.buffer.schema import State
 from protocol import (
     BadTopic,
     ProtocolError,
     Registry,
+    RejectReason,
     body_hash,
     parse_batch_topic,
     parse_body,
@@ -27,9 +30,12 @@ from protocol import (
 
 
 def classify(
-    topic: str, payload: bytes, received_at: float, registry: Registry, max_bytes: int
+    topic: str, payload: bytes, received_at: float, registry: Registry | Mapping[str, Registry], max_bytes: int
 ) -> NewMessage:
-    """Verify one message: a pending row if it is a good batch, else a quarantined one."""
+    """Verify one message: a pending row if it is a good batch, else a quarantined one.
+
+    ``registry``: the election's, or each carried election's by id (chosen by the topic's
+    election segment; the body and that registry must then agree with it)."""
     try:
         where = parse_batch_topic(topic)
     except BadTopic as err:
@@ -41,10 +47,21 @@ def classify(
             reason=err.reason.value,
             detail=str(err),
         )
+    chosen = registry if isinstance(registry, Registry) else registry.get(where.election)
+    if chosen is None:
+        assert not isinstance(registry, Registry)
+        carried = ", ".join(repr(e) for e in sorted(registry)[:5]) + (" ..." if len(registry) > 5 else "")
+        seq, digest = _best_effort_identity(payload, max_bytes)
+        return NewMessage(
+            topic=topic, payload=payload, state=State.QUARANTINED, received_at=received_at,
+            election=where.election, device=where.device, seq=seq, body_hash=digest,
+            reason=RejectReason.UNKNOWN_ELECTION.value,
+            detail=f"election {where.election!r} is not one this gateway carries ({carried}; give its --keys)",
+        )  # fmt: skip
     try:
         batch = verify(
             payload,
-            registry,
+            chosen,
             max_bytes=max_bytes,
             topic_device=where.device,
             topic_election=where.election,
