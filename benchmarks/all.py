@@ -59,6 +59,7 @@ QUICK: dict[str, list[str]] = {
     "cli": ["--runs", "2"],
     "results": ["--seconds", "1", "--clients", "200", "--synthetic-devices", "0"],
     "cluster": ["--forward", "600", "--backlog", "1200", "--loss", "0", "--workers", "1", "--brokers", "mosquitto,nats-r1"],
+    "elections": ["--quick"],
 }  # fmt: skip
 BENCHMARKS = tuple(QUICK)
 
@@ -79,6 +80,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "cli": ("cli.help_python_ratio", "cli.gateway_buffer_stats_python_ratio", "cli.cloud_results_python_ratio"),
     "results": ("results.api_static_ratio",),
     "cluster": ("cluster.forward_1w_ratio_nats_r1", "cluster.ingest_1w_ratio_nats_r1", "cluster.drain_rate_ratio_nats_r1"),
+    "elections": ("elections.many_vs_single_ratio",),
 }  # fmt: skip
 
 

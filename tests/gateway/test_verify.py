@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from devices.generator import device_batches
+from devices.synth import synth_election
 from gateway.buffer.schema import State
 from gateway.verify import classify
 from protocol import (
@@ -17,6 +18,7 @@ from protocol import (
     RejectReason,
     batch_topic,
     load_signing_key,
+    provision,
     seal,
 )
 from tests.gateway.support import Sent
@@ -94,3 +96,18 @@ def test_message_on_a_topic_that_is_not_a_device_batch_topic_is_quarantined(
 
 
 # -- against a real broker -----------------------------------------------------------
+
+
+def test_a_gateway_carrying_several_elections_verifies_each_with_its_own_registry(
+    good: Sent, registry: Registry, tmp_path: Path
+) -> None:
+    other = provision(synth_election(4, 2, 9), tmp_path / "other")
+    carried = {registry.election.id: registry, other.election.id: other}
+    assert classify(good.topic, good.payload, 1.0, carried, 65536).state is State.PENDING
+    device = other.election.devices[0]
+    body = device_batches(other.election, 3, device, 1)[0]
+    theirs = seal(body, load_signing_key(tmp_path / "other", device)).to_bytes()
+    assert classify(batch_topic(other.election.id, device), theirs, 1.0, carried, 65536).state is State.PENDING
+    row = classify(batch_topic(other.election.id, device), theirs, 1.0, {registry.election.id: registry}, 65536)
+    assert (row.state, row.reason, row.device, row.seq) == (State.QUARANTINED, RejectReason.UNKNOWN_ELECTION.value, device, 1)
+    assert repr(other.election.id) in row.detail and repr(registry.election.id) in row.detail
