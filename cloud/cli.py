@@ -477,15 +477,20 @@ def alerts(
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     rule: str | None = typer.Option(None, "--rule", help="only this rule's alerts"),
     device: str | None = typer.Option(None, "--device", help="only this device's alerts"),
+    election: str | None = typer.Option(None, "--election", help="only this election's alerts"),
     limit: int = LIMIT_OPTION,
 ) -> None:
     """Alerts the rules raised (severity, rule, device, seq, message), oldest first."""
     from cloud.db import make_engine
     from cloud.engine import outputs
+    from cloud.results.results import sa_query, stored_election
 
     try:
         engine = make_engine(db, create=False, writer=False)
-        found = outputs.load_alerts(engine, rule=rule, device=device, limit=limit)
+        if election is not None:  # one the database does not hold is named, with what it holds
+            with engine.connect() as conn:
+                stored_election(sa_query(conn), election)
+        found = outputs.load_alerts(engine, rule=rule, device=device, election=election, limit=limit)
     except CloudError as err:
         _fail("alerts", err)
     engine.dispose()

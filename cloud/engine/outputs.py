@@ -49,9 +49,10 @@ def load_alerts(
     *,
     rule: str | None = None,
     device: str | None = None,
+    election: str | None = None,
     limit: int = DEFAULT_OUTPUT_LIMIT,
 ) -> list[dict[str, Any]]:
-    return _read(engine, models.alerts, limit, rule=rule, device=device)
+    return _read(engine, models.alerts, limit, rule=rule, device=device, election=election)
 
 
 def load_stored(engine: Engine, table: str, *, limit: int = DEFAULT_OUTPUT_LIMIT) -> list[dict[str, Any]]:

@@ -198,3 +198,6 @@ def test_cli_adds_an_election_lists_both_and_results_name_the_choices(
     assert a.election.id in ambiguous.stderr and b.election.id in ambiguous.stderr and "--election" in ambiguous.stderr
     one = json.loads(run_cli("cloud", "results", "--db", db, "--election", b.election.id, "--json").stdout)
     assert one["election"] == b.election.id and one["ballots"] == 0
+    unknown = run_cli("cloud", "alerts", "--db", db, "--election", "nope", check=False)
+    assert unknown.returncode == 1 and "no election 'nope'" in unknown.stderr and a.election.id in unknown.stderr
+    assert json.loads(run_cli("cloud", "alerts", "--db", db, "--election", a.election.id, "--json").stdout) == []
