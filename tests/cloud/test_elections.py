@@ -18,9 +18,11 @@ from cloud.elections import Elections, Served, load_served, served_from, store
 from cloud.ledger.chain import Verdict
 from cloud.ledger.ledger import Ledger
 from cloud.results.results import load_results
+from devices.generator import expected_totals
 from devices.synth import synth_election
 from protocol import Registry, RejectReason, provision
-from tests.cloud.support import Envelopes
+from tests.cloud.engine_support import dead_letters, rules, rules_engine
+from tests.cloud.support import SEED, Envelopes
 from tests.helpers import run_cli
 
 MAX = 64 * 1024
@@ -201,3 +203,27 @@ def test_cli_adds_an_election_lists_both_and_results_name_the_choices(
     unknown = run_cli("cloud", "alerts", "--db", db, "--election", "nope", check=False)
     assert unknown.returncode == 1 and "no election 'nope'" in unknown.stderr and a.election.id in unknown.stderr
     assert json.loads(run_cli("cloud", "alerts", "--db", db, "--election", a.election.id, "--json").stdout) == []
+
+
+def test_one_elections_failing_rule_output_leaves_the_other_elections_figures_alone(
+    two: tuple[Envelopes, Envelopes], engine: Engine
+) -> None:
+    a, b = two
+    ledger = both(a, b, engine)
+    # A rule whose output is refused (a wildcard in a republish topic), for election A's batches only.
+    config = rules(
+        f"""
+  - name: a-out
+    sql: SELECT device, concat(device, '/#') AS where_to FROM 'edgetally/v1/{a.election.id}/+/batch'
+    actions: [{{republish: {{topic: "results/${{where_to}}"}}}}]
+"""
+    )
+    devices = list(a.election.devices)
+    result = rules_engine(ledger, ledger.elections, engine, config).record(a.messages(devices, 2) + b.messages(devices, 2))
+    assert [o.verdict for o in result.ledger.outcomes] == [Verdict.ACCEPTED] * 2 * len(devices) * 2
+    letters = dead_letters(engine)
+    assert len(letters) == 2 * len(devices) and {d["election"] for d in letters} == {a.election.id}
+    for envelopes in (a, b):  # both elections' figures are what their devices sent
+        expected = expected_totals(envelopes.election, SEED, 2).to_mapping()
+        shown = votes(engine, envelopes.election.id)
+        assert {k: shown[k] for k in expected} == expected
