@@ -18,6 +18,7 @@ are kept, like :func:`protocol.provision` keeps signing keys.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,9 +61,10 @@ class Wire:
         """A gateway's or cloud worker's TLS files (after :meth:`prepare`)."""
         return client_tls(self.pki, role, ident)
 
-    def prepare(self, registry: Registry) -> None:
+    def prepare(self, registry: Registry | Sequence[tuple[Registry, Path]]) -> None:
         """The CA, broker and client certificates that are missing, each device's certificate,
-        and the ACLs of both brokers for ``registry``."""
+        and the ACLs of both brokers for ``registry`` (or several elections' registries, each
+        with the keys directory its devices' certificates go to)."""
         from protocol.pki import create_authority, issue, load_authority, provision_devices
 
         ca = load_authority(self.pki) if ca_cert_path(self.pki).exists() else create_authority(self.pki)
@@ -73,9 +75,12 @@ class Wire:
         for role, ident in wanted:
             if not all(p.exists() for p in cert_paths(self.pki, role, ident)):
                 issue(ca, role, ident, force=True)
-        provision_devices(ca, sorted(registry.devices), self.keys)
+        elections = [(registry, self.keys)] if isinstance(registry, Registry) else list(registry)
+        for each, keys in elections:
+            provision_devices(ca, sorted(each.devices), keys)
         for kind in BrokerKind:
             acl = self.broker(kind).acl
             acl.parent.mkdir(mode=0o700, exist_ok=True)
-            text = acl_text(registry, kind, gateways=gateways, clouds=self.clouds, monitors=self.monitors)
+            registries = [each for each, _ in elections]
+            text = acl_text(registries, kind, gateways=gateways, clouds=self.clouds, monitors=self.monitors)
             write_secret(acl, text.encode(), "ACL", mode=0o600)

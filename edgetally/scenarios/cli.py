@@ -100,7 +100,7 @@ class _LiveView:
         components.add_column("state")
         pieces: list[BrokerProcess | Component | ClusterNode] = [*world.cloud_broker_processes(), *world.clouds]
         for site in world.sites:
-            pieces += [site.edge, site.gateway, site.fleet]
+            pieces += [site.edge, site.gateway, *(f.component for f in site.fleets)]
         for extra in (world.rogue, world.serve):
             if extra.starts:
                 pieces.append(extra)

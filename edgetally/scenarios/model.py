@@ -27,6 +27,7 @@ A scenario is YAML::
       rogue_flood: 200     # rejects the rogue (``start: rogue``) floods its stolen device's topic with
       cloud_broker: nats   # the cloud broker: mosquitto (default) or a NATS JetStream cluster
       nodes: 3             # with nats: its nodes (the MQTT streams replicated this many ways)
+      elections: 20        # that many synthetic elections at once, `devices` each (edgetally/scenarios/elections.py)
     timeline:
       - {at: 3s, cut: uplink}
       - {at: 11s, restore: uplink}
@@ -104,6 +105,7 @@ class Topology:
     election: Path | None = None
     cloud_broker: str = "mosquitto"
     nodes: int = 1
+    elections: int = 1  # more: synthetic elections, each its own fleet per site (scenarios/elections.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +259,8 @@ def _topology(raw: object, where: str) -> Topology:
         raise ScenarioError(f"{where}: topology.nodes is for cloud_broker: nats (mosquitto runs one node)")
     if topology.batches < 1:
         raise ScenarioError(f"{where}: topology.batches must be at least 1")
+    if topology.elections < 1 or (topology.elections > 1 and topology.election is not None):
+        raise ScenarioError(f"{where}: topology.elections is at least 1, and with more than 1 the elections are synthetic (no election file)")
     if topology.devices and topology.devices < topology.sites:
         raise ScenarioError(f"{where}: {topology.devices} devices cannot fill {topology.sites} sites")
     return topology

@@ -34,6 +34,7 @@ from edgetally.proxy.control import ProxyControl
 from edgetally.proxy.proxy import ProxyError
 from edgetally.scenarios.checks import judge
 from edgetally.scenarios.cluster import ClusterNode
+from edgetally.scenarios.elections import combine
 from edgetally.scenarios.model import Action, Scenario
 from edgetally.scenarios.observe import (
     Observations,
@@ -41,9 +42,10 @@ from edgetally.scenarios.observe import (
     expected_accepts,
     undelivered,
 )
+from edgetally.scenarios.proxies import command
 from edgetally.scenarios.served import fetch_served
 from edgetally.scenarios.verdict import ScenarioVerdict
-from edgetally.scenarios.world import Proxy, World, WorldError
+from edgetally.scenarios.world import World, WorldError
 from gateway._exceptions import GatewayError
 
 log = logging.getLogger(__name__)
@@ -142,7 +144,7 @@ class ScenarioRunner:
         self._engine: Engine | None = None
         self._t0 = time.monotonic()
         self._awaiting: dict[str, tuple[Component, float]] = {}  # started, not yet ready
-        self._merged_truth: dict[str, Any] | None = None
+        self._merged_truth: list[dict[str, Any]] | None = None
         self.world = World(
             self.scenario,
             options.workdir,
@@ -176,13 +178,15 @@ class ScenarioRunner:
             self._phase("draining")
             drained = self._drain()
             self._phase("judging")
-            verdict = judge(
-                Observations(
+            verdicts = {}
+            for e, keys in enumerate(world.keys_dirs):  # one election, or each of several alike
+                truth = self._truths()[e]
+                verdicts[str(truth["election"])] = judge(Observations(
                     db_url=world.db_url,
-                    keys_dir=world.keys,
+                    keys_dir=keys,
                     buffers=tuple(s.buffer_path for s in world.sites),
-                    fleet_summaries=tuple(_read_json(s.summary_path) for s in world.sites),
-                    truth=self._truth(),
+                    fleet_summaries=tuple(_read_json(s.fleets[e].summary_path) for s in world.sites),
+                    truth=truth,
                     last_fault_s=last_fault,
                     drained_s=drained,
                     peak_buffer_depth=self.sample.peak_backlog,
@@ -190,8 +194,8 @@ class ScenarioRunner:
                     served=world.serve.starts > 0,
                     served_results=fetch_served(world.serve_port, self.sample.expected, 10.0) if world.serve.starts else None,
                     resend_after=self.scenario.topology.resend_after if world.cluster is not None else None,
-                )
-            )
+                ))  # fmt: skip
+            verdict = next(iter(verdicts.values())) if len(verdicts) == 1 else combine(verdicts)
         except (WorldError, ComponentError, BrokerError, ProxyError, OSError, ValueError) as exc:
             error = f"{type(exc).__name__}: {exc}"
             log.error("scenario %s: %s", self.scenario.name, error)
@@ -215,7 +219,7 @@ class ScenarioRunner:
                 if not proxies:
                     raise WorldError(f"no fault proxy on link {action.target}")
                 for proxy in proxies:
-                    _command(proxy, action)
+                    command(proxy, action)
             else:
                 for process in self.world.processes(action):
                     self._process(action.verb, process)
@@ -262,28 +266,27 @@ class ScenarioRunner:
             if not process.running:
                 self._start(process)
                 healed.append(process.name)
-        for site in world.sites:  # a fleet that exited by itself is done, not down
-            if not site.fleet.running and site.fleet.returncode is not None and site.fleet.returncode < 0:
-                site.fleet.start()
-                healed.append(site.fleet.name)
+        for fleet in (f.component for f in world.fleets()):  # a fleet that exited by itself is done, not down
+            if not fleet.running and fleet.returncode is not None and fleet.returncode < 0:
+                fleet.start()
+                healed.append(fleet.name)
         self._event("heal: every link passes" + (f"; started {', '.join(healed)}" if healed else ""))
 
     # -- waiting and sampling ----------------------------------------------------------------
     def _drain(self) -> float | None:
         """Wait (bounded) for the fleets to finish and the system to drain; when it drained."""
         deadline = time.monotonic() + self.options.fleet_timeout
-        while self.world.rogue.running or any(s.fleet.running for s in self.world.sites):
+        while self.world.rogue.running or any(f.component.running for f in self.world.fleets()):
             if time.monotonic() > deadline:
                 self._event("fleets did not finish", ok=False, detail=f"within {self.options.fleet_timeout:.0f}s")
                 return None
             self._sample_for(SAMPLE_S)
-        for site in self.world.sites:
-            code = site.fleet.returncode
-            if code != 0:
-                self._event(f"{site.fleet.name} exited {code}", ok=False, detail=f"see {site.fleet.log_path}")
+        for fleet in (f.component for f in self.world.fleets()):
+            if fleet.returncode != 0:
+                self._event(f"{fleet.name} exited {fleet.returncode}", ok=False, detail=f"see {fleet.log_path}")
         if self.world.rogue.starts and self.world.rogue.returncode != 0:
             self._event(f"rogue exited {self.world.rogue.returncode}", ok=False, detail=f"see {self.world.rogue.log_path}")
-        expected = len(expected_accepts(self._truth()))
+        expected = sum(len(expected_accepts(truth)) for truth in self._truths())
         self.sample.expected = expected
         deadline = time.monotonic() + self.scenario.drain_timeout
         while True:
@@ -333,11 +336,11 @@ class ScenarioRunner:
 
     def _fleet_metrics(self) -> dict[str, float]:
         totals: dict[str, float] = {}
-        for site in self.world.sites:
-            if not site.fleet.running:
+        for fleet in self.world.fleets():
+            if not fleet.component.running:
                 continue
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{site.metrics_port}/metrics", timeout=0.5) as reply:
+                with urllib.request.urlopen(f"http://127.0.0.1:{fleet.metrics_port}/metrics", timeout=0.5) as reply:
                     text = reply.read().decode()
             except OSError:
                 continue
@@ -352,10 +355,13 @@ class ScenarioRunner:
         return totals or self.sample.fleet
 
     # -- bookkeeping -----------------------------------------------------------------------
-    def _truth(self) -> dict[str, Any]:
-        """The fleets' truth files merged; read once, after the fleets have finished."""
+    def _truths(self) -> list[dict[str, Any]]:
+        """Each election's truth: its fleets' truth files merged; read once, after the fleets finished."""
         if self._merged_truth is None:
-            self._merged_truth = merge_truths([_read_json(s.truth_path) for s in self.world.sites])
+            sites = self.world.sites
+            self._merged_truth = [
+                merge_truths([_read_json(s.fleets[e].truth_path) for s in sites]) for e in range(len(self.world.keys_dirs))
+            ]
         return self._merged_truth
 
     def _event(self, what: str, *, ok: bool = True, detail: str = "") -> None:
@@ -371,24 +377,6 @@ class ScenarioRunner:
     def _notify(self) -> None:
         if self._observer is not None:
             self._observer(self.sample, self.events, self.world)
-
-
-def _command(proxy: Proxy, action: Action) -> None:
-    control = ProxyControl(proxy.control_port)
-    if action.verb == "cut":
-        control.cut()
-    elif action.verb == "blackhole":
-        control.blackhole()
-    elif action.verb == "restore":
-        control.pass_()
-    elif action.verb == "latency":
-        control.latency(action.ms, action.jitter_ms)
-    elif action.verb == "bandwidth":
-        control.bandwidth(action.bps)
-    elif action.verb == "drop":
-        control.drop_for(action.duration)
-    else:
-        raise WorldError(f"unknown link action {action.verb!r}")
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -29,7 +29,9 @@ from edgetally.nats import NatsCluster
 from edgetally.pgdb import ThrowawayDatabase
 from edgetally.processes import Component
 from edgetally.scenarios.cluster import ClusterNode, cluster_nodes
+from edgetally.scenarios.elections import keys_dirs, provision_all
 from edgetally.scenarios.model import CLUSTER_TARGETS, Action, Scenario
+from edgetally.scenarios.proxies import Proxy, make_proxy
 from edgetally.wire import Wire
 from protocol import Registry, provision
 from protocol.tls import Role
@@ -44,18 +46,13 @@ class WorldError(Exception):
 
 
 @dataclass
-class Proxy:
-    """One ``edgetally proxy`` process on a link: fixed listen and control ports."""
+class SiteFleet:
+    """One election's fleet at a site (one per site unless ``topology.elections`` says more)."""
 
-    link: str
     component: Component
-    listen_port: int
-    control_port: int
-    tls: bool = False  # the broker behind it speaks TLS: the proxy forwards the encrypted bytes
-
-    @property
-    def url(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.listen_port}"
+    summary_path: Path
+    truth_path: Path
+    metrics_port: int
 
 
 @dataclass
@@ -63,29 +60,9 @@ class Site:
     index: int  # 1-based
     edge: BrokerProcess
     gateway: Component
-    fleet: Component
+    fleets: list[SiteFleet]
     buffer_path: Path
-    summary_path: Path
-    truth_path: Path
-    metrics_port: int
     proxies: dict[str, Proxy] = field(default_factory=dict)
-
-
-def _proxy(name: str, link: str, target: BrokerProcess, workdir: Path) -> Proxy:
-    target_port = target.port
-    listen, control = free_port(), free_port()
-    component = Component(
-        name,
-        [
-            "proxy",
-            "--listen", f"127.0.0.1:{listen}",
-            "--target", f"127.0.0.1:{target_port}",
-            "--control", str(control),
-            "--name", name,
-        ],
-        workdir,
-    )
-    return Proxy(link, component, listen, control, tls=target.tls is not None)
 
 
 class World:
@@ -105,7 +82,9 @@ class World:
         self.scenario = scenario
         self.workdir = workdir
         topo = scenario.topology
-        self.keys = workdir / "keys"
+        self.keys_dirs = keys_dirs(workdir, topo)  # one per election
+        self.keys = self.keys_dirs[0]
+        self._keys_args = [arg for d in self.keys_dirs for arg in ("--keys", str(d))]
         self.election_file = topo.election or SAMPLE_ELECTION
         self._pg: ThrowawayDatabase | None = None
         if topo.database == "postgresql":
@@ -135,9 +114,9 @@ class World:
             cloud_url = self.cloud_broker.url
         self.cloud_proxy: Proxy | None = None
         if "cloud" in topo.links and isinstance(self.cloud_broker, BrokerProcess):
-            self.cloud_proxy = _proxy("proxy-cloud", "cloud", self.cloud_broker, workdir)
+            self.cloud_proxy = make_proxy("proxy-cloud", "cloud", self.cloud_broker, workdir)
             cloud_url = self.cloud_proxy.url
-        cloud_args = ["cloud", "run", "--broker", cloud_url, "--db", self.db_url, "--keys", str(self.keys), *self._pki, *jetstream]
+        cloud_args = ["cloud", "run", "--broker", cloud_url, "--db", self.db_url, *self._keys_args, *self._pki, *jetstream]
         # Several workers share the load: on Mosquitto a shared subscription, on NATS the shared consumers.
         share = [] if jetstream else ["--share", "edgetally"]
         if topo.cloud_workers == 1:
@@ -169,7 +148,7 @@ class World:
             if link in topo.links:
                 target = self.cloud_broker if link == "uplink" else edge
                 assert isinstance(target, BrokerProcess)  # the model refuses an uplink proxy before a cluster
-                proxies[link] = _proxy(f"proxy-{link}{k}", link, target, work)
+                proxies[link] = make_proxy(f"proxy-{link}{k}", link, target, work)
         edge_for_devices = proxies["devices"].url if "devices" in proxies else edge.url
         edge_for_gateway = proxies["edge"].url if "edge" in proxies else edge.url
         cloud_for_gateway = proxies["uplink"].url if "uplink" in proxies else self._cloud_url
@@ -179,7 +158,7 @@ class World:
             "--edge", edge_for_gateway,
             "--cloud", cloud_for_gateway,
             "--buffer", str(buffer_path),
-            "--keys", str(self.keys),
+            *self._keys_args,
             "--id", f"gw{k}",
             *self._pki,
         ]  # fmt: skip
@@ -192,14 +171,23 @@ class World:
         if topo.gateway_max_quarantine_rows_per_device:
             gateway_args += ["--max-quarantine-rows-per-device", str(topo.gateway_max_quarantine_rows_per_device)]
         gateway = Component(f"gateway{k}", gateway_args, work, env=dict(gateway_env or {}))
+        many = len(self.keys_dirs) > 1
+        fleets = [
+            self._fleet(k, work / f"e{e:02d}" if many else work, keys, edge_for_devices, fleet_timeout)
+            for e, keys in enumerate(self.keys_dirs, start=1)
+        ]
+        return Site(k, edge, gateway, fleets, buffer_path, proxies)
+
+    def _fleet(self, k: int, work: Path, keys: Path, broker: str, fleet_timeout: float) -> SiteFleet:
+        topo = self.scenario.topology
         summary, truth, metrics = work / "fleet-summary.json", work / "truth.json", free_port()
         fleet_args = [
             "devices", "run",
-            "--broker", edge_for_devices,
-            "--keys", str(self.keys),
+            "--broker", broker,
+            "--keys", str(keys),
             "--seed", str(topo.seed),
             "--batches-per-device", str(topo.batches),
-            "--rate", str(topo.rate / topo.sites),
+            "--rate", str(topo.rate / topo.sites / len(self.keys_dirs)),
             "--resend-after", str(topo.resend_after),
             "--resend-cap", str(max(topo.resend_cap, topo.resend_after)),
             "--reconnect-max", "2",
@@ -217,8 +205,8 @@ class World:
             fleet_args.append("--no-confirm")
         for name, share in topo.behaviours:
             fleet_args += ["--behaviour", f"{name}={share}"]
-        fleet = Component(f"fleet{k}", fleet_args, work, ready=False)
-        return Site(k, edge, gateway, fleet, buffer_path, summary, truth, metrics, proxies)
+        name = f"fleet{k}" if len(self.keys_dirs) == 1 else f"fleet{k}-{work.name}"  # fleet1-e07
+        return SiteFleet(Component(name, fleet_args, work, ready=False), summary, truth, metrics)
 
     def _rogue_args(self) -> list[str]:
         """``edgetally rogue`` with the certificate of the election's last device, which must
@@ -265,10 +253,13 @@ class World:
     def start(self) -> None:
         """Everything but the fleets, each ready before what depends on it."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if not (self.keys / "registry.json").exists():
+        if len(self.keys_dirs) > 1:
+            registries = provision_all(self.scenario.topology, self.keys_dirs)
+            self._registry = registries[0]
+        elif not (self.keys / "registry.json").exists():
             self._registry = provision(load_election(self.election_file), self.keys)
-        if self.wire is not None:
-            self.wire.prepare(self.registry)  # certificates and ACLs, before any broker starts
+        if self.wire is not None:  # certificates and ACLs, before any broker starts
+            self.wire.prepare([(Registry.load(d), d) for d in self.keys_dirs])
         if any(action.target == "rogue" for action in self.scenario.timeline):
             self.rogue.args = self._rogue_args()
         self._create_database()
@@ -296,16 +287,21 @@ class World:
             self.serve.wait_ready(60)
 
     def start_fleets(self) -> None:
+        for fleet in self.fleets():
+            fleet.summary_path.unlink(missing_ok=True)
+            fleet.component.start()
+
+    def fleets(self) -> Iterator[SiteFleet]:
         for site in self.sites:
-            site.summary_path.unlink(missing_ok=True)
-            site.fleet.start()
+            yield from site.fleets
 
     def stop(self) -> None:
         """Stop everything still running (fleets first, brokers last). Safe to call twice."""
         self.rogue.stop()
         self.serve.stop()
         for site in self.sites:
-            site.fleet.stop()
+            for fleet in site.fleets:
+                fleet.component.stop()
             site.gateway.stop()
         for worker in self.clouds:
             worker.stop()
@@ -321,7 +317,8 @@ class World:
         self.rogue.kill()
         self.serve.kill()
         for site in self.sites:
-            site.fleet.kill()
+            for fleet in site.fleets:
+                fleet.component.kill()
             site.gateway.kill()
             site.edge.kill()
         for worker in self.clouds:
@@ -373,7 +370,7 @@ class World:
         if action.target == "gateway":
             return [s.gateway for s in self._sites(action)]
         if action.target == "fleet":
-            return [s.fleet for s in self._sites(action)]
+            return [f.component for s in self._sites(action) for f in s.fleets]
         if action.target == "rogue":
             return [self.rogue]
         raise WorldError(f"unknown process {action.target!r}")

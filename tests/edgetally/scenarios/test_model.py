@@ -112,6 +112,8 @@ def test_cluster_nodes_are_targets_by_number_by_role_or_all() -> None:
         ([], {"cloud_broker": "nats", "links": ["uplink"]}, r"no fault proxy in front of a NATS cluster"),
         ([{"at": "1s", "kill": "cloud-node-leader"}], {}, r"cloud-node-leader needs topology.cloud_broker: nats"),
         ([{"at": "1s", "kill": "cloud-node4"}], {"cloud_broker": "nats", "nodes": 3}, r"cloud-node4 does not exist"),
+        ([], {"elections": 3, "election": "x.yaml"}, r"with more than 1 the elections are synthetic"),
+        ([], {"elections": 0}, r"topology.elections is at least 1"),
     ],
 )
 def test_bad_scenarios_are_refused_naming_the_entry_and_the_problem(
@@ -135,8 +137,10 @@ def test_every_shipped_scenario_loads_and_the_library_covers_the_issue() -> None
         "uplink-outage", "flapping-uplink", "slow-uplink", "blackholed-uplink", "gateway-crash-loop",
         "edge-broker-restart", "edge-broker-sigkill", "cloud-broker-restart", "cloud-broker-sigkill",
         "cloud-worker-crash", "reconnect-storm", "tampered-and-replaying", "duplicate-flood",
-        "gateway-disk-quota", "election-night", "rogue-client",
+        "gateway-disk-quota", "election-night", "rogue-client", "many-elections",
     }  # fmt: skip
+    many = next(s for s in shipped() if s.name == "many-elections")  # issue 18: an outage and a worker crash
+    assert many.topology.elections == 20 and {a.verb for a in many.timeline} >= {"cut", "kill"}
     rogue = next(s for s in shipped() if s.name == "rogue-client")  # issue 14: during an outage and a disk loss
     assert [a.verb + " " + a.target for a in rogue.timeline] == ["cut uplink", "wipe gateway", "start rogue", "restore uplink"]
     night = next(s for s in shipped() if s.name == "election-night")

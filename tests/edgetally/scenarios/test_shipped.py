@@ -1,6 +1,6 @@
 """Every shipped scenario, shortened, through real processes: the verdict must hold.
 
-Shortened: at most 16 devices and 4 batches each, the timeline played twice as fast (the long
+Shortened: at most 16 devices and 4 batches each (and 6 elections), the timeline played twice as fast (the long
 "election night" mix runs as `scripts/election-night`, not here). Each run starts its own
 Mosquitto brokers, fault proxies, gateways, cloud workers and fleets (edgetally/scenarios).
 """
@@ -25,7 +25,9 @@ SPEED = 2.0
 
 def _short(scenario: Scenario) -> Scenario:
     topo = scenario.topology
-    return scenario.with_topology(devices=min(topo.devices or 16, 16), batches=min(topo.batches, 4))
+    return scenario.with_topology(
+        devices=min(topo.devices or 16, 16), batches=min(topo.batches, 4), elections=min(topo.elections, 6)
+    )
 
 
 # cloud-cluster-quorum-loss is played by tests/integration/test_cloud_cluster.py, which also asserts
