@@ -118,3 +118,15 @@ def test_run_with_a_bad_broker_url_fails_clearly(tmp_path: Path, keys_dir: Path)
     )
     assert proc.returncode == 1
     assert "--broker" in proc.stderr and "mqtt://host:port" in proc.stderr
+
+
+def test_run_with_no_election_to_serve_or_one_given_twice_fails_clearly(tmp_path: Path, keys_dir: Path) -> None:
+    base = ("cloud", "run", "--broker", "mqtt://127.0.0.1:1", "--db", f"sqlite:///{tmp_path / 'c.db'}")
+    none = run_cli(*base, check=False, timeout=30)
+    assert none.returncode == 1
+    assert none.stderr.strip().splitlines()[-1] == (
+        "edgetally cloud run: error: no election to serve: give --keys DIR, or add one with `edgetally cloud elections add`"
+    )
+    twice = run_cli(*base, "--keys", str(keys_dir), "--keys", str(keys_dir), check=False, timeout=30)
+    assert twice.returncode == 1
+    assert "is given twice" in twice.stderr.strip().splitlines()[-1]
