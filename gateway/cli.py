@@ -51,9 +51,7 @@ def run(
     cloud: str = typer.Option(..., "--cloud", help="cloud broker URL, mqtts://host:port (TLS) or mqtt://host:port; a cluster's nodes comma-separated"),
     pki: Path | None = typer.Option(None, "--pki", help="PKI directory (`edgetally pki init`): ca.crt, this gateway's certificate"),
     buffer: Path = typer.Option(..., "--buffer", help="buffer file (SQLite); created if missing"),
-    keys: list[Path] = typer.Option(
-        ..., "--keys", help="keys directory holding registry.json; repeatable: one per election whose devices this gateway carries"
-    ),
+    keys: list[Path] = typer.Option(..., "--keys", help="keys directory holding registry.json; repeatable: one per election carried"),
     gateway_id: str = typer.Option("gw1", "--id", help="gateway name (client ids, status topic)"),
     window: int = typer.Option(
         256, "--window", min=1, max=MAX_WINDOW, help="uplink QoS 1 publishes in flight"

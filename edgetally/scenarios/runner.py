@@ -337,7 +337,7 @@ class ScenarioRunner:
     def _fleet_metrics(self) -> dict[str, float]:
         totals: dict[str, float] = {}
         for fleet in self.world.fleets():
-            if not fleet.component.running:
+            if not fleet.component.running or fleet.metrics_port is None:
                 continue
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{fleet.metrics_port}/metrics", timeout=0.5) as reply:

@@ -52,7 +52,7 @@ class SiteFleet:
     component: Component
     summary_path: Path
     truth_path: Path
-    metrics_port: int
+    metrics_port: int | None  # None: not served (an election after the first: its port could be taken meanwhile)
 
 
 @dataclass
@@ -173,14 +173,17 @@ class World:
         gateway = Component(f"gateway{k}", gateway_args, work, env=dict(gateway_env or {}))
         many = len(self.keys_dirs) > 1
         fleets = [
-            self._fleet(k, work / f"e{e:02d}" if many else work, keys, edge_for_devices, fleet_timeout)
+            self._fleet(k, work / f"e{e:02d}" if many else work, keys, edge_for_devices, fleet_timeout, metrics=e == 1)
             for e, keys in enumerate(self.keys_dirs, start=1)
         ]
         return Site(k, edge, gateway, fleets, buffer_path, proxies)
 
-    def _fleet(self, k: int, work: Path, keys: Path, broker: str, fleet_timeout: float) -> SiteFleet:
+    def _fleet(self, k: int, work: Path, keys: Path, broker: str, fleet_timeout: float, *, metrics: bool) -> SiteFleet:
+        """One election's fleet; ``metrics``: serve Prometheus text on a port chosen now (the live
+        view samples the first election's fleets only: every port picked ahead is one more that
+        another process may take before the fleet binds it)."""
         topo = self.scenario.topology
-        summary, truth, metrics = work / "fleet-summary.json", work / "truth.json", free_port()
+        summary, truth, port = work / "fleet-summary.json", work / "truth.json", free_port() if metrics else None
         fleet_args = [
             "devices", "run",
             "--broker", broker,
@@ -196,7 +199,6 @@ class World:
             "--state-dir", str(work / "fleet-state"),
             "--summary", str(summary),
             "--truth", str(truth),
-            "--metrics-port", str(metrics),
             "--no-live",
         ]  # fmt: skip
         if topo.devices:
@@ -206,7 +208,9 @@ class World:
         for name, share in topo.behaviours:
             fleet_args += ["--behaviour", f"{name}={share}"]
         name = f"fleet{k}" if len(self.keys_dirs) == 1 else f"fleet{k}-{work.name}"  # fleet1-e07
-        return SiteFleet(Component(name, fleet_args, work, ready=False), summary, truth, metrics)
+        if port is not None:
+            fleet_args += ["--metrics-port", str(port)]
+        return SiteFleet(Component(name, fleet_args, work, ready=False), summary, truth, port)
 
     def _rogue_args(self) -> list[str]:
         """``edgetally rogue`` with the certificate of the election's last device, which must
