@@ -154,3 +154,45 @@ def test_precinct_reported_by_tabulator_and_by_hand_is_flagged(stack: Stack, tmp
     detail = next(d for d in report["discrepancies"] if d["check"] == "sources")
     assert detail["precinct"] == "harbor-p01"
     assert "ballots tabulator" in detail["detail"] and "vs manual 120" in detail["detail"]
+
+
+def test_forged_and_single_keyed_sheets_and_a_tabulator_entry_are_quarantined_with_their_reason(
+    stack: Stack, tmp_path: Path
+) -> None:
+    from edgetally.entry.send import publish
+    from edgetally.entry.state import PendingBatch
+    from protocol import GENESIS_HASH, BatchBody, load_signing_key, parse_broker_url, seal
+    from protocol.entry import Entry, Signature, sheet_message, sign_sheet
+    from protocol.registry import load_operator_key
+
+    counts = {"governor": {"alvarez": 5}}
+
+    def body(device: str, precinct_id: str, *signers: str, forge: bool = False) -> BatchBody:
+        message = sheet_message("sample-2026", precinct_id, "F-1", 5, counts)
+        signatures = [sign_sheet(load_operator_key(stack.keys, s), s, message) for s in signers]
+        if forge:  # operator-2 named, with its kid, over operator-1's signature
+            signatures.append(Signature("operator-2", stack.registry.operators["operator-2"].kid, signatures[0].sig))
+        return BatchBody(election="sample-2026", device=device, precinct=precinct_id, seq=1, prev=GENESIS_HASH,
+                         issued_at="2026-11-03T21:00:00Z", ballots=5, counts=counts, entry=Entry("F-1", tuple(signatures)))
+
+    cases = {
+        "manual-harbor-p01": (body("manual-harbor-p01", "harbor-p01", "operator-1", "operator-1"), "not_double_keyed"),
+        "manual-harbor-p02": (body("manual-harbor-p02", "harbor-p02", "operator-1", forge=True), "bad_operator_signature"),
+        "harbor-p01-a": (body("harbor-p01-a", "harbor-p01", "operator-1", "operator-2"), "entry_not_allowed"),
+    }
+    batches = [
+        PendingBatch(device, 1, "F-1", 0, seal(b, load_signing_key(stack.keys, device)).to_bytes())
+        for device, (b, _) in cases.items()
+    ]
+    acked: list[PendingBatch] = []
+    publish(parse_broker_url(stack.edge.url), stack.keys, "sample-2026", batches, acked.append)
+    assert len(acked) == 3  # the broker takes them; the gateway refuses them
+
+    def quarantined() -> dict[str, Any] | None:
+        found = stack._cli_json("gateway", "buffer", "quarantine", "--buffer", str(stack.buffer_path))
+        return found if found["total"] >= 3 else None
+
+    found = wait_until(quarantined, 30, "three quarantined batches")
+    assert {r["device"]: r["reason"] for r in found["rows"]} == {d: reason for d, (_, reason) in cases.items()}
+    assert precinct(stack, "harbor-p01")["ballots"] == 0
+
