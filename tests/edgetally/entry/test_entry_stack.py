@@ -128,6 +128,21 @@ def test_agree_disagree_resolve_and_correct_end_in_exact_results(stack: Stack, t
     assert set(failing) == {"final batches"}, failing
     assert report["devices_without_final"] == [d for d in stack.registry.election.devices]
     assert next(c for c in report["checks"] if c["name"] == "signatures")["checked"] == 3
+    # the audit checks the operators' signatures like the devices': against another key of
+    # operator-2, every batch it co-signed fails, naming it
+    other_keys = tmp_path / "other-keys"
+    other_keys.mkdir()
+    registry = json.loads((stack.keys / "registry.json").read_text())
+    registry["operators"]["operator-2"] = {**registry["operators"]["supervisor-1"], "role": "operator"}
+    (other_keys / "registry.json").write_text(json.dumps(registry))
+    audit = subprocess.run(
+        [sys.executable, "-m", "edgetally", "cloud", "audit", "--db", stack.db_url, "--keys", str(other_keys), "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    report = json.loads(audit.stdout)
+    assert next(c for c in report["checks"] if c["name"] == "signatures")["discrepancies"] == 2  # S-001 seq 1 and 2
+    details = [d["detail"] for d in report["discrepancies"] if d["check"] == "signatures"]
+    assert all("operator 'operator-2'" in d and "bad_operator_signature" in d for d in details), details
 
 
 def test_precinct_reported_by_tabulator_and_by_hand_is_flagged(stack: Stack, tmp_path: Path) -> None:
