@@ -240,6 +240,7 @@ def device_rows(registry: Registry, names: Iterable[str]) -> list[dict[str, Any]
             "election": election,
             "device": name,
             "precinct": registry.devices[name].precinct,
+            "source": registry.devices[name].source,  # tabulator or manual (edgetally entry)
             "contiguous_seq": 0,
             "contiguous_hash": GENESIS_HASH,
             "final_seq": None,

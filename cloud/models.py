@@ -147,6 +147,7 @@ devices = Table(
     Column("duplicates", Integer, nullable=False, server_default="0"),
     Column("updated_at", UTCDateTime, nullable=True),
     Column("ballots", BigInteger, nullable=False, server_default="0"),  # accepted, cumulative
+    Column("source", String(16), nullable=False, server_default="tabulator"),  # or manual (0006)
 )
 
 rejections = Table(

@@ -48,29 +48,30 @@ def provision_cmd(
     out_dir: Path = typer.Option(..., "--out", help="Directory for private keys and registry.json"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing private keys"),
     pki: Path | None = typer.Option(None, "--pki", help="also a TLS client certificate per device from this CA (`edgetally pki init`)"),
+    operators: int = typer.Option(0, "--operators", min=0, help="N operator keys (operators/operator-1.pem ...), M supervisor keys, a manual-entry source per precinct (`edgetally entry`)"),
+    supervisors: int = typer.Option(1, "--supervisors", min=0, help="M, with --operators"),
 ) -> None:
     """Create an Ed25519 key per device and the registry (device -> precinct, public key);
-    with --pki, also each device's TLS client certificate beside its key."""
+    with --pki, also each device's TLS client certificate beside its key; --operators: see it."""
     from protocol import provision
     from protocol.pki import load_authority, provision_devices
 
     try:
         election = load_election(_resolve_election(election_file))
         ca = load_authority(pki) if pki is not None else None  # a missing CA refused before any key is made
-        registry = provision(election, out_dir, overwrite=overwrite)
+        registry = provision(election, out_dir, overwrite=overwrite, operators=operators, supervisors=supervisors)
         if ca is not None:
             certified = provision_devices(ca, sorted(registry.devices), out_dir, overwrite=overwrite)
             out.print(f"TLS client certificates: {len(certified)} in {out_dir / 'clients'}, CA {out_dir / 'ca.crt'}")
     except (DeviceError, ProtocolError) as exc:
         raise _fail(str(exc)) from exc
-    table = Table(title=f"Provisioned {len(registry.devices)} devices for {election.id}")
-    table.add_column("precinct")
-    table.add_column("devices")
-    table.add_column("key ids")
+    table = Table("precinct", "devices", "key ids", title=f"Provisioned {len(registry.devices)} devices for {election.id}")
     for precinct in election.precincts:
         entries = [registry.devices[d] for d in precinct.devices]
         table.add_row(precinct.id, ", ".join(e.device for e in entries), ", ".join(e.kid for e in entries))
     out.print(table)
+    if manual := sorted(d for d, e in registry.devices.items() if e.source == "manual"):
+        out.print(f"manual-entry sources: {len(manual)} ({manual[0]} ...); operators: {', '.join(sorted(registry.operators))}")
     out.print(f"registry: {out_dir / 'registry.json'}")
 
 

@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "proxy": Lazy("edgetally.proxy.cli", "proxy_cmd", "Forward TCP to a target, with faults on command, until Ctrl-C or SIGTERM."),
     "proxy-ctl": Lazy("edgetally.proxy.cli", "proxy_ctl_cmd", "Send one command to a running `edgetally proxy`; print its JSON reply (stats)."),
     "devices": Lazy("devices.cli", "app", "Provision tabulators, compute expected totals, run a device fleet."),
+    "entry": Lazy("edgetally.entry.cli", "app", "Key precinct tally sheets by hand, double-keyed, into the pipeline."),
     "gateway": Lazy("gateway.cli", "app", "Run the edge gateway; inspect, check and repair its buffer file."),
     "cloud": Lazy("cloud.cli", "app", "Run the cloud worker; migrate, read results and audit the cloud database."),
     "pki": Lazy("edgetally.pki", "app", "Create the deployment's certificate authority, TLS certificates and broker ACLs."),

@@ -22,6 +22,12 @@ quarantined or rejected message) and a human sentence naming the problem.
     ├── TopicMismatch                 topic_mismatch  a device's batch on another device's topic
     ├── WrongKey                      wrong_key   kid is not the device's registered key
     ├── BadSignature                  bad_signature
+    ├── EntryNotAllowed               entry_not_allowed  a tabulator's body carries the manual ``entry``
+    ├── MissingEntry                  missing_entry  a manual source's body without its ``entry``
+    ├── BadOperatorSignature          bad_operator_signature  an operator's or supervisor's signature
+    │                                             of the sheet does not verify (unknown, wrong kid or role)
+    ├── NotDoubleKeyed                not_double_keyed  fewer than two distinct operators and no
+    │                                             supervisor resolution
     ├── KeyFileError                  key_file    unreadable key or registry file
     ├── BadBundle                     bad_bundle  an uplink bundle whose framing is corrupt; its
     │                                             subclasses are in protocol/bundle.py
@@ -56,6 +62,11 @@ class RejectReason(StrEnum):
     KEY_FILE = "key_file"
     ELECTION_MODEL = "election_model"
     BAD_BUNDLE = "bad_bundle"  # an uplink bundle whose framing cannot be decoded (protocol/bundle.py)
+    # Manual entry (protocol/entry.py, docs/protocol.md section 16):
+    ENTRY_NOT_ALLOWED = "entry_not_allowed"  # a tabulator's body carries the manual "entry" field
+    MISSING_ENTRY = "missing_entry"  # a manual source's body without its "entry" field
+    BAD_OPERATOR_SIGNATURE = "bad_operator_signature"  # an operator's/supervisor's signature fails
+    NOT_DOUBLE_KEYED = "not_double_keyed"  # < 2 distinct operators and no supervisor resolution
     # Stateful reasons, decided by whoever holds the history (cloud ledger):
     CONFLICT = "conflict"  # another body already holds this (election, device, seq)
     BROKEN_CHAIN = "broken_chain"  # prev does not match the hash of seq - 1
@@ -148,6 +159,22 @@ class WrongKey(ProtocolError):
 
 class BadSignature(ProtocolError):
     reason = RejectReason.BAD_SIGNATURE
+
+
+class EntryNotAllowed(ProtocolError):
+    reason = RejectReason.ENTRY_NOT_ALLOWED
+
+
+class MissingEntry(ProtocolError):
+    reason = RejectReason.MISSING_ENTRY
+
+
+class BadOperatorSignature(ProtocolError):
+    reason = RejectReason.BAD_OPERATOR_SIGNATURE
+
+
+class NotDoubleKeyed(ProtocolError):
+    reason = RejectReason.NOT_DOUBLE_KEYED
 
 
 class KeyFileError(ProtocolError):

@@ -13,6 +13,9 @@ A body is canonical JSON with exactly these fields (docs/protocol.md)::
     counts     {contest: {choice: votes}} counted in this batch (deltas)
     final      true on the device's last batch
     totals     null, or on the final batch {"ballots": n, "counts": {...}} cumulative
+
+A manual source's body has one more field, ``entry`` (protocol/entry.py); a correction's
+(``entry.reason`` set) ``ballots`` and ``counts`` are deltas that may be negative.
 """
 
 from __future__ import annotations
@@ -38,12 +41,14 @@ from protocol._errors import (
     shown,
 )
 from protocol.election import ID_PATTERN, Election, parse_timestamp
+from protocol.entry import Entry, parse_entry
 
 VERSION = 1
 MAX_COUNT = 1_000_000_000
 BODY_FIELDS = frozenset(
     {"v", "election", "device", "precinct", "seq", "prev", "issued_at", "ballots", "counts", "final", "totals"}
 )
+MANUAL_BODY_FIELDS = BODY_FIELDS | {"entry"}
 TOTALS_FIELDS = frozenset({"ballots", "counts"})
 HEX64 = re.compile(r"[0-9a-f]{64}\Z")  # use with .match; \Z so that a trailing newline fails
 
@@ -69,9 +74,10 @@ class BatchBody:
     final: bool = False
     totals: Totals | None = None
     v: int = VERSION
+    entry: Entry | None = None  # a manual source's bodies only
 
     def to_mapping(self) -> dict[str, Any]:
-        return {
+        mapping: dict[str, Any] = {
             "v": self.v,
             "election": self.election,
             "device": self.device,
@@ -89,6 +95,9 @@ class BatchBody:
                 "counts": {c: dict(ch) for c, ch in self.totals.counts.items()},
             },
         }
+        if self.entry is not None:
+            mapping["entry"] = self.entry.to_mapping()
+        return mapping
 
     def to_bytes(self) -> bytes:
         """The canonical bytes: what is signed, hashed, and carried in the envelope."""
@@ -136,7 +145,7 @@ def _ident(value: object, where: str) -> str:
     return value
 
 
-def _counts(value: object, where: str) -> dict[str, dict[str, int]]:
+def _counts(value: object, where: str, minimum: int = 0) -> dict[str, dict[str, int]]:
     # The hot path of every verification: messages are only formatted when something is wrong.
     if not isinstance(value, dict):
         raise WrongType(f"{where} must be an object of contests, got {type(value).__name__}")
@@ -147,9 +156,9 @@ def _counts(value: object, where: str) -> dict[str, dict[str, int]]:
         if not isinstance(choices, dict):
             raise WrongType(f"{where}.{contest} must be an object of choices")
         for choice, n in choices.items():
-            if not (type(n) is int and 0 <= n <= MAX_COUNT and _is_id(choice)):
+            if not (type(n) is int and minimum <= n <= MAX_COUNT and _is_id(choice)):
                 _ident(choice, f"{where}.{contest} choice")
-                _int(n, f"{where}.{contest}.{choice}")
+                _int(n, f"{where}.{contest}.{choice}", minimum=minimum)
         out[contest] = choices  # fresh from the JSON parser: nobody else holds it
     return out
 
@@ -170,7 +179,13 @@ def parse_body(raw: bytes) -> BatchBody:
     data = canonical.loads(raw, what="batch body")
     if not isinstance(data, dict):
         raise MalformedJSON(f"batch body must be a JSON object, got {type(data).__name__}")
-    require_exact_fields(data, BODY_FIELDS, "batch body")
+    entry: Entry | None = None
+    if "entry" in data and data.keys() == MANUAL_BODY_FIELDS:
+        entry = parse_entry(data["entry"])
+    else:
+        require_exact_fields(data, BODY_FIELDS, "batch body")
+    # A correction's deltas may lower a figure; every other count is >= 0.
+    minimum = -MAX_COUNT if entry is not None and entry.reason is not None else 0
     v = _int(data["v"], "v")
     if v != VERSION:
         raise InvalidValue(f"v must be {VERSION}, got {v}")
@@ -219,10 +234,11 @@ def parse_body(raw: bytes) -> BatchBody:
         seq=seq,
         prev=prev,
         issued_at=issued_at,
-        ballots=_int(data["ballots"], "ballots"),
-        counts=_counts(data["counts"], "counts"),
+        ballots=_int(data["ballots"], "ballots", minimum=minimum),
+        counts=_counts(data["counts"], "counts", minimum),
         final=final,
         totals=totals,
+        entry=entry,
     )
     if canonical.dumps(data) != raw:
         raise NonCanonicalBody("batch body is not canonical JSON (sorted keys, no whitespace)")

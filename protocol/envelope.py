@@ -26,6 +26,7 @@ from protocol._errors import (
     shown,
 )
 from protocol.batch import BatchBody, check_against_election, parse_body, require_exact_fields
+from protocol.entry import check_entry
 from protocol.keys import SIGNATURE_BYTES, SigningKey, b64decode_strict, b64encode
 from protocol.limits import DEFAULT_MAX_BYTES
 from protocol.registry import Registry
@@ -94,7 +95,7 @@ def verify(
     """Decode and verify ``payload``; raise a :class:`ProtocolError` subclass naming the problem.
 
     Order: size, envelope structure, body structure, device and key, signature, then the
-    body against the election. ``topic_device`` and ``topic_election``, when given, must match
+    body against the election, then a manual source's ``entry`` (protocol/entry.py). ``topic_device`` and ``topic_election``, when given, must match
     the body's device and election (a batch published on another device's topic is refused).
     """
     envelope = parse_envelope(payload, max_bytes=max_bytes)
@@ -119,4 +120,6 @@ def verify(
             f"device {body.device!r} belongs to precinct {entry.precinct!r}, body says {body.precinct!r}"
         )
     check_against_election(body, registry.election)
+    if body.entry is not None or entry.source != "tabulator":
+        check_entry(body, entry, registry)  # docs/protocol.md section 16
     return VerifiedBatch(payload=payload, envelope=envelope, body=body, body_hash=body_hash(envelope.body))

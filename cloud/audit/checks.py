@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 
 from cloud import models
 from cloud.audit.report import CHECKS, AuditReport, CheckResult, Discrepancy
+from cloud.audit.sources import PrecinctSources
 from cloud.results.windows import WindowSums, ledger_windows, stored_width
 from protocol import (
     DEFAULT_MAX_BYTES,
@@ -76,6 +77,7 @@ class LedgerAudit:
         self.missing: dict[str, list[str]] = {}
         self.no_final: list[str] = []
         self.rows = 0
+        self.sources = PrecinctSources()
 
     def fail(self, check: str, detail: str, **where: Any) -> None:
         result = self.results[check]
@@ -95,6 +97,9 @@ class LedgerAudit:
                 self._close(_Device(name), row)
         self._compare_tallies()
         self._compare_precincts()
+        self.results["sources"].checked += len({p for p, _ in self.sources.sums})
+        for precinct, detail in self.sources.both():
+            self.fail("sources", detail, precinct=precinct)
         self._compare_windows(width)
         return AuditReport(
             election=self.election.id,
@@ -231,6 +236,8 @@ class LedgerAudit:
         entry[0] += ballots
         entry[1] += 1
         if body is not None:
+            known = self.registry.devices.get(device)
+            self.sources.add(known.source if known is not None else "tabulator", body)
             for contest, choices in body.counts.items():
                 for choice, n in choices.items():
                     dev.counts[(contest, choice)] = dev.counts.get((contest, choice), 0) + n
@@ -296,7 +303,10 @@ class LedgerAudit:
             self.missing[name] = dev.missing
         self.results["seq gaps"].checked += 1
         self.results["final batches"].checked += 1
-        if dev.final_seq is None:
+        known = self.registry.devices.get(name)
+        if known is not None and known.source == "manual":
+            pass  # a manual source sends sheets and corrections: no final batch (protocol.md 16)
+        elif dev.final_seq is None:
             self.no_final.append(name)
             what = f"highest seq held: {dev.max_seq}" if dev.rows else "it never sent a batch"
             self.fail("final batches", f"no final batch ({what})", device=name)

@@ -21,6 +21,7 @@ CHECKS: dict[str, str] = {
     "precinct ballots": "stored ballots and batches per precinct = the ledger's sum",
     "windows": "stored windows = the ledger's batches by issued_at",
     "device state": "devices table (contiguous seq/hash, final, max seq, batches, dups) = ledger",
+    "sources": "no precinct is reported both by its tabulators and by manual entry (cloud/audit/sources.py)",
 }
 DEFAULT_LIMIT = 1000  # discrepancies listed per check
 

@@ -37,6 +37,9 @@ The engine's functions, declared to every rule (``ENGINE_FUNCTIONS`` in cloud/en
     registered(p)        registered voters of precinct p (from the election), null if unknown
     device_ballots()     the device's cumulative accepted ballots, this batch included (kept in
                          devices.ballots by the ledger); null if no ledger action ran
+    source_ballots()     accepted ballots of the batch's precinct from the device's kind of source
+                         (tabulator or manual), this batch included; null if no ledger action ran
+    other_source_ballots()  the same from the other kind of source (cloud/ledger/sources.py)
     device_rate(n)       batches (verified, any outcome) this worker saw from the device in
                          the last n seconds, this one included, at one-second resolution; an
                          in-memory window per worker (with --share each worker sees its share)
@@ -132,6 +135,8 @@ class RulesEngine:
             "registered": self._registered_voters,
             "device_ballots": self._device_ballots,
             "device_rate": self._device_rate,
+            "source_ballots": lambda: self._outcome_figure("source_ballots"),
+            "other_source_ballots": lambda: self._outcome_figure("other_source_ballots"),
         }
 
     @property
@@ -465,6 +470,13 @@ class RulesEngine:
         if message is None or message.outcome is None:
             return None
         return message.outcome.device_ballots
+
+    def _outcome_figure(self, name: str) -> int | None:
+        message = self._current
+        if message is None or message.outcome is None:
+            return None
+        value: int | None = getattr(message.outcome, name)
+        return value
 
     def _device_rate(self, seconds: Any) -> int | None:
         message = self._current

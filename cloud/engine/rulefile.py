@@ -69,9 +69,11 @@ ENGINE_FUNCTIONS: Mapping[str, int] = {
     "registered": 1,
     "device_ballots": 0,
     "device_rate": 1,
+    "source_ballots": 0,
+    "other_source_ballots": 0,
 }
 # Known only once the ledger has decided: a rule with a ledger action cannot read them.
-AFTER_LEDGER = frozenset({"ledger_outcome", "ledger_reason", "device_ballots"})
+AFTER_LEDGER = frozenset({"ledger_outcome", "ledger_reason", "device_ballots", "source_ballots", "other_source_ballots"})
 MAX_RATE_WINDOW_S = 3600  # device_rate(n) looks back at most this far
 
 # What the engine receives: device batches (alone or unwrapped from bundles) and, for a bundle

@@ -41,6 +41,7 @@ from cloud._exceptions import DatabaseUnavailable
 from cloud.db import READ_ONLY, translate_errors
 from cloud.elections import Elections, device_rows, store
 from cloud.ledger.chain import BatchKey, DeviceKey, GroupPlan, Verdict
+from cloud.ledger.sources import with_sources
 from cloud.ledger.store import load_devices, load_held, read_gaps, write_gaps, write_group
 from protocol import (
     BadBundle,
@@ -105,6 +106,9 @@ class Outcome:
     # The device's cumulative accepted ballots once this message was decided (None: the
     # message was refused before a device could be known). Read by the rules engine.
     device_ballots: int | None = None
+    # its precinct's accepted ballots by this device's kind of source and by the other (sources.py)
+    source_ballots: int | None = None
+    other_source_ballots: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,15 +293,7 @@ class Ledger:
                 ballots = plan.devices[(body.election, body.device)].ballots
                 if decision.verdict is not Verdict.REJECTED:
                     arrivals.setdefault(body.key, message.received_at)
-                    outcomes.append(
-                        Outcome(
-                            decision.verdict,
-                            body.election,
-                            body.device,
-                            body.seq,
-                            device_ballots=ballots,
-                        )
-                    )
+                    outcomes.append(Outcome(decision.verdict, body.election, body.device, body.seq, device_ballots=ballots))
                     continue
                 item = Rejection(
                     decision.reason or RejectReason.CONFLICT,
@@ -321,7 +317,8 @@ class Ledger:
         plan.finish()
         write_group(conn, plan, arrivals, rejections)
         gaps = write_gaps(conn, plan, gapped_before)
-        return GroupResult(tuple(outcomes), tuple(plan.receipts()), tuple(sorted(gaps.items())))
+        sourced = with_sources(conn, outcomes, self._elections)
+        return GroupResult(sourced, tuple(plan.receipts()), tuple(sorted(gaps.items())))
 
     def current_gaps(self, keys: Sequence[DeviceKey]) -> dict[DeviceKey, tuple[SeqRange, ...]]:
         """The devices' missing ranges now (empty: closed, maybe by another worker).

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from cloud._exceptions import NotACloudDatabase
 
 VERSION_TABLE = "cloud_schema_version"
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 
 
 def one_revision(stamped: Sequence[object]) -> str:

@@ -93,6 +93,7 @@ class Results:
             "contests": self.contests,
             "shares": shares(self.contests),
             "ballots_by_precinct": self.ballots_by_precinct,
+            "sources_by_precinct": self.rollup.sources_by_precinct,
             "duplicates": self.duplicates,
             "rejections": self.rejections,
             "devices_final": self.devices_final,
@@ -236,11 +237,16 @@ def _figures(query: Query, election: Election) -> tuple[dict[str, Rollup], dict[
     duplicates: dict[str, int] = {}
     reporting: dict[str, int] = {}
     confirmed: dict[str, int] = {}
-    for device, final_seq, dups, max_seq, contiguous in query(
-        "SELECT device, final_seq, duplicates, max_seq, contiguous_seq FROM devices WHERE election = :eid", eid
+    sources: dict[str, set[str]] = {}  # precinct -> the sources of its devices that reported
+    for device, final_seq, dups, max_seq, contiguous, stored_precinct, source in query(
+        "SELECT device, final_seq, duplicates, max_seq, contiguous_seq, precinct, source FROM devices"
+        " WHERE election = :eid",
+        eid,
     ):
+        if int(max_seq) > 0:
+            sources.setdefault(stored_precinct, set()).add(source)
         precinct = election.precinct_of(device)
-        if precinct is None:
+        if precinct is None:  # a manual source (in no device list) counts in sources only
             continue
         finals[precinct] = finals.get(precinct, 0) + (final_seq is not None)
         duplicates[precinct] = duplicates.get(precinct, 0) + int(dups)
@@ -269,8 +275,9 @@ def _figures(query: Query, election: Election) -> tuple[dict[str, Rollup], dict[
             devices_reporting=reporting.get(precinct, 0),
             devices_confirmed=confirmed.get(precinct, 0),
             rejections=rejected.get(precinct, 0),
+            sources=tuple(sorted(sources.get(precinct, ()))),
         )
-        for precinct in {*votes, *ballots, *finals, *duplicates, *rejected}
+        for precinct in {*votes, *ballots, *finals, *duplicates, *rejected, *sources}
     }
     return roll_up(election, figures), by_device
 
@@ -295,6 +302,12 @@ def _assemble(
 
 
 # -- for people --------------------------------------------------------------------------
+
+
+def source_counts(sources: Mapping[str, str]) -> str:
+    """``tabulator 47, manual 1, both 1``: precincts by where their figures come from."""
+    counts = {kind: sum(1 for v in sources.values() if v == kind) for kind in ("tabulator", "manual", "both")}
+    return ", ".join(f"{kind} {n}" for kind, n in counts.items() if n)
 
 
 def percent(part: float, whole: float) -> str:
@@ -323,6 +336,8 @@ def render(results: Results, console: Console) -> None:
         "devices with their final batch", f"{rollup.devices_final} of {rollup.devices_total}"
     )
     summary.add_row("batches in the ledger", f"{rollup.batches:,}")
+    if by_source := source_counts(rollup.sources_by_precinct):
+        summary.add_row("precincts' figures from", by_source)
     summary.add_row("duplicates (not counted)", f"{rollup.duplicates:,}")
     summary.add_row("rejections", f"{results.rejections:,}")
     for reason, n in results.rejections_by_reason.items():

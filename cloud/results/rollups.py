@@ -9,7 +9,9 @@ A precinct **reports** when every one of its devices has its final batch in the 
 shows how many of the precincts below it report, out of how many. A device is **reporting**
 once any batch of its is in the ledger (the others are **silent**), and **confirmed** when its
 final batch and every seq before it are: what its receipts cover, so it has nothing left to send. Turnout is ballots cast over
-registered voters (``None`` where none are registered).
+registered voters (``None`` where none are registered). A precinct keyed by hand (a manual
+source, `edgetally entry`) reports too; ``sources_by_precinct`` says whether a precinct's figures
+come from its tabulators, manual entry or both.
 """
 
 from __future__ import annotations
@@ -34,6 +36,14 @@ class PrecinctFigures:
     devices_reporting: int = 0  # its devices with any batch in the ledger
     devices_confirmed: int = 0  # its devices with every seq up to the final one in the ledger
     rejections: int = 0
+    sources: tuple[str, ...] = ()  # "manual", "tabulator": the sources of its devices that reported
+
+
+def source_label(sources: tuple[str, ...]) -> str | None:
+    """Where a precinct's figures come from: tabulator, manual, both, or None (nothing yet)."""
+    if not sources:
+        return None
+    return sources[0] if len(sources) == 1 else "both"
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,8 @@ class Rollup:
     devices_confirmed: int
     rejections: int
     ballots_by_precinct: dict[str, int]  # precincts with accepted batches only
+    # precinct -> tabulator | manual | both, for precincts with a reporting source only
+    sources_by_precinct: dict[str, str] = field(default_factory=dict)
 
     @property
     def turnout(self) -> float | None:
@@ -77,6 +89,7 @@ class Rollup:
             "devices_confirmed": self.devices_confirmed,
             "devices_silent": self.devices_total - self.devices_reporting,
             "rejections": self.rejections,
+            "source": self.sources_by_precinct.get(self.unit.id) if self.unit.is_precinct else None,
             "contests": self.contests,
         }
 
@@ -105,6 +118,7 @@ def _precinct(election: Election, unit: Unit, f: PrecinctFigures) -> Rollup:
         for choice, n in choices.items():
             mine[choice] = mine.get(choice, 0) + n
     devices = len(unit.devices)
+    label = source_label(f.sources)
     return Rollup(
         unit=unit,
         contests=contests,
@@ -112,7 +126,8 @@ def _precinct(election: Election, unit: Unit, f: PrecinctFigures) -> Rollup:
         batches=f.batches,
         registered=unit.registered,
         precincts_total=1,
-        precincts_reporting=1 if f.devices_final >= devices else 0,
+        # all its tabulators' final batches, or figures keyed by hand
+        precincts_reporting=1 if f.devices_final >= devices or "manual" in f.sources else 0,
         devices_total=devices,
         devices_final=f.devices_final,
         duplicates=f.duplicates,
@@ -120,13 +135,16 @@ def _precinct(election: Election, unit: Unit, f: PrecinctFigures) -> Rollup:
         devices_confirmed=f.devices_confirmed,
         rejections=f.rejections,
         ballots_by_precinct={unit.id: f.ballots} if f.counted else {},
+        sources_by_precinct={} if label is None else {unit.id: label},
     )
 
 
 def _sum(election: Election, unit: Unit, children: list[Rollup]) -> Rollup:
     contests = _zeros(election)
     by_precinct: dict[str, int] = {}
+    sources: dict[str, str] = {}
     for child in children:
+        sources.update(child.sources_by_precinct)
         for contest, choices in child.contests.items():
             mine = contests.setdefault(contest, {})
             for choice, n in choices.items():
@@ -147,4 +165,5 @@ def _sum(election: Election, unit: Unit, children: list[Rollup]) -> Rollup:
         devices_confirmed=sum(c.devices_confirmed for c in children),
         rejections=sum(c.rejections for c in children),
         ballots_by_precinct=dict(sorted(by_precinct.items())),
+        sources_by_precinct=dict(sorted(sources.items())),
     )

@@ -282,5 +282,10 @@ def test_every_reject_reason_of_verify_is_covered() -> None:
         RejectReason.AFTER_FINAL,
         RejectReason.BAD_TOPIC,  # raised by parse_batch_topic (tests/protocol/test_topics.py)
         RejectReason.BAD_BUNDLE,  # raised by protocol.bundle.decode (tests/protocol/test_bundle.py)
+        # manual entry: tests/protocol/test_entry.py covers each with a registry holding operators
+        RejectReason.ENTRY_NOT_ALLOWED,
+        RejectReason.MISSING_ENTRY,
+        RejectReason.BAD_OPERATOR_SIGNATURE,
+        RejectReason.NOT_DOUBLE_KEYED,
     }
     assert {error.reason for _, _, _, error, _ in REJECTS} == stateless

@@ -50,6 +50,7 @@ def test_default_rules_load_with_the_ledger_rule_first() -> None:
         "ledger-bad-bundles",
         "ballots-above-registered",
         "contest-above-ballots",
+        "precinct-two-sources",
         "after-final",
         "rate-spike",
     ]
