@@ -32,7 +32,10 @@ def _short(scenario: Scenario) -> Scenario:
 
 # cloud-cluster-quorum-loss is played by tests/integration/test_cloud_cluster.py, which also asserts
 # that nothing was acknowledged without a quorum; its scenario file still loads (test_model).
-COVERED_ELSEWHERE = {"cloud-cluster-quorum-loss"}
+# cloud-cluster-node-loss likewise: test_cloud_cluster's leader test plays the same fault (the worker
+# away, the stream leader SIGKILLed) and asserts the same (nothing lost, no device resend); the CLUSTER
+# check itself is tests/edgetally/scenarios/test_cluster.py. Run both with `edgetally scenario run`.
+COVERED_ELSEWHERE = {"cloud-cluster-quorum-loss", "cloud-cluster-node-loss"}
 SHIPPED = [s for s in shipped() if "long" not in s.tags and s.name not in COVERED_ELSEWHERE]
 
 
