@@ -36,7 +36,9 @@ quarantined or rejected message) and a human sentence naming the problem.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
+from typing import Any
 
 
 class RejectReason(StrEnum):
@@ -189,3 +191,14 @@ class BadBundle(ProtocolError):
 
 class ElectionModelError(ProtocolError):
     reason = RejectReason.ELECTION_MODEL
+
+
+def require_exact_fields(data: Mapping[str, Any], expected: frozenset[str], where: str) -> None:
+    if data.keys() == expected:  # the usual case: one set comparison, nothing to report
+        return
+    missing = sorted(expected - data.keys())
+    if missing:
+        raise MissingField(f"{where} is missing field(s): {', '.join(missing)}")
+    extra = sorted(data.keys() - expected)
+    if extra:
+        raise ExtraField(f"{where} has unexpected field(s): {', '.join(extra)}")

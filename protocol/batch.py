@@ -29,7 +29,6 @@ from typing import Any
 from protocol import canonical
 from protocol._errors import (
     ElectionModelError,
-    ExtraField,
     InvalidValue,
     MalformedJSON,
     MissingField,
@@ -38,6 +37,7 @@ from protocol._errors import (
     UnknownContest,
     UnknownElection,
     WrongType,
+    require_exact_fields,
     shown,
 )
 from protocol.election import ID_PATTERN, Election, parse_timestamp
@@ -161,17 +161,6 @@ def _counts(value: object, where: str, minimum: int = 0) -> dict[str, dict[str, 
                 _int(n, f"{where}.{contest}.{choice}", minimum=minimum)
         out[contest] = choices  # fresh from the JSON parser: nobody else holds it
     return out
-
-
-def require_exact_fields(data: dict[str, Any], expected: frozenset[str], where: str) -> None:
-    if data.keys() == expected:  # the usual case: one set comparison, nothing to report
-        return
-    missing = sorted(expected - data.keys())
-    if missing:
-        raise MissingField(f"{where} is missing field(s): {', '.join(missing)}")
-    extra = sorted(data.keys() - expected)
-    if extra:
-        raise ExtraField(f"{where} has unexpected field(s): {', '.join(extra)}")
 
 
 def parse_body(raw: bytes) -> BatchBody:

@@ -22,7 +22,6 @@ resolution. A correction (``reason`` set) may carry negative deltas; nothing els
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,12 +29,11 @@ from protocol import canonical
 from protocol._errors import (
     BadOperatorSignature,
     EntryNotAllowed,
-    ExtraField,
     InvalidValue,
     MissingEntry,
-    MissingField,
     NotDoubleKeyed,
     WrongType,
+    require_exact_fields,
     shown,
 )
 from protocol.election import ID_PATTERN
@@ -110,15 +108,6 @@ def sign_sheet(key: SigningKey, signer: str, message: bytes) -> Signature:
 # -- parsing ---------------------------------------------------------------------------
 
 
-def _exact(data: Mapping[str, Any], expected: frozenset[str], where: str) -> None:
-    missing = sorted(expected - data.keys())
-    if missing:
-        raise MissingField(f"{where} is missing field(s): {', '.join(missing)}")
-    extra = sorted(data.keys() - expected)
-    if extra:
-        raise ExtraField(f"{where} has unexpected field(s): {', '.join(extra)}")
-
-
 def _id(value: object, where: str) -> str:
     if not isinstance(value, str):
         raise WrongType(f"{where} must be a string, got {type(value).__name__}")
@@ -130,7 +119,7 @@ def _id(value: object, where: str) -> str:
 def _signature(value: object, role: str, where: str) -> Signature:
     if not isinstance(value, dict):
         raise WrongType(f"{where} must be an object, got {type(value).__name__}")
-    _exact(value, OPERATOR_FIELDS if role == ROLE_OPERATOR else SUPERVISOR_FIELDS, where)
+    require_exact_fields(value, OPERATOR_FIELDS if role == ROLE_OPERATOR else SUPERVISOR_FIELDS, where)
     kid, sig = value["kid"], value["sig"]
     if not isinstance(kid, str) or not isinstance(sig, str):
         raise WrongType(f"{where} kid and sig must be strings")
@@ -146,7 +135,7 @@ def parse_entry(value: object) -> Entry:
     """The ``entry`` field of a body, structurally (no key is consulted)."""
     if not isinstance(value, dict):
         raise WrongType(f"entry must be an object, got {type(value).__name__}")
-    _exact(value, ENTRY_FIELDS, "entry")
+    require_exact_fields(value, ENTRY_FIELDS, "entry")
     operators = value["operators"]
     if not isinstance(operators, list):
         raise WrongType(f"entry.operators must be a list, got {type(operators).__name__}")

@@ -23,9 +23,10 @@ from protocol._errors import (
     WrongKey,
     WrongPrecinct,
     WrongType,
+    require_exact_fields,
     shown,
 )
-from protocol.batch import BatchBody, check_against_election, parse_body, require_exact_fields
+from protocol.batch import BatchBody, check_against_election, parse_body
 from protocol.entry import check_entry
 from protocol.keys import SIGNATURE_BYTES, SigningKey, b64decode_strict, b64encode
 from protocol.limits import DEFAULT_MAX_BYTES

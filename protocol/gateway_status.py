@@ -34,8 +34,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocol import canonical
-from protocol._errors import InvalidValue, MalformedJSON, PayloadTooLarge, WrongType, shown
-from protocol.batch import require_exact_fields
+from protocol._errors import (
+    InvalidValue,
+    MalformedJSON,
+    PayloadTooLarge,
+    WrongType,
+    require_exact_fields,
+    shown,
+)
 from protocol.election import ID_PATTERN
 
 VERSION = 1

@@ -12,8 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from protocol import canonical
-from protocol._errors import InvalidValue, MalformedJSON, NonCanonicalBody, WrongType, shown
-from protocol.batch import HEX64, require_exact_fields
+from protocol._errors import (
+    InvalidValue,
+    MalformedJSON,
+    NonCanonicalBody,
+    WrongType,
+    require_exact_fields,
+    shown,
+)
+from protocol.batch import HEX64
 from protocol.election import ID_PATTERN
 
 VERSION = 1

@@ -15,8 +15,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from protocol import canonical
-from protocol._errors import InvalidValue, MalformedJSON, NonCanonicalBody, WrongType, shown
-from protocol.batch import require_exact_fields
+from protocol._errors import (
+    InvalidValue,
+    MalformedJSON,
+    NonCanonicalBody,
+    WrongType,
+    require_exact_fields,
+    shown,
+)
 from protocol.election import ID_PATTERN
 
 VERSION = 1
