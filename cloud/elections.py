@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from cloud import models
@@ -265,8 +265,6 @@ class StoredElection:
 
 def stored(engine: Engine) -> list[StoredElection]:
     """Every election the database holds (``cloud elections list``)."""
-    from sqlalchemy import func
-
     e, d = models.elections, models.devices
     counts = select(d.c.election, func.count().label("n")).group_by(d.c.election).subquery()
     query = (

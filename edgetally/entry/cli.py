@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -93,6 +94,17 @@ def _run(keys: Path, station_dir: Path, action: Callable[[Station, Registry], T]
         raise _fail(str(exc)) from exc
 
 
+@contextmanager
+def _finishing(station: Station) -> Iterator[None]:
+    """The rest of a command on an opened station: its error as one line, its state closed."""
+    try:
+        yield
+    except EntryError as exc:
+        raise _fail(str(exc)) from exc
+    finally:
+        station.state.close()
+
+
 @app.command("key")
 def key_cmd(
     sheet: str = SHEET,
@@ -103,12 +115,8 @@ def key_cmd(
 ) -> None:
     """Key a sheet; once two operators agree, sign its batch and send it."""
     outcome, station = _run(keys, station_dir, lambda st, reg: st.key(sheet, precinct, operator, _figures(reg, source, operator)))
-    try:
+    with _finishing(station):
         _report(outcome, station, broker, timeout)
-    except EntryError as exc:
-        raise _fail(str(exc)) from exc
-    finally:
-        station.state.close()
 
 
 @app.command("correct")
@@ -127,12 +135,8 @@ def correct_cmd(
         return st.key(sheet, current.precinct, operator, _figures(reg, source, operator), reason=correction_reason(reason))
 
     outcome, station = _run(keys, station_dir, act)
-    try:
+    with _finishing(station):
         _report(outcome, station, broker, timeout)
-    except EntryError as exc:
-        raise _fail(str(exc)) from exc
-    finally:
-        station.state.close()
 
 
 @app.command("resolve")
@@ -144,27 +148,19 @@ def resolve_cmd(
 ) -> None:
     """Resolve a sheet in conflict with the supervisor's figures and signature; send its batch."""
     outcome, station = _run(keys, station_dir, lambda st, reg: st.resolve(sheet, supervisor, _figures(reg, source, supervisor)))
-    try:
+    with _finishing(station):
         assert outcome.batch is not None
         out.print(f"sheet {sheet}: resolved by {supervisor}; signed as {outcome.batch.device} seq {outcome.batch.seq}")
         _send(station, broker, timeout)
-    except EntryError as exc:
-        raise _fail(str(exc)) from exc
-    finally:
-        station.state.close()
 
 
 @app.command("send")
 def send_cmd(keys: Path = KEYS, station_dir: Path = STATION, broker: str = typer.Option(..., "--broker"), timeout: float = TIMEOUT) -> None:
     """Send every signed batch the broker has not acknowledged yet."""
     _, station = _run(keys, station_dir, lambda st, reg: None)
-    try:
+    with _finishing(station):
         if _send(station, broker, timeout) == 0:
             out.print("nothing to send")
-    except EntryError as exc:
-        raise _fail(str(exc)) from exc
-    finally:
-        station.state.close()
 
 
 @app.command("conflicts")
