@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -31,10 +32,45 @@ class BrokerError(Exception):
     """A broker could not be started or did not become ready."""
 
 
+_LISTEN_FLOOR = 10000
+_handed_out: set[int] = set()
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
+    """A free 127.0.0.1 port for a listener started a moment later.
+
+    Chosen below the kernel's ephemeral range where there is room, so that the source port of
+    some outgoing connection cannot take it in the gap before the broker binds it (that race
+    made a NATS node exit with "address already in use" in a busy suite), and never the same
+    port twice in one process.
+    """
+    low, _high = ephemeral_port_range()
+    if low - _LISTEN_FLOOR >= 1000:
+        rng = random.SystemRandom()
+        for _ in range(200):
+            port = rng.randrange(_LISTEN_FLOOR, low)
+            if port in _handed_out:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        port = int(sock.getsockname()[1])
+    _handed_out.add(port)
+    return port
 
 
 def find_binary(name: str) -> str | None:

@@ -10,7 +10,13 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from edgetally.brokers import BrokerProcess, BrokerSettings, free_port, mosquitto_config
+from edgetally.brokers import (
+    BrokerProcess,
+    BrokerSettings,
+    ephemeral_port_range,
+    free_port,
+    mosquitto_config,
+)
 from protocol import Registry, batch_topic
 from protocol.tls import ClientTls, Role, client_context
 from tests.helpers import alive, children_of, edgetally_cmd, run_cli, wait_until
@@ -128,3 +134,13 @@ def test_edgetally_broker_runs_locked_down_and_stops_its_broker_on_sigterm(
     assert (tmp_path / "b" / "mosquitto.db").is_file()  # a clean stop: Mosquitto saved its store
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_free_ports_are_distinct_and_outside_the_range_outgoing_connections_take() -> None:
+    low, high = ephemeral_port_range()
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == len(ports)
+    assert all(not (low <= port <= high) for port in ports)
+    for port in ports[:5]:  # each is bindable now
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", port))
