@@ -25,6 +25,7 @@ SQLite connection. A missing, foreign, truncated, damaged or too-new file raises
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import stat
@@ -42,6 +43,8 @@ from gateway._exceptions import (
     SchemaTooNew,
     StoreError,
 )
+
+log = logging.getLogger(__name__)
 
 APPLICATION_ID = 0x45544757  # "ETGW"
 BUSY_TIMEOUT_MS = 10_000
@@ -178,6 +181,12 @@ def recognise(
         time.sleep(_SETTLE_POLL_S)
         header, size = _read_header(path)
         problem = header_problem(header, size)
+    if problem is not None and _wal_has_frames(path):
+        # A gateway killed mid-checkpoint leaves just this: page 1 (the new page count) written,
+        # the pages after it not yet, every one of them still in the write-ahead log, which
+        # SQLite reads them from. Only SQLite reading every page can tell that from a lost disk.
+        log.warning("buffer %s: %s, with a write-ahead log: checking every page through it", path, problem)
+        deep, problem = True, None
     if problem is not None:
         raise CorruptBuffer(f"buffer {path} is damaged: {problem}; {recovery_hint(path, keys_dir)}")
     revision = _read_revision(path, deep=deep, keys_dir=keys_dir, wait_s=wait_s)
@@ -196,6 +205,7 @@ def recognise(
     return Recognised(FileKind.BUFFER, revision)
 
 
+WAL_HEADER_BYTES = 32  # a write-ahead log no longer than its header holds no page
 _SETTLE_S = 1.0  # how long a live buffer's header may disagree with its size (a checkpoint)
 _SETTLE_POLL_S = 0.02
 
@@ -208,6 +218,13 @@ def _read_header(path: Path) -> tuple[bytes, int]:
             return header, os.fstat(file.fileno()).st_size
     except OSError as exc:
         raise StoreError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _wal_has_frames(path: Path) -> bool:
+    try:
+        return path.with_name(path.name + "-wal").stat().st_size > WAL_HEADER_BYTES
+    except OSError:
+        return False
 
 
 def header_problem(header: bytes, size: int) -> str | None:

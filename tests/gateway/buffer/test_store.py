@@ -526,3 +526,46 @@ def test_a_truncated_buffer_is_damaged_even_with_a_write_ahead_log_beside_it(tmp
     path.with_name("b.db-wal").write_bytes(b"")
     with pytest.raises(CorruptBuffer, match="truncated: the header says"):
         schema.recognise(path)
+
+
+def test_a_buffer_killed_mid_checkpoint_opens_with_every_batch_it_held(tmp_path: Path) -> None:
+    """SIGKILL during a checkpoint leaves page 1 (the new page count) in the file and the pages
+    after it only in the write-ahead log: the header disagrees with the size for good, and the
+    file is whole. (The CI run that found this refused to start the gateway on it.)"""
+    path, killed = tmp_path / "b.db", tmp_path / "killed"
+    killed.mkdir()
+    with Buffer(path) as opened:
+        opened.put_many([batch(seq) for seq in range(50)])
+    opened = Buffer(path)
+    opened.open()
+    try:
+        opened.put_many([batch(seq, payload=b"x" * 600) for seq in range(50, 350)])
+        for name in ("b.db", "b.db-wal"):  # what a SIGKILL leaves: committed, not checkpointed
+            (killed / name).write_bytes((tmp_path / name).read_bytes())
+        with sqlite3.connect(path) as raw:
+            raw.execute("PRAGMA wal_checkpoint(FULL)")
+        page_one = path.read_bytes()[:PAGE]
+    finally:
+        opened.close()
+    stale = killed / "b.db"
+    assert len(page_one) == PAGE and stale.stat().st_size < path.stat().st_size
+    with open(stale, "r+b") as file:  # the checkpoint got as far as page 1
+        file.write(page_one)
+    assert schema.header_problem(stale.read_bytes()[:100], stale.stat().st_size) is not None
+    assert schema.recognise(stale, deep=True).kind is schema.FileKind.BUFFER
+    with Buffer(stale) as reopened:
+        assert reopened.counts()[State.PENDING] == 350
+
+
+def test_a_truncated_buffer_whose_write_ahead_log_lacks_the_pages_is_damaged(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    with Buffer(path) as opened:
+        opened.put_many([batch(seq, payload=b"x" * 600) for seq in range(300)])
+    whole = tmp_path / "whole.db"
+    whole.write_bytes(path.read_bytes())
+    truncate_pages(path, len(path.read_bytes()) // PAGE // 2)
+    with Buffer(whole) as later:  # a log of this file's next commit: a few pages, not the lost half
+        later.put_many([batch(1000)])
+        path.with_name("b.db-wal").write_bytes(whole.with_name("whole.db-wal").read_bytes())
+    with pytest.raises(CorruptBuffer):
+        schema.recognise(path, deep=True)
