@@ -74,7 +74,7 @@ def build_config(
     receipt_interval_s: float = DEFAULT_RECEIPT_INTERVAL_S,
     pki: Path | None = None,
     jetstream: Sequence[str] = (),
-    ack_wait_s: float = 10.0,
+    ack_wait_s: float | None = None,
 ) -> CloudConfig:
     from protocol.tls import Role, client_tls
 
@@ -206,8 +206,11 @@ def run(
         help="a NATS JetStream cloud broker's nats:// (tls:// with --pki) address (repeatable):"
         " batches come from its shared durable consumers (docs/cloud-scaleout.md)",
     ),
-    ack_wait: float = typer.Option(
-        10.0, "--ack-wait", help="with --jetstream: seconds before an unacknowledged batch goes to another worker"
+    ack_wait: float | None = typer.Option(
+        None,
+        "--ack-wait",
+        help="with --jetstream: seconds before an unacknowledged batch goes to another worker; sets the"
+        " shared consumers' ack wait (default: leave it as it is, 10 s where this worker creates them)",
     ),
 ) -> None:
     """Consume batches from the cloud broker, run the rules (ledger, alerts, ...); publish
@@ -265,7 +268,8 @@ def run(
         f", shared group {config.share_group}" if config.share_group else "",
     )
     if config.jetstream:
-        log.info("batches from JetStream at %s (ack wait %.1fs)", ", ".join(config.jetstream), config.ack_wait_s)
+        wait = "as the consumers have it" if config.ack_wait_s is None else f"{config.ack_wait_s:.1f}s"
+        log.info("batches from JetStream at %s (ack wait %s)", ", ".join(config.jetstream), wait)
     # Everything loaded so far (modules, the registry, the rules) lives as long as the process:
     # out of the collector's sight, each full collection walks only what ingest allocates.
     gc.freeze()

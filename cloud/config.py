@@ -79,8 +79,9 @@ class CloudConfig:
     # Other MQTT nodes of the same cluster (--broker A,B,C): a failed connection tries the next.
     broker_alternates: tuple[BrokerAddress, ...] = ()
     # How long a pulled message may stay unacknowledged before JetStream gives it to another
-    # worker (used when this worker creates the consumers; an existing consumer keeps its own).
-    ack_wait_s: float = 10.0
+    # worker. None: an existing consumer keeps its own (10 s where this worker creates it); a value
+    # is set on the shared consumers, existing or not (the whole group's, so say it once).
+    ack_wait_s: float | None = None
 
     def __post_init__(self) -> None:
         if not ID_PATTERN.match(self.cloud_id):
@@ -113,7 +114,7 @@ class CloudConfig:
                 raise ConfigError(f"--jetstream {url!r} must be a nats:// or tls:// address")
             if (scheme == "tls") != (self.tls is not None):
                 raise ConfigError(f"--jetstream {url!r}: tls:// goes with --pki, nats:// without")
-        if self.ack_wait_s <= 0:
+        if self.ack_wait_s is not None and self.ack_wait_s <= 0:
             raise ConfigError(f"--ack-wait must be positive, got {self.ack_wait_s}")
         if not 0 < self.backoff_initial_s <= self.backoff_max_s:
             raise ConfigError("backoff must satisfy 0 < initial <= max")

@@ -291,7 +291,7 @@ class NatsCluster:
         candidates = [self.node(name)] if name is not None else [n for n in self.nodes if self.running(n.name)]
         last: Exception | None = None
         for node in candidates:
-            url = f"http://127.0.0.1:{node.http_port}/jsz?streams=true&consumers=true"
+            url = f"http://127.0.0.1:{node.http_port}/jsz?streams=true&consumers=true&config=true"
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
                     data: dict[str, Any] = json.load(response)

@@ -56,6 +56,7 @@ CONSUMERS = {"edgetally-batches": BATCH_FILTER, "edgetally-bundles": GATEWAY_BUN
 DEFAULT_ACK_WAIT_S = 10.0
 DEFAULT_MAX_ACK_PENDING = 8192
 _FETCH = 256  # messages asked for per pull
+_CLOSE_WAIT_S = 30.0  # how long the intake waits at stop for the commit thread's last acks
 _FETCH_WAIT_S = 0.5  # a pull with nothing to give returns after this (the loop looks at stop)
 
 
@@ -83,18 +84,33 @@ def consumer_config(name: str, *, replicas: int, ack_wait_s: float, max_ack_pend
 
 
 async def ensure_consumers(
-    js: JetStreamContext, *, replicas: int, ack_wait_s: float, max_ack_pending: int = DEFAULT_MAX_ACK_PENDING
+    js: JetStreamContext,
+    *,
+    replicas: int,
+    ack_wait_s: float | None,
+    max_ack_pending: int = DEFAULT_MAX_ACK_PENDING,
 ) -> None:
-    """Create the durable consumers unless they exist (an existing one is left as it is)."""
+    """Create the durable consumers unless they exist. ``ack_wait_s`` None leaves an existing
+    one as it is (a new one gets 10 s); a value is set on an existing one that differs."""
     for name in CONSUMERS:
         try:
-            await js.consumer_info(MSGS_STREAM, name)
-            continue
+            info = await js.consumer_info(MSGS_STREAM, name)
         except nats.js.errors.NotFoundError:
-            pass
-        config = consumer_config(name, replicas=replicas, ack_wait_s=ack_wait_s, max_ack_pending=max_ack_pending)
-        await js.add_consumer(MSGS_STREAM, config)
-        log.info("created JetStream consumer %s on %s (R%d, ack wait %.0fs)", name, MSGS_STREAM, replicas, ack_wait_s)
+            wait = DEFAULT_ACK_WAIT_S if ack_wait_s is None else ack_wait_s
+            config = consumer_config(name, replicas=replicas, ack_wait_s=wait, max_ack_pending=max_ack_pending)
+            await js.add_consumer(MSGS_STREAM, config)
+            log.info("created JetStream consumer %s on %s (R%d, ack wait %.0fs)", name, MSGS_STREAM, replicas, wait)
+            continue
+        had = info.config.ack_wait
+        if ack_wait_s is not None and (had is None or abs(had - ack_wait_s) > 1e-3):
+            # An update: the same config it was created with (consumer_config), another ack wait.
+            held = info.config.max_ack_pending or max_ack_pending
+            config = consumer_config(name, replicas=replicas, ack_wait_s=ack_wait_s, max_ack_pending=held)
+            await js.add_consumer(MSGS_STREAM, config)
+            log.warning(
+                "JetStream consumer %s: ack wait changed from %ss to %gs (--ack-wait), for every worker",
+                name, had, ack_wait_s,
+            )  # fmt: skip
 
 
 class JetStreamIntake:
@@ -106,7 +122,7 @@ class JetStreamIntake:
     generation = 0
 
     def __init__(
-        self, servers: list[str], worker: _Worker, tls: ssl.SSLContext | None, *, ack_wait_s: float = DEFAULT_ACK_WAIT_S
+        self, servers: list[str], worker: _Worker, tls: ssl.SSLContext | None, *, ack_wait_s: float | None = None
     ) -> None:
         self._servers = servers
         self._ack_wait_s = ack_wait_s
@@ -118,6 +134,7 @@ class JetStreamIntake:
         self._intake_open.set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._commits_done = threading.Event()  # the commit thread has ended: no ack comes after
         self._done = threading.Event()
         self.received = 0
 
@@ -131,8 +148,12 @@ class JetStreamIntake:
         return True
 
     def join(self, timeout: float) -> None:
+        """After the commit thread ended: send its last acks, close the connection, end."""
+        self._commits_done.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("the JetStream intake did not stop within %.1fs", timeout)
 
     # -- the commit thread ------------------------------------------------------------------
     def ack(self, delivery: Delivery) -> bool:
@@ -197,7 +218,26 @@ class JetStreamIntake:
             self._worker.subscribed()
             await asyncio.gather(*(self._pull(name, sub, stop) for name, sub in pulls.items()))
         finally:
-            await nc.drain() if nc.is_connected else await nc.close()
+            await self._close(nc)
+
+    async def _close(self, nc: NatsClient) -> None:
+        """Close once the commit thread has ended, its acks sent first.
+
+        Not ``drain()``: nats-py's drain of a pull subscription waits out its whole drain timeout
+        (30 s), and there is nothing to drain, since what was pulled and not acked comes again
+        after the ack wait anyway.
+        """
+        for _ in range(int(_CLOSE_WAIT_S / 0.02)):  # bounded: run() joins only after commits end
+            if self._commits_done.is_set():
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0)  # acks scheduled from the commit thread run before the flush
+        if nc.is_connected:
+            try:
+                await nc.flush(timeout=2)
+            except (nats.errors.Error, TimeoutError) as err:
+                log.warning("JetStream acks not flushed at stop (%s): they come again after the ack wait", err)
+        await nc.close()
 
     async def _bind(self, js: JetStreamContext, stop: threading.Event) -> dict[str, Any] | None:
         while not stop.is_set():

@@ -1,6 +1,6 @@
 """`edgetally rogue` on a broker that is NOT locked down: the attack of issue 14 gets through,
 and the scenario check that judges a rogue (edgetally/scenarios/contained.py) says so. The locked
-down side is tests/integration/test_rogue.py and the `rogue-client` scenario."""
+down side is the `rogue-client` scenario (tests/edgetally/scenarios/test_shipped.py)."""
 
 from __future__ import annotations
 

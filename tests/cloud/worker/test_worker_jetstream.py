@@ -162,6 +162,10 @@ def test_jetstream_workers_split_the_load_and_a_sigkilled_one_s_unacked_batches_
     group = _workers(cluster, 3, tmp_path, keys_dir, processes, db_url, "--ack-wait", "2")
     for worker in group:
         worker.start()
+    # The cluster made the consumers with the default 10 s; `--ack-wait 2` set it on them.
+    consumers = cluster.streams()[MSGS_STREAM]["consumer_detail"]  # with the MQTT sessions' own
+    waits = {c["name"]: c["config"]["ack_wait"] for c in consumers if c["name"] in CONSUMERS}
+    assert waits == {name: 2_000_000_000 for name in CONSUMERS}, waits
     envelopes = Envelopes(keys_dir)
     devices = list(envelopes.election.devices)
     batches = 3  # every device to its final batch: the audit below needs all of them reported

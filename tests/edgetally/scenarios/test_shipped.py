@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from edgetally.scenarios.cluster import CLUSTER
+from edgetally.scenarios.contained import CONTAINED
 from edgetally.scenarios.model import Scenario, shipped
 from edgetally.scenarios.runner import RunOptions, ScenarioRunner
 from edgetally.scenarios.served import SERVED
@@ -54,6 +55,10 @@ def test_shipped_scenario_passes_shortened(scenario: Scenario, tmp_path: Path) -
     assert [e.what for e in report.events if e.what.split()[0] in faults], "no fault was played"
     if scenario.topology.serve:  # the results service ran, and the verdict judged what it showed
         assert SERVED in [c.name for c in report.verdict.checks]
+    if any(a.verb == "start" and a.target == "rogue" for a in scenario.timeline):
+        # rogue-client is issue 14's attack test (stolen credential, forgeries, flood): CONTAINED
+        # is what it asserts, so it must have been judged, not left out for want of a report.
+        assert CONTAINED in [c.name for c in report.verdict.checks]
     if scenario.topology.cloud_broker == "nats":  # the verdict judged that no device had to resend
         assert CLUSTER in [c.name for c in report.verdict.checks]
     if "backpressure" in scenario.tags:  # the quota was really reached, and held ingress
