@@ -53,7 +53,9 @@ QUICK: dict[str, list[str]] = {
     "engine": ["--messages", "2000", "--repeat", "2"],
     "rules": ["--messages", "2000", "--repeat", "2"],
     "fleet": ["--devices", "200", "--batches-per-device", "100", "--connect-rate", "2000", "--ceiling-messages", "3000"],
-    "fleet_pipeline": ["--devices", "300", "--batches-per-device", "2", "--connect-rate", "1000", "--timeout", "120"],
+    # --ceiling 0: the ratio to the budget's ceiling is taken below, from the budget's own run.
+    "fleet_pipeline": ["--devices", "300", "--batches-per-device", "2", "--connect-rate", "1000", "--timeout", "120",
+                       "--ceiling", "0"],
     "proxy": ["--messages", "2000", "--rounds", "1", "--small-window-messages", "300", "--bandwidth-messages", "800",
               "--connections", "100"],
     "cli": ["--runs", "2"],

@@ -21,7 +21,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +74,33 @@ def free_port() -> int:
         port = int(sock.getsockname()[1])
     _handed_out.add(port)
     return port
+
+
+@contextmanager
+def stop_signals() -> Iterator[threading.Event]:
+    """An event SIGINT and SIGTERM set while the block runs (the previous handlers back after).
+
+    Handlers, not a blocked signal mask: a broker started inside inherits a mask, and with
+    SIGTERM blocked it ignored the SIGTERM it was stopped with and was killed 10 s later
+    without saving its store. Handlers are reset for a child when it starts.
+    """
+    stopped = threading.Event()
+
+    def handler(_signum: int, _frame: object) -> None:
+        stopped.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stopped
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def wait_for(stopped: threading.Event) -> None:
+    """Block until ``stopped`` is set (by :func:`stop_signals`' handler)."""
+    while not stopped.wait(0.5):  # the wait wakes for the handler; 0.5 s bounds one missed wake
+        pass
 
 
 def find_binary(name: str) -> str | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
 from pathlib import Path
 
@@ -135,7 +134,7 @@ def broker_cmd(
     certificates and an ACL from the registry (or --plain); --kind nats: a NATS JetStream
     cluster of --cluster nodes as the cloud broker."""
     from edgetally.acl import BrokerKind
-    from edgetally.brokers import BrokerError, BrokerProcess, BrokerTls
+    from edgetally.brokers import BrokerError, BrokerProcess, BrokerTls, stop_signals, wait_for
     from protocol import ProtocolError, Registry
     from protocol.keys import write_secret
     from protocol.tls import Role, ca_cert_path, cert_paths
@@ -172,18 +171,18 @@ def broker_cmd(
             raise typer.Exit(1) from err
         tls = BrokerTls(ca_cert_path(pki), cert, key, acl)
     broker = BrokerProcess(workdir, name="broker", port=port or None, embedded=True if embedded else None, tls=tls)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # for sigwait below
-    try:
-        broker.start()
-    except BrokerError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from err
-    mode = "PLAIN (anonymous, no ACL)" if tls is None else "TLS, client certificates, ACL"
-    typer.echo(f"broker listening on {broker.url}: {mode} (log: {broker.log_path}); Ctrl-C to stop")
-    try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
-    finally:
-        broker.stop()
+    with stop_signals() as stopped:  # a SIGTERM during the start is seen once it is up
+        try:
+            try:
+                broker.start()
+            except BrokerError as err:
+                typer.echo(f"error: {err}", err=True)
+                raise typer.Exit(1) from err
+            mode = "PLAIN (anonymous, no ACL)" if tls is None else "TLS, client certificates, ACL"
+            typer.echo(f"broker listening on {broker.url}: {mode} (log: {broker.log_path}); Ctrl-C to stop")
+            wait_for(stopped)
+        finally:
+            broker.stop()
 
 
 def main() -> None:

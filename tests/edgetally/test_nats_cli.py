@@ -72,6 +72,8 @@ def _check_and_stop(proc: subprocess.Popen[bytes], info: dict[str, list], workdi
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
     assert not any(_alive(p) for p in info["pids"]), "a node outlived the command"
+    for name in ("n1", "n2", "n3"):  # each node took the SIGTERM itself (not a kill after a timeout)
+        assert "Server Exiting" in (workdir / f"{name}.log").read_text(), name
     assert "ready" in (tmp_path / "broker.log").read_text()
 
 
