@@ -215,7 +215,7 @@ def main() -> None:
         if budget_ceiling:
             table.add_row("CPU budget ceiling, batches/s (same run or --ceiling)", f"{budget_ceiling:,.0f}")
             table.add_row("end to end / CPU budget ceiling", f"{expected.batches / elapsed / budget_ceiling:.2f}")
-        for key in ("all_connected_s", "reconnects", "connect_failures", "resends", "rss_connected_kib"):
+        for key in ("all_connected_s", "reconnects", "connect_failures", "connect_failure_causes", "resends", "rss_connected_kib"):
             if key in summary:
                 table.add_row(key, str(summary[key]))
         console.print(table)

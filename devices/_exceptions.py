@@ -40,7 +40,14 @@ class StateMismatch(StateError):
 
 
 class ConnectionFailed(FleetError):
-    """An MQTT connection could not be made, was lost, or timed out waiting for the broker."""
+    """An MQTT connection could not be made, was lost, or timed out waiting for the broker.
+
+    ``cause``: a short word for counting failed connects by cause (``timeout``, an errno name
+    such as ``ECONNREFUSED``, ``refused`` by CONNACK, or ``lost`` before CONNACK)."""
+
+    def __init__(self, message: str, cause: str = "lost") -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class ConnectRefused(ConnectionFailed):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import math
 import ssl
@@ -259,7 +260,7 @@ class MqttConnection(asyncio.Protocol):
             code = body[1]
             if code:
                 why = _CONNACK_CODES.get(code, f"return code {code}")
-                self._fail(ConnectRefused(f"{self.options.client_id}: broker refused the connection: {why}"))
+                self._fail(ConnectRefused(f"{self.options.client_id}: broker refused the connection: {why}", "refused"))
                 return
             if not self.connack.done():
                 self.connack.set_result(bool(body[0] & 0x01))
@@ -391,10 +392,9 @@ async def connect(options: ConnectOptions, wheel: KeepaliveWheel, on_message: On
             await conn.connack
     except TimeoutError as exc:
         conn.abort()
-        raise ConnectionFailed(
-            f"{options.client_id}: no CONNACK from {options.host}:{options.port} within {options.timeout:.0f}s"
-        ) from exc
+        raise ConnectionFailed(f"{options.client_id}: no CONNACK from {options.host}:{options.port} within {options.timeout:.0f}s", "timeout") from exc
     except OSError as exc:
-        raise ConnectionFailed(f"{options.client_id}: cannot connect to {options.host}:{options.port}: {exc.strerror or exc}") from exc
+        why = f"{options.client_id}: cannot connect to {options.host}:{options.port}: {exc.strerror or exc}"
+        raise ConnectionFailed(why, errno.errorcode.get(exc.errno or 0, "oserror")) from exc
     log.debug("%s connected in %.3fs", options.client_id, time.monotonic() - started)
     return conn

@@ -61,6 +61,10 @@ def aggregate(parts: Sequence[dict[str, Any]], confirm: bool) -> FleetSummary:
     for part in parts:
         for name, count in (part.get("behaviours") or {}).items():
             behaviours[name] = behaviours.get(name, 0) + int(count)
+    causes: dict[str, int] = {}
+    for part in parts:
+        for cause, count in (part.get("connect_failure_causes") or {}).items():
+            causes[cause] = causes.get(cause, 0) + int(count)
     ignored: dict[str, dict[str, int]] = {}
     for part in parts:
         for word, reasons in (part.get("ignored") or {}).items():
@@ -82,6 +86,7 @@ def aggregate(parts: Sequence[dict[str, Any]], confirm: bool) -> FleetSummary:
         connected=total("connected"),
         max_connected=total("max_connected"),
         connect_failures=total("connect_failures"),
+        connect_failure_causes=causes,
         connections_lost=total("connections_lost"),
         all_connected_s=longest("all_connected_s"),
         full_reconnect_s=longest("full_reconnect_s"),

@@ -37,6 +37,10 @@ class FleetConfig:
     reconnect_min: float = 0.5  # first reconnect backoff ceiling (full jitter below it)
     reconnect_max: float = 30.0  # backoff cap
     connect_timeout: float = 10.0
+    # Connects in progress at once (TCP + TLS + CONNACK), fleet-wide; 0 = no cap. Past it a device
+    # waits for a slot before its connect timeout starts: on a loaded box handshakes slow down,
+    # and without a cap they pile up until they all miss the timeout and start again.
+    connect_concurrency: int = 256
     # Local addresses the devices connect from, device i from the (i mod n)th; empty: the
     # kernel's choice. One address has only the ephemeral port range (devices/limits.py).
     source_addresses: tuple[str, ...] = ()

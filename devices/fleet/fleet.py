@@ -26,7 +26,7 @@ from devices._exceptions import FleetError, StateError
 from devices.behaviours import Behaviour
 from devices.connection import KeepaliveWheel
 from devices.fleet.config import FleetConfig, last_seq
-from devices.fleet.pacing import RateLimiter, TokenBucket
+from devices.fleet.pacing import ConnectSlots, RateLimiter, TokenBucket
 from devices.fleet.runner import DeviceRunner
 from devices.fleet.stats import FleetStats, FleetSummary, rss_kib
 from devices.fleet.words import nested
@@ -79,6 +79,7 @@ class Fleet:
         self.wheel = KeepaliveWheel()
         self.limiter = RateLimiter(0)
         self.connect_limiter = TokenBucket(0)
+        self.connect_slots = ConnectSlots(0)
         self.all_connected: asyncio.Future[None]
         self.all_done: asyncio.Future[None]
 
@@ -190,6 +191,7 @@ class Fleet:
         self.limiter = RateLimiter(config.rate)
         burst = config.connect_burst or max(1, int(config.connect_rate / 10))
         self.connect_limiter = TokenBucket(config.connect_rate, burst)
+        self.connect_slots = ConnectSlots(config.connect_concurrency)
         self.wheel = KeepaliveWheel()
         self.all_connected = loop.create_future()
         self.all_done = loop.create_future()
@@ -267,6 +269,7 @@ class Fleet:
             connected=stats.connected,
             max_connected=stats.max_connected,
             connect_failures=stats.connect_failures,
+            connect_failure_causes=dict(stats.connect_failure_causes),
             connections_lost=stats.connections_lost,
             all_connected_s=stats.all_connected_s,
             full_reconnect_s=stats.full_reconnect_s,

@@ -1,9 +1,9 @@
 """Pacing for the fleet: how often a device may connect, publish, or try again.
 
 :class:`TokenBucket` paces new connections fleet-wide (reconnects go through it too) and, as
-:class:`RateLimiter`, publishes; :class:`Backoff` spaces one device's reconnect attempts (capped
-exponential, full jitter, from the device's own small :class:`Jitter`) so a broker restart is
-not met by a thundering herd.
+:class:`RateLimiter`, publishes; :class:`ConnectSlots` caps the connects in progress at once;
+:class:`Backoff` spaces one device's reconnect attempts (capped exponential, full jitter, from
+the device's own small :class:`Jitter`) so a broker restart is not met by a thundering herd.
 """
 
 from __future__ import annotations
@@ -33,6 +33,28 @@ class TokenBucket:
         self._next = at + self._interval
         if at > now:
             await asyncio.sleep(at - now)
+
+
+class ConnectSlots:
+    """At most ``limit`` connects in progress at once (0: no cap): ``async with slots: ...``.
+
+    The asyncio semaphore is made on first use, inside the running loop."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 0:
+            raise ValueError(f"connect concurrency must be 0 (no cap) or more, got {limit}")
+        self.limit = limit
+        self._semaphore: asyncio.Semaphore | None = None
+
+    async def __aenter__(self) -> None:
+        if self.limit:
+            if self._semaphore is None:
+                self._semaphore = asyncio.Semaphore(self.limit)
+            await self._semaphore.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._semaphore is not None:
+            self._semaphore.release()
 
 
 class RateLimiter(TokenBucket):

@@ -31,7 +31,7 @@ from devices._exceptions import ConnectionFailed
 from devices.behaviours import Behaviour
 from devices.connection import ConnectOptions, KeepaliveWheel, MqttConnection, Will, connect
 from devices.fleet.config import FleetConfig, last_seq, withheld_seqs
-from devices.fleet.pacing import Backoff, Jitter, TokenBucket
+from devices.fleet.pacing import Backoff, ConnectSlots, Jitter, TokenBucket
 from devices.fleet.stats import FleetStats
 from devices.fleet.words import verified_receipt, verified_repair
 from devices.tabulator import SignedBatch, Tabulator
@@ -59,6 +59,8 @@ class Supervisor(Protocol):
     def limiter(self) -> TokenBucket: ...  # publishes, fleet-wide
     @property
     def connect_limiter(self) -> TokenBucket: ...  # new connections, fleet-wide
+    @property
+    def connect_slots(self) -> ConnectSlots: ...  # connects in progress at once, fleet-wide
     @property
     def wheel(self) -> KeepaliveWheel: ...
     @property
@@ -169,9 +171,12 @@ class DeviceRunner:
             while not self.done():
                 await self.fleet.connect_limiter.acquire()
                 try:
-                    conn = await connect(self._options(), self.fleet.wheel, self._on_message)
+                    async with self.fleet.connect_slots:
+                        conn = await connect(self._options(), self.fleet.wheel, self._on_message)
                 except ConnectionFailed as exc:
                     self.stats.connect_failures += 1
+                    causes = self.stats.connect_failure_causes
+                    causes[exc.cause] = causes.get(exc.cause, 0) + 1
                     delay = backoff.next()
                     log.debug("device=%s connect failed (%s); retrying in %.2fs", self.tab.device, exc, delay)
                     await asyncio.sleep(delay)

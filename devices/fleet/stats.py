@@ -21,6 +21,7 @@ class FleetStats:
     resends: int = 0
     reconnects: int = 0
     connect_failures: int = 0
+    connect_failure_causes: dict[str, int] = field(default_factory=dict)  # ConnectionFailed.cause
     connections_lost: int = 0
     connected: int = 0
     max_connected: int = 0
@@ -72,6 +73,7 @@ class FleetSummary:
     connect_failures: int = 0
     connections_lost: int = 0
     all_connected_s: float | None = None
+    connect_failure_causes: Mapping[str, int] = field(default_factory=dict)
     full_reconnect_s: float | None = None
     rss_prepared_kib: int = 0
     rss_connected_kib: int = 0
@@ -94,6 +96,12 @@ class FleetSummary:
             return None
         return (self.rss_connected_kib - self.rss_prepared_kib) / self.max_connected
 
+    def connect_failures_text(self) -> str:
+        """``12 (timeout 9, ECONNREFUSED 3)``: failed connects and what they failed on."""
+        causes = sorted(self.connect_failure_causes.items(), key=lambda item: -item[1])
+        shown = ", ".join(f"{cause} {n}" for cause, n in causes)
+        return f"{self.connect_failures} ({shown})" if self.connect_failures and causes else str(self.connect_failures)
+
     def to_mapping(self) -> dict[str, object]:
         per_device = self.connection_kib_per_device
         return {
@@ -108,6 +116,7 @@ class FleetSummary:
             "resends": self.resends,
             "reconnects": self.reconnects,
             "connect_failures": self.connect_failures,
+            "connect_failure_causes": dict(sorted(self.connect_failure_causes.items())),
             "connections_lost": self.connections_lost,
             "connected": self.connected,
             "max_connected": self.max_connected,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -145,8 +146,9 @@ def test_broker_sigkill_fails_pending_publishes_and_connect_fails_until_restart(
             await asyncio.wait_for(conn.lost, 10)
         with pytest.raises(ConnectionFailed):
             await conn.publish("t/x", b"x", qos=1)
-        with pytest.raises(ConnectionFailed, match="cannot connect"):
+        with pytest.raises(ConnectionFailed, match="cannot connect") as refused:
             await connect(options(broker, "t-victim"), wheel)
+        assert refused.value.cause == "ECONNREFUSED"  # what the fleet counts it as
         broker.start()
         again = await connect(options(broker, "t-victim"), wheel)
         await again.publish("t/x", b"x", qos=1)
@@ -154,3 +156,24 @@ def test_broker_sigkill_fails_pending_publishes_and_connect_fails_until_restart(
         wheel.close()
 
     run(main())
+
+
+def test_a_listener_that_never_answers_fails_the_connect_as_a_timeout() -> None:
+    """What a broker too busy to finish handshakes looks like to a device: TCP accepted (the
+    kernel's backlog), no CONNACK."""
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # never accepted: the kernel completes the TCP handshake, nobody answers
+
+        async def main() -> None:
+            wheel = KeepaliveWheel()
+            try:
+                options = ConnectOptions("127.0.0.1", silent.getsockname()[1], "t-mute", timeout=0.3)
+                with pytest.raises(ConnectionFailed, match="no CONNACK") as failed:
+                    await connect(options, wheel)
+                assert failed.value.cause == "timeout"
+            finally:
+                wheel.close()
+
+        run(main())

@@ -3,6 +3,7 @@ addresses (a real fleet against a real Mosquitto), bulk key provisioning, the sm
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from devices._exceptions import FleetError
-from devices.fleet.pacing import Backoff, Jitter
+from devices.fleet.pacing import Backoff, ConnectSlots, Jitter
 from devices.keygen import provision_many
 from devices.limits import raise_nofile, source_addresses, sources_for
 from devices.synth import synth_election
@@ -125,3 +126,30 @@ def test_a_fleet_spread_over_two_source_addresses(tmp_path: Path) -> None:
     assert summary["ok"] and summary["acked"] == 100 and summary["connect_failures"] == 0
     sources = Counter(m.group(1) for m in CONNECTED_FROM.finditer(broker.log_path.read_text()))
     assert sources == {"127.0.0.2": 25, "127.0.0.3": 25}
+
+
+def test_connect_slots_hold_back_connects_past_the_cap_until_one_ends() -> None:
+    async def main() -> tuple[int, int]:
+        slots, inside, most = ConnectSlots(2), [0], [0]
+        release = asyncio.Event()
+
+        async def connect() -> None:
+            async with slots:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+                await release.wait()
+                inside[0] -= 1
+
+        tasks = [asyncio.create_task(connect()) for _ in range(5)]
+        for _ in range(20):  # let every task run as far as it can
+            await asyncio.sleep(0)
+        held = inside[0]
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        return held, most[0]
+
+    assert asyncio.run(main()) == (2, 2)
+    uncapped = ConnectSlots(0)  # 0: no cap, nothing to wait for
+    asyncio.run(uncapped.__aenter__())
+    with pytest.raises(ValueError, match="connect concurrency"):
+        ConnectSlots(-1)
