@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,10 +97,30 @@ def stop_signals() -> Iterator[threading.Event]:
             signal.signal(sig, old)
 
 
-def wait_for(stopped: threading.Event) -> None:
-    """Block until ``stopped`` is set (by :func:`stop_signals`' handler)."""
-    while not stopped.wait(0.5):  # the wait wakes for the handler; 0.5 s bounds one missed wake
-        pass
+def serve_until_signalled(start: Callable[[], None], stop: Callable[[], None], ready: Callable[[], None]) -> None:
+    """``start``, ``ready`` (say where it listens), then wait for SIGINT or SIGTERM; ``stop``
+    always, also when ``start`` fails (its :class:`BrokerError` goes to the caller). A signal
+    during the start is seen once it is up."""
+    with stop_signals() as stopped:
+        try:
+            start()
+            ready()
+            while not stopped.wait(0.5):  # the wait wakes for the handler; 0.5 s bounds one missed wake
+                pass
+        finally:
+            stop()
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a listener could bind 127.0.0.1:``port`` now (SO_REUSEADDR, as brokers bind:
+    connections of a stopped broker left in TIME_WAIT do not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def find_binary(name: str) -> str | None:
@@ -295,6 +315,9 @@ class BrokerProcess:
     def start(self, timeout: float = 15.0) -> None:
         if self.running:
             raise BrokerError(f"{self.name} broker is already running (pid {self.pid})")
+        if not port_is_free(self.port):
+            # Else the readiness probe would find whatever holds the port and call this broker up.
+            raise BrokerError(f"port {self.port} on 127.0.0.1 is already in use: give another port")
         self.workdir.mkdir(parents=True, exist_ok=True)
         command = self._command()
         if self.embedded:

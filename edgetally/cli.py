@@ -134,7 +134,7 @@ def broker_cmd(
     certificates and an ACL from the registry (or --plain); --kind nats: a NATS JetStream
     cluster of --cluster nodes as the cloud broker."""
     from edgetally.acl import BrokerKind
-    from edgetally.brokers import BrokerError, BrokerProcess, BrokerTls, stop_signals, wait_for
+    from edgetally.brokers import BrokerError, BrokerProcess, BrokerTls, serve_until_signalled
     from protocol import ProtocolError, Registry
     from protocol.keys import write_secret
     from protocol.tls import Role, ca_cert_path, cert_paths
@@ -171,18 +171,15 @@ def broker_cmd(
             raise typer.Exit(1) from err
         tls = BrokerTls(ca_cert_path(pki), cert, key, acl)
     broker = BrokerProcess(workdir, name="broker", port=port or None, embedded=True if embedded else None, tls=tls)
-    with stop_signals() as stopped:  # a SIGTERM during the start is seen once it is up
-        try:
-            try:
-                broker.start()
-            except BrokerError as err:
-                typer.echo(f"error: {err}", err=True)
-                raise typer.Exit(1) from err
-            mode = "PLAIN (anonymous, no ACL)" if tls is None else "TLS, client certificates, ACL"
-            typer.echo(f"broker listening on {broker.url}: {mode} (log: {broker.log_path}); Ctrl-C to stop")
-            wait_for(stopped)
-        finally:
-            broker.stop()
+    mode = "PLAIN (anonymous, no ACL)" if tls is None else "TLS, client certificates, ACL"
+    try:
+        serve_until_signalled(
+            broker.start, broker.stop,
+            lambda: typer.echo(f"broker listening on {broker.url}: {mode} (log: {broker.log_path}); Ctrl-C to stop"),
+        )  # fmt: skip
+    except BrokerError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
 
 
 def main() -> None:

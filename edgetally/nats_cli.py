@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from edgetally.brokers import BrokerError, stop_signals, wait_for
+from edgetally.brokers import BrokerError, serve_until_signalled
 from edgetally.nats import NatsCluster, NatsTls
 
 
@@ -40,27 +40,25 @@ def run_nats(
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(1) from err
     cluster = NatsCluster(workdir, nodes=nodes, tls=tls, probe=probe, ack_wait_s=ack_wait_s)
-    with stop_signals() as stopped:  # a SIGTERM during the start is seen once it is up
-        try:
-            try:
-                cluster.start()
-            except BrokerError as err:
-                typer.echo(f"error: {err}", err=True)
-                raise typer.Exit(1) from err
-            info = {
-                "nodes": [n.name for n in cluster.nodes],
-                "mqtt": cluster.mqtt_urls,
-                "jetstream": cluster.nats_urls,
-                "monitoring": [f"http://127.0.0.1:{n.http_port}" for n in cluster.nodes],
-                "pids": [cluster.pid(n.name) for n in cluster.nodes],
-            }
-            (workdir / "cluster.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-            mode = "PLAIN (anonymous, every subject)" if tls is None else "TLS, client certificates mapped to users, permissions from the cloud ACL"
-            typer.echo(f"NATS JetStream cluster of {nodes} ready: {mode}; MQTT streams replicated {nodes} ways")
-            typer.echo(f"  gateways (MQTT):      {' '.join(cluster.mqtt_urls)}")
-            typer.echo(f"  workers (--jetstream): {' '.join(cluster.nats_urls)}")
-            typer.echo(f"  logs and stores in {workdir}; addresses in {workdir / 'cluster.json'}; Ctrl-C to stop")
-            wait_for(stopped)
-        finally:
-            cluster.stop()
+
+    def ready() -> None:
+        info = {
+            "nodes": [n.name for n in cluster.nodes],
+            "mqtt": cluster.mqtt_urls,
+            "jetstream": cluster.nats_urls,
+            "monitoring": [f"http://127.0.0.1:{n.http_port}" for n in cluster.nodes],
+            "pids": [cluster.pid(n.name) for n in cluster.nodes],
+        }
+        (workdir / "cluster.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        mode = "PLAIN (anonymous, every subject)" if tls is None else "TLS, client certificates mapped to users, permissions from the cloud ACL"
+        typer.echo(f"NATS JetStream cluster of {nodes} ready: {mode}; MQTT streams replicated {nodes} ways")
+        typer.echo(f"  gateways (MQTT):      {' '.join(cluster.mqtt_urls)}")
+        typer.echo(f"  workers (--jetstream): {' '.join(cluster.nats_urls)}")
+        typer.echo(f"  logs and stores in {workdir}; addresses in {workdir / 'cluster.json'}; Ctrl-C to stop")
+
+    try:
+        serve_until_signalled(cluster.start, cluster.stop, ready)
+    except BrokerError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
 

@@ -11,6 +11,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edgetally.brokers import (
+    BrokerError,
     BrokerProcess,
     BrokerSettings,
     ephemeral_port_range,
@@ -147,3 +148,14 @@ def test_free_ports_are_distinct_and_outside_the_range_outgoing_connections_take
     for port in ports[:5]:  # each is bindable now
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", port))
+
+
+def test_a_broker_on_a_port_something_else_holds_is_refused_naming_the_port(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(8)  # answers TCP: a readiness probe alone would take it for the broker
+        port = holder.getsockname()[1]
+        broker = BrokerProcess(tmp_path / "b", name="edge", port=port, embedded=False)
+        with pytest.raises(BrokerError, match=f"port {port} on 127.0.0.1 is already in use"):
+            broker.start()
+        assert not broker.running
