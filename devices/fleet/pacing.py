@@ -36,20 +36,16 @@ class TokenBucket:
 
 
 class ConnectSlots:
-    """At most ``limit`` connects in progress at once (0: no cap): ``async with slots: ...``.
-
-    The asyncio semaphore is made on first use, inside the running loop."""
+    """At most ``limit`` connects in progress at once (0: no cap): ``async with slots: ...``."""
 
     def __init__(self, limit: int) -> None:
         if limit < 0:
             raise ValueError(f"connect concurrency must be 0 (no cap) or more, got {limit}")
-        self.limit = limit
-        self._semaphore: asyncio.Semaphore | None = None
+        # asyncio's primitives bind to the running loop on first use, not here
+        self._semaphore = asyncio.Semaphore(limit) if limit else None
 
     async def __aenter__(self) -> None:
-        if self.limit:
-            if self._semaphore is None:
-                self._semaphore = asyncio.Semaphore(self.limit)
+        if self._semaphore is not None:
             await self._semaphore.acquire()
 
     async def __aexit__(self, *exc: object) -> None:

@@ -129,8 +129,8 @@ def test_a_fleet_spread_over_two_source_addresses(tmp_path: Path) -> None:
 
 
 def test_connect_slots_hold_back_connects_past_the_cap_until_one_ends() -> None:
-    async def main() -> tuple[int, int]:
-        slots, inside, most = ConnectSlots(2), [0], [0]
+    async def main(slots: ConnectSlots) -> tuple[int, int]:
+        inside, most = [0], [0]
         release = asyncio.Event()
 
         async def connect() -> None:
@@ -148,8 +148,7 @@ def test_connect_slots_hold_back_connects_past_the_cap_until_one_ends() -> None:
         await asyncio.wait_for(asyncio.gather(*tasks), 5)
         return held, most[0]
 
-    assert asyncio.run(main()) == (2, 2)
-    uncapped = ConnectSlots(0)  # 0: no cap, nothing to wait for
-    asyncio.run(uncapped.__aenter__())
+    assert asyncio.run(main(ConnectSlots(2))) == (2, 2)
+    assert asyncio.run(main(ConnectSlots(0))) == (5, 5)  # 0: no cap, all five at once
     with pytest.raises(ValueError, match="connect concurrency"):
         ConnectSlots(-1)
