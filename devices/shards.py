@@ -56,15 +56,14 @@ def aggregate(parts: Sequence[dict[str, Any]], confirm: bool) -> FleetSummary:
         values = [float(p[key]) for p in parts if p.get(key) is not None]
         return max(values) if values else None
 
+    def counted(key: str) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for part in parts:
+            for name, count in (part.get(key) or {}).items():
+                found[name] = found.get(name, 0) + int(count)
+        return found
+
     steady = [float(p["steady_acked_per_s"]) for p in parts if p.get("steady_acked_per_s")]
-    behaviours: dict[str, int] = {}
-    for part in parts:
-        for name, count in (part.get("behaviours") or {}).items():
-            behaviours[name] = behaviours.get(name, 0) + int(count)
-    causes: dict[str, int] = {}
-    for part in parts:
-        for cause, count in (part.get("connect_failure_causes") or {}).items():
-            causes[cause] = causes.get(cause, 0) + int(count)
     ignored: dict[str, dict[str, int]] = {}
     for part in parts:
         for word, reasons in (part.get("ignored") or {}).items():
@@ -86,7 +85,7 @@ def aggregate(parts: Sequence[dict[str, Any]], confirm: bool) -> FleetSummary:
         connected=total("connected"),
         max_connected=total("max_connected"),
         connect_failures=total("connect_failures"),
-        connect_failure_causes=causes,
+        connect_failure_causes=counted("connect_failure_causes"),
         connections_lost=total("connections_lost"),
         all_connected_s=longest("all_connected_s"),
         full_reconnect_s=longest("full_reconnect_s"),
@@ -95,7 +94,7 @@ def aggregate(parts: Sequence[dict[str, Any]], confirm: bool) -> FleetSummary:
         steady_acked_per_s=sum(steady) if steady else None,
         sent=total("sent"),
         pending=total("pending"),
-        behaviours=behaviours,
+        behaviours=counted("behaviours"),
         ignored=ignored,
     )
 

@@ -71,9 +71,9 @@ class FleetSummary:
     connected: int = 0
     max_connected: int = 0
     connect_failures: int = 0
+    connect_failure_causes: Mapping[str, int] = field(default_factory=dict)  # ConnectionFailed.cause
     connections_lost: int = 0
     all_connected_s: float | None = None
-    connect_failure_causes: Mapping[str, int] = field(default_factory=dict)
     full_reconnect_s: float | None = None
     rss_prepared_kib: int = 0
     rss_connected_kib: int = 0
