@@ -227,10 +227,8 @@ class JetStreamIntake:
         (30 s), and there is nothing to drain, since what was pulled and not acked comes again
         after the ack wait anyway.
         """
-        for _ in range(int(_CLOSE_WAIT_S / 0.02)):  # bounded: run() joins only after commits end
-            if self._commits_done.is_set():
-                break
-            await asyncio.sleep(0.02)
+        # run() joins only after the commit thread ended; bounded all the same
+        await asyncio.get_running_loop().run_in_executor(None, self._commits_done.wait, _CLOSE_WAIT_S)
         await asyncio.sleep(0)  # acks scheduled from the commit thread run before the flush
         if nc.is_connected:
             try:
